@@ -1,0 +1,109 @@
+/* Signal "accept": a connection established on a listener and handed to a process.
+ *
+ * The state tracepoint (state.c) remembers each child socket that goes SYN_RECV -> ESTABLISHED
+ * with its addresses and netns; the accept side then attributes it to the accepting process:
+ *   ND_MODE_KPROBE     kretprobe on inet_csk_accept (returns the child struct sock *)
+ *   ND_MODE_FENTRY     fexit on inet_csk_accept
+ *   ND_MODE_TRACEPOINT syscalls:sys_exit_accept4 / sys_exit_accept: the new fd is followed to its
+ *                      struct sock through BTF offsets (task->files->fdt->fd[fd]->private_data->sk). */
+
+struct nd_pending {
+    u64 ts_ns;          /* established */
+    u32 netns;
+    u32 pad;
+    struct nd_tuple t;
+};
+
+BPF_TABLE("lru_hash", u64, struct nd_pending, nd_pending_accept, ND_MAX_CONNS);
+
+static __always_inline void nd_accept_established(u64 sk, struct nd_tuple *t)
+{
+    struct nd_pending p = {};
+    p.netns = nd_netns_of_sk((void *)sk);
+    if (!nd_netns_allowed(p.netns))
+        return;
+    p.ts_ns = bpf_ktime_get_ns();
+    p.t = *t;
+    nd_pending_accept.update(&sk, &p);
+}
+
+static __always_inline void nd_accept_done(void *ctx, u64 sk)
+{
+    if (!sk)
+        return;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32;
+    if (!nd_pid_allowed(pid))
+        return;
+    struct nd_pending *p = nd_pending_accept.lookup(&sk);
+    if (!p) {
+        nd_count(ND_STAT_ACCEPT_UNTRACKED);   /* established before netdiag attached, or filtered */
+        return;
+    }
+    struct nd_event ev = {};
+    ev.ts_ns = bpf_ktime_get_ns();
+    ev.latency_ns = ev.ts_ns - p->ts_ns;
+    ev.netns = p->netns;
+    ev.pid = pid;
+    ev.tid = (u32)id;
+    ev.kind = ND_EV_ACCEPT;
+    ev.family = p->t.family;
+    ev.sport = p->t.sport;
+    ev.dport = p->t.dport;
+    __builtin_memcpy(ev.saddr, p->t.saddr, 16);
+    __builtin_memcpy(ev.daddr, p->t.daddr, 16);
+    bpf_get_current_comm(ev.comm, sizeof(ev.comm));
+    nd_pending_accept.delete(&sk);
+    nd_count(ND_STAT_ACCEPT);
+    nd_emit(ctx, &ev);
+}
+
+#if ND_ACCEPT_MODE == ND_MODE_KPROBE
+int nd_kretp_inet_csk_accept(struct pt_regs *ctx)
+{
+    nd_accept_done(ctx, (u64)PT_REGS_RC(ctx));
+    return 0;
+}
+#elif ND_ACCEPT_MODE == ND_MODE_FENTRY
+#if ND_ACCEPT_NARGS == 2
+KRETFUNC_PROBE(inet_csk_accept, void *sk, void *arg, void *ret)
+#else
+KRETFUNC_PROBE(inet_csk_accept, void *sk, int flags, int *err, bool kern, void *ret)
+#endif
+{
+    nd_accept_done(ctx, (u64)ret);
+    return 0;
+}
+#else
+static __always_inline u64 nd_sock_of_fd(long fd)
+{
+    void *p = NULL;
+    void *task = (void *)bpf_get_current_task();
+    bpf_probe_read_kernel(&p, sizeof(p), (char *)task + ND_OFF_TASK_FILES);      /* files_struct * */
+    if (!p) return 0;
+    bpf_probe_read_kernel(&p, sizeof(p), (char *)p + ND_OFF_FILES_FDT);          /* fdtable * */
+    if (!p) return 0;
+    bpf_probe_read_kernel(&p, sizeof(p), (char *)p + ND_OFF_FDT_FD);             /* struct file ** */
+    if (!p) return 0;
+    bpf_probe_read_kernel(&p, sizeof(p), (char *)p + fd * sizeof(void *));       /* struct file * */
+    if (!p) return 0;
+    bpf_probe_read_kernel(&p, sizeof(p), (char *)p + ND_OFF_FILE_PRIV);          /* struct socket * */
+    if (!p) return 0;
+    bpf_probe_read_kernel(&p, sizeof(p), (char *)p + ND_OFF_SOCKET_SK);          /* struct sock * */
+    return (u64)p;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+    if (args->ret >= 0)
+        nd_accept_done(args, nd_sock_of_fd(args->ret));
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+    if (args->ret >= 0)
+        nd_accept_done(args, nd_sock_of_fd(args->ret));
+    return 0;
+}
+#endif

@@ -1,0 +1,185 @@
+/* Signal "connect": attempt, outcome (errno), latency, pid/comm/netns, both address families.
+ *
+ * Modes (one chosen per run by netdiag/engine.py, -DND_CONNECT_MODE=...):
+ *   ND_MODE_KPROBE     kprobe+kretprobe on tcp_v4_connect/tcp_v6_connect; dst from the sockaddr
+ *                      argument (a UAPI struct), synchronous errno from the return value.
+ *   ND_MODE_FENTRY     the same through fentry/fexit.
+ *   ND_MODE_TRACEPOINT sock:inet_sock_set_state CLOSE->SYN_SENT (runs inside connect(), so the
+ *                      current task is the caller) + syscalls:sys_exit_connect for the errno.
+ * In every mode the asynchronous outcome (SYN_SENT -> ESTABLISHED / CLOSE) comes from the state
+ * tracepoint in state.c, with the errno read from sk->sk_err at that moment. */
+
+#define ND_MODE_KPROBE 1
+#define ND_MODE_FENTRY 2
+#define ND_MODE_TRACEPOINT 3
+
+struct nd_conn {
+    u64 ts_ns;          /* attempt */
+    u32 pid;
+    u32 tid;
+    u32 netns;
+    u8 sync_done;       /* outcome already emitted */
+    u8 pad[3];
+    struct nd_tuple t;
+    char comm[16];
+};
+
+BPF_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_CONNS);
+/* thread inside connect() -> its socket (the synchronous part of the outcome) */
+BPF_TABLE("lru_hash", u32, u64, nd_inconnect, 16384);
+
+static __always_inline void nd_connect_emit(void *ctx, struct nd_conn *c, int err)
+{
+    struct nd_event ev = {};
+    ev.ts_ns = bpf_ktime_get_ns();
+    ev.latency_ns = ev.ts_ns - c->ts_ns;
+    ev.netns = c->netns;
+    ev.pid = c->pid;
+    ev.tid = c->tid;
+    ev.err = err;
+    ev.kind = ND_EV_CONNECT;
+    ev.family = c->t.family;
+    ev.sport = c->t.sport;
+    ev.dport = c->t.dport;
+    __builtin_memcpy(ev.saddr, c->t.saddr, 16);
+    __builtin_memcpy(ev.daddr, c->t.daddr, 16);
+    __builtin_memcpy(ev.comm, c->comm, 16);
+    nd_count(err ? ND_STAT_CONNECT_FAIL : ND_STAT_CONNECT_OK);
+    nd_emit(ctx, &ev);
+}
+
+/* A connect attempt begins on socket sk, in the calling task's context. */
+static __always_inline void nd_connect_begin(u64 sk, struct nd_tuple *t)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32, tid = (u32)id;
+    if (!nd_pid_allowed(pid))
+        return;
+    u32 netns = nd_netns_of_sk((void *)sk);
+    if (!nd_netns_allowed(netns))
+        return;
+    struct nd_conn c = {};
+    c.ts_ns = bpf_ktime_get_ns();
+    c.pid = pid;
+    c.tid = tid;
+    c.netns = netns;
+    c.t = *t;
+    bpf_get_current_comm(c.comm, sizeof(c.comm));
+    nd_conns.update(&sk, &c);
+    nd_inconnect.update(&tid, &sk);
+    nd_count(ND_STAT_CONNECT_ATTEMPT);
+}
+
+/* connect() (or tcp_v*_connect) returned ret in the calling task. */
+static __always_inline void nd_connect_return(void *ctx, long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 *skp = nd_inconnect.lookup(&tid);
+    if (!skp)
+        return;
+    u64 sk = *skp;
+    nd_inconnect.delete(&tid);
+    if (ret >= 0 || ret == -EINPROGRESS)
+        return;                       /* outcome arrives through the state tracepoint */
+    struct nd_conn *c = nd_conns.lookup(&sk);
+    if (!c)
+        return;
+    if (!c->sync_done)
+        nd_connect_emit(ctx, c, (int)-ret);
+    nd_conns.delete(&sk);
+}
+
+/* state tracepoint: sk left SYN_SENT for newstate (ESTABLISHED or CLOSE). */
+static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, struct nd_tuple *t)
+{
+    struct nd_conn *c = nd_conns.lookup(&sk);
+    if (!c)
+        return;
+    c->t.sport = t->sport;
+    __builtin_memcpy(c->t.saddr, t->saddr, 16);
+    if (newstate == ND_TCP_ESTABLISHED) {
+        nd_connect_emit(ctx, c, 0);
+        nd_conns.delete(&sk);
+        return;
+    }
+    int err = nd_sk_err((void *)sk);
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 *inconn = nd_inconnect.lookup(&tid);
+    if (err == 0 && inconn && *inconn == sk)
+        return;                       /* synchronous failure: connect()'s return carries the errno */
+    nd_connect_emit(ctx, c, err ? err : ECONNABORTED);
+    if (inconn && *inconn == sk)
+        c->sync_done = 1;             /* connect() still returns: do not report twice */
+    else
+        nd_conns.delete(&sk);
+}
+
+#if ND_CONNECT_MODE == ND_MODE_KPROBE || ND_CONNECT_MODE == ND_MODE_FENTRY
+static __always_inline void nd_connect_enter(void *sk, void *uaddr)
+{
+    struct nd_tuple t = {};
+    u16 family = 0;
+    bpf_probe_read_kernel(&family, sizeof(family), uaddr);   /* sa_family is the first member */
+    t.family = family;
+    if (family == AF_INET) {
+        struct sockaddr_in sin = {};
+        bpf_probe_read_kernel(&sin, sizeof(sin), uaddr);
+        t.dport = ntohs(sin.sin_port);
+        __builtin_memcpy(t.daddr, &sin.sin_addr.s_addr, 4);
+    } else if (family == AF_INET6) {
+        struct sockaddr_in6 sin6 = {};
+        bpf_probe_read_kernel(&sin6, sizeof(sin6), uaddr);
+        t.dport = ntohs(sin6.sin6_port);
+        __builtin_memcpy(t.daddr, &sin6.sin6_addr, 16);
+    } else {
+        return;
+    }
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 key = (u64)sk;
+    u64 *inconn = nd_inconnect.lookup(&tid);
+    if (inconn && *inconn == key)
+        return;                       /* tcp_v6_connect -> tcp_v4_connect for a v4-mapped peer */
+    nd_connect_begin(key, &t);
+}
+#endif
+
+#if ND_CONNECT_MODE == ND_MODE_KPROBE
+int nd_kp_tcp_connect(struct pt_regs *ctx, void *sk, void *uaddr)
+{
+    nd_connect_enter(sk, uaddr);
+    return 0;
+}
+
+int nd_kretp_tcp_connect(struct pt_regs *ctx)
+{
+    nd_connect_return(ctx, (int)PT_REGS_RC(ctx));
+    return 0;
+}
+#elif ND_CONNECT_MODE == ND_MODE_FENTRY
+KFUNC_PROBE(tcp_v4_connect, void *sk, void *uaddr, int addr_len)
+{
+    nd_connect_enter(sk, uaddr);
+    return 0;
+}
+KRETFUNC_PROBE(tcp_v4_connect, void *sk, void *uaddr, int addr_len, int ret)
+{
+    nd_connect_return(ctx, ret);
+    return 0;
+}
+KFUNC_PROBE(tcp_v6_connect, void *sk, void *uaddr, int addr_len)
+{
+    nd_connect_enter(sk, uaddr);
+    return 0;
+}
+KRETFUNC_PROBE(tcp_v6_connect, void *sk, void *uaddr, int addr_len, int ret)
+{
+    nd_connect_return(ctx, ret);
+    return 0;
+}
+#else
+TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+{
+    nd_connect_return(args, args->ret);
+    return 0;
+}
+#endif

@@ -1,0 +1,99 @@
+/* Helpers shared by netdiag's probes. Nothing here includes a kernel-internal struct: pointer
+ * walks use offsets read from the running kernel's BTF, passed in as -DND_OFF_* flags. */
+#ifndef ND_COMMON_H
+#define ND_COMMON_H
+
+#include <uapi/asm-generic/errno.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#include "nd_events.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+/* TCP states come from the running kernel's tracefs format file (-DND_TCP_*). */
+#ifndef ND_TCP_ESTABLISHED
+#error "ND_TCP_* state values must be passed as cflags"
+#endif
+
+/* an address tuple as the state tracepoint gives it */
+struct nd_tuple {
+    u16 family;
+    u16 sport;
+    u16 dport;
+    u16 pad;
+    u8 saddr[16];
+    u8 daddr[16];
+};
+
+BPF_PERCPU_ARRAY(nd_stats, u64, ND_STAT_MAX);
+
+static __always_inline void nd_count(u32 idx)
+{
+    u64 *v = nd_stats.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+#ifdef ND_RINGBUF
+BPF_RINGBUF_OUTPUT(nd_events, ND_RINGBUF_PAGES);
+static __always_inline void nd_emit(void *ctx, struct nd_event *ev)
+{
+    if (nd_events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
+        nd_count(ND_STAT_LOST);
+}
+#else
+BPF_PERF_OUTPUT(nd_events);
+static __always_inline void nd_emit(void *ctx, struct nd_event *ev)
+{
+    if (nd_events.perf_submit(ctx, ev, sizeof(*ev)) != 0)
+        nd_count(ND_STAT_LOST);
+}
+#endif
+
+/* network namespace inode of a struct sock *, through BTF offsets */
+static __always_inline u32 nd_netns_of_sk(const void *sk)
+{
+    u32 inum = 0;
+#ifdef ND_OFF_SOCK_NET
+    void *net = NULL;
+    bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + ND_OFF_SOCK_NET);
+    if (net)
+        bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + ND_OFF_NET_INUM);
+#endif
+    return inum;
+}
+
+/* sk->sk_err: the errno a failed connect left on the socket */
+static __always_inline int nd_sk_err(const void *sk)
+{
+    int err = 0;
+#ifdef ND_OFF_SOCK_ERR
+    bpf_probe_read_kernel(&err, sizeof(err), (const char *)sk + ND_OFF_SOCK_ERR);
+#endif
+    return err;
+}
+
+static __always_inline int nd_netns_allowed(u32 netns)
+{
+#ifdef ND_FILTER_NETNS
+    return netns == ND_FILTER_NETNS;
+#else
+    return 1;
+#endif
+}
+
+static __always_inline int nd_pid_allowed(u32 pid)
+{
+#ifdef ND_FILTER_PID
+    return pid == ND_FILTER_PID;
+#else
+    return 1;
+#endif
+}
+
+#endif

@@ -1,0 +1,40 @@
+/* sock:inet_sock_set_state drives both signals: the start and asynchronous outcome of a connect,
+ * and the child sockets a listener establishes. Fields come from the running kernel's format
+ * file (BCC generates the args struct from it), state values from -DND_TCP_* flags. */
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != IPPROTO_TCP)
+        return 0;
+    int oldstate = args->oldstate, newstate = args->newstate;
+    u64 sk = (u64)args->skaddr;
+    struct nd_tuple t = {};
+    t.family = args->family;
+    t.sport = args->sport;
+    t.dport = args->dport;
+    if (t.family == AF_INET6) {
+        __builtin_memcpy(t.saddr, args->saddr_v6, 16);
+        __builtin_memcpy(t.daddr, args->daddr_v6, 16);
+    } else {
+        __builtin_memcpy(t.saddr, args->saddr, 4);
+        __builtin_memcpy(t.daddr, args->daddr, 4);
+    }
+
+    if (oldstate == ND_TCP_CLOSE && newstate == ND_TCP_SYN_SENT) {
+#if ND_CONNECT_MODE == ND_MODE_TRACEPOINT
+        nd_connect_begin(sk, &t);
+#endif
+        return 0;
+    }
+    if (oldstate == ND_TCP_SYN_SENT) {
+        nd_connect_state(args, sk, newstate, &t);
+        return 0;
+    }
+    if (oldstate == ND_TCP_SYN_RECV && newstate == ND_TCP_ESTABLISHED) {
+        nd_accept_established(sk, &t);
+        return 0;
+    }
+    if (newstate == ND_TCP_CLOSE)
+        nd_pending_accept.delete(&sk);     /* closed before anyone accepted it */
+    return 0;
+}

@@ -1,0 +1,75 @@
+"""netdiag's command-line entry point: the click group. Each command lives in netdiag/commands/."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from . import __version__
+from .errors import NetdiagError
+
+# command name -> module under netdiag.commands exposing `command`; imported only when used,
+# so `netdiag --help` needs neither bcc nor root.
+COMMANDS = {
+    "doctor": "doctor",
+    "trace": "trace",
+    "load": "load",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(name for name, mod in COMMANDS.items() if _module_exists(mod))
+
+    def get_command(self, ctx, name):
+        mod = COMMANDS.get(name)
+        if mod is None or not _module_exists(mod):
+            return None
+        return importlib.import_module(f"netdiag.commands.{mod}").command
+
+
+def _module_exists(mod: str) -> bool:
+    return importlib.util.find_spec(f"netdiag.commands.{mod}") is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="netdiag")
+@click.option("-v", "--verbose", is_flag=True, help="Show details of failures (BPF verifier logs).")
+@click.pass_context
+def cli(ctx, verbose):
+    """netdiag: find where TCP connections are capped, dropped or reset, and why.
+
+    \b
+    Examples:
+      sudo netdiag doctor            what this kernel lets netdiag do
+      sudo netdiag trace --json      connect/accept events as NDJSON
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="netdiag", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except NetdiagError as e:
+        click.echo(f"netdiag: error: {e}", err=True)
+        ctx = click.get_current_context(silent=True)
+        verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
+        if e.detail and verbose:
+            click.echo(e.detail, err=True)
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

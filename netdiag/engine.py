@@ -1,0 +1,285 @@
+"""The probe engine: plans a hook per signal, compiles bpf/*.c into one BCC module, attaches,
+streams events, reads counters and detaches.
+
+Per signal the engine tries, in order, kprobe/kretprobe, fentry/fexit, then the tracepoint
+fallback of DESIGN.md, and records which one it got. Kernel structs are never read through
+headers: pointer walks use offsets from the running kernel's BTF (netdiag/btf.py), addresses come
+from tracepoint fields or UAPI sockaddr structs, enum values from tracefs format files.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import tracefs
+from .errors import BccMissing, BpfLoadError, FeatureMissing
+from .features import Features, kprobe_target, require_privileges
+
+MODES = ("kprobe", "fentry", "tracepoint")
+MODE_MACRO = {"kprobe": "ND_MODE_KPROBE", "fentry": "ND_MODE_FENTRY", "tracepoint": "ND_MODE_TRACEPOINT"}
+TCP_STATES = ("TCP_ESTABLISHED", "TCP_SYN_SENT", "TCP_SYN_RECV", "TCP_CLOSE")
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    name: str
+    kfuncs: tuple            # kernel functions the kprobe/fentry modes hook
+    kprobes: tuple           # (kernel function, BPF function, is_return)
+    tracepoints: tuple       # what the tracepoint mode needs besides the common ones
+    common: tuple            # tracepoints every mode needs
+    btf_needed: bool         # the tracepoint mode walks pointers through BTF offsets
+
+
+SIGNALS = {
+    "connect": SignalSpec(
+        "connect",
+        kfuncs=("tcp_v4_connect", "tcp_v6_connect"),
+        kprobes=(("tcp_v4_connect", "nd_kp_tcp_connect", False),
+                 ("tcp_v6_connect", "nd_kp_tcp_connect", False),
+                 ("tcp_v4_connect", "nd_kretp_tcp_connect", True),
+                 ("tcp_v6_connect", "nd_kretp_tcp_connect", True)),
+        tracepoints=("syscalls:sys_exit_connect",),
+        common=("sock:inet_sock_set_state",),
+        btf_needed=False,
+    ),
+    "accept": SignalSpec(
+        "accept",
+        kfuncs=("inet_csk_accept",),
+        kprobes=(("inet_csk_accept", "nd_kretp_inet_csk_accept", True),),
+        tracepoints=("syscalls:sys_exit_accept4", "syscalls:sys_exit_accept"),
+        common=("sock:inet_sock_set_state",),
+        btf_needed=True,
+    ),
+}
+SOURCES = ("connect.c", "accept.c", "state.c")   # pasted after nd_common.h, in this order
+
+
+def bpf_dir() -> Path:
+    """bpf/ sources: package data of an installed netdiag, or the checkout's bpf/ folder."""
+    try:
+        d = Path(str(resources.files("netdiag.bpf")))
+        if (d / "nd_common.h").is_file():
+            return d
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "bpf"
+
+
+def _tp_exists(name: str) -> bool:
+    cat, ev = name.split(":")
+    return tracefs.tracepoint_exists(cat, ev)
+
+
+def mode_available(spec: SignalSpec, mode: str, feats: Features) -> tuple[bool, str]:
+    """Can ``spec`` run in ``mode`` here? (yes/no, the missing feature when no)."""
+    missing_tp = [tp for tp in spec.common if not _tp_exists(tp)]
+    if missing_tp:
+        return False, f"tracepoint {missing_tp[0]}"
+    if mode == "kprobe":
+        if not feats.kprobes:
+            return False, "kprobes (CONFIG_KPROBES)"
+        absent = [f for f in spec.kfuncs if not kprobe_target(f)]
+        return (False, f"kernel function {absent[0]}") if absent else (True, "")
+    if mode == "fentry":
+        return (True, "") if feats.fentry else (False, "fentry/fexit (BPF trampolines)")
+    missing_tp = [tp for tp in spec.tracepoints if not _tp_exists(tp)]
+    if missing_tp:
+        return False, f"tracepoint {missing_tp[0]}"
+    if spec.btf_needed and not feats.btf_offsets:
+        return False, "BTF (/sys/kernel/btf/vmlinux) for socket offsets"
+    return True, ""
+
+
+def plan_modes(signals: Iterable[str], requested: str, feats: Features) -> dict[str, str]:
+    """Pick a mode per signal. ``requested`` is auto or a mode every signal must use."""
+    plan = {}
+    for name in signals:
+        spec = SIGNALS[name]
+        if requested != "auto":
+            ok, missing = mode_available(spec, requested, feats)
+            if not ok:
+                raise FeatureMissing(missing, f"--mode {requested} is impossible for {name} on this kernel: "
+                                              f"{missing} is not available (netdiag doctor shows what is)")
+            plan[name] = requested
+            continue
+        reasons = []
+        for mode in MODES:
+            ok, missing = mode_available(spec, mode, feats)
+            if ok:
+                plan[name] = mode
+                break
+            reasons.append(f"{mode}: no {missing}")
+        else:
+            raise FeatureMissing(reasons[-1], f"no way to trace {name} on this kernel ({'; '.join(reasons)})")
+    return plan
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Capture fd 2 (where libbcc writes verifier logs) into a buffer the caller can read."""
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        box = {"text": ""}
+        try:
+            yield box
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            box["text"] = tmp.read().decode(errors="replace")
+
+
+class ProbeEngine:
+    """Load, attach, read and detach netdiag's BPF programs.
+
+    >>> eng = ProbeEngine(mode="auto")          # doctest: +SKIP
+    >>> eng.start(on_event=print); eng.poll(100); eng.close()
+    """
+
+    def __init__(self, signals: Iterable[str] = ("connect", "accept"), mode: str = "auto",
+                 pid: int | None = None, netns: int | None = None, features: Features | None = None):
+        if mode != "auto" and mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        self.signals = tuple(signals)
+        self.requested_mode = mode
+        self.pid = pid
+        self.netns = netns
+        self.features = features or Features.probe(want_fentry=mode in ("auto", "fentry"))
+        self.plan = plan_modes(self.signals, mode, self.features)
+        self.bpf = None
+        self.buffer = "ringbuf" if self.features.ringbuf else "perf"
+        self._perf_lost = 0
+
+    # -- the program ----------------------------------------------------------------------------
+    def cflags(self, strict: bool = True) -> list[str]:
+        flags = [f"-I{bpf_dir()}"]
+        try:
+            states = tracefs.tcp_states()
+            for name in TCP_STATES:
+                flags.append(f"-DND_{name}={tracefs.enum_value(states, name)}")
+        except (FeatureMissing, KeyError, PermissionError):
+            if strict:
+                raise
+            flags += [f"-DND_{name}=/*read-from-tracefs-at-run-time*/" for name in TCP_STATES]
+        for sig, mode in self.plan.items():
+            flags.append(f"-DND_{sig.upper()}_MODE={MODE_MACRO[mode]}")
+        for name, off in sorted(self.features.btf_offsets.items()):
+            flags.append(f"-D{name}={off}")
+        if self.plan.get("accept") == "fentry":
+            from .btf import kernel_btf
+            flags.append(f"-DND_ACCEPT_NARGS={kernel_btf().func_nargs('inet_csk_accept')}")
+        if self.buffer == "ringbuf":
+            flags.append("-DND_RINGBUF")
+        if self.pid is not None:
+            flags.append(f"-DND_FILTER_PID={int(self.pid)}")
+        if self.netns is not None:
+            flags.append(f"-DND_FILTER_NETNS={int(self.netns)}")
+        return flags
+
+    def source(self) -> str:
+        d = bpf_dir()
+        # Everything that touches a map is pasted into the main text, with no #line markers:
+        # BCC rewrites map calls (nd_stats.lookup, ...) only in what clang sees as the main file.
+        parts = [f"/* ---- {name} ---- */\n" + (d / name).read_text() for name in ("nd_common.h",) + SOURCES]
+        return "\n".join(parts)
+
+    def dump(self) -> str:
+        """The final C program as BCC compiles it: flags as #defines, then the sources."""
+        lines = ["/* netdiag BPF program; modes: " +
+                 ", ".join(f"{s}={m}" for s, m in self.plan.items()) + " */"]
+        for f in self.cflags(strict=False):
+            if f.startswith("-D"):
+                name, _, val = f[2:].partition("=")
+                lines.append(f"#define {name} {val}".rstrip())
+        d = bpf_dir()
+        lines.append(f"/* ---- nd_events.h (included) ---- */\n" + (d / "nd_events.h").read_text())
+        lines.append(self.source())
+        return "\n".join(lines)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self, on_event: Callable[[bytes], None]) -> None:
+        require_privileges()
+        try:
+            from bcc import BPF
+        except Exception as e:  # ImportError, or libbcc missing underneath
+            raise BccMissing(f"cannot import bcc ({e}); run scripts/setup.sh as root "
+                             "(installs python3-bpfcc and a venv that sees it)") from e
+        tracefs.tracefs_root()
+        flags = self.cflags()
+        with _captured_stderr() as log:
+            try:
+                self.bpf = BPF(text=self.source(), cflags=flags)
+                self._attach()
+            except Exception as e:
+                err = e
+            else:
+                err = None
+        if err is not None:
+            self.close()
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise BpfLoadError(f"BPF load/attach failed: {first} (run with -v for the verifier log)",
+                               detail=log["text"].strip() or None) from err
+        self._open_buffer(on_event)
+
+    def _attach(self) -> None:
+        for sig, mode in self.plan.items():
+            if mode != "kprobe":
+                continue    # tracepoint and fentry programs attach themselves on load
+            for func, fn_name, is_ret in SIGNALS[sig].kprobes:
+                if is_ret:
+                    self.bpf.attach_kretprobe(event=func, fn_name=fn_name)
+                else:
+                    self.bpf.attach_kprobe(event=func, fn_name=fn_name)
+
+    def _open_buffer(self, on_event: Callable[[bytes], None]) -> None:
+        def cb(_ctx, data, size):
+            on_event(ctypes.string_at(data, size))
+
+        def lost(count):
+            self._perf_lost += count
+
+        table = self.bpf["nd_events"]
+        if self.buffer == "ringbuf":
+            table.open_ring_buffer(cb)
+        else:
+            table.open_perf_buffer(cb, page_cnt=256, lost_cb=lost)
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        if self.buffer == "ringbuf":
+            self.bpf.ring_buffer_poll(timeout_ms)
+        else:
+            self.bpf.perf_buffer_poll(timeout_ms)
+
+    def drain(self) -> None:
+        if self.buffer == "ringbuf":
+            self.bpf.ring_buffer_consume()
+        else:
+            self.bpf.perf_buffer_poll(0)
+
+    def stats(self) -> dict[str, int]:
+        names = ("connect_attempts", "connects_ok", "connects_failed", "accepts", "lost_events",
+                 "accepts_untracked")
+        table = self.bpf["nd_stats"]
+        out = {n: int(table.sum(ctypes.c_int(i)).value) for i, n in enumerate(names)}
+        out["lost_events"] += self._perf_lost
+        return out
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

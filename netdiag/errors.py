@@ -1,0 +1,43 @@
+"""Typed errors raised by the library; only the CLI turns them into messages and exit codes."""
+from __future__ import annotations
+
+# Exit codes (sysexits.h where one fits). Documented in docs/commands/*.md.
+EXIT_USAGE = 2          # click's own usage errors
+EXIT_DATAERR = 65       # corrupt input (recording, format file)
+EXIT_UNAVAILABLE = 69   # a kernel feature the request needs is absent
+EXIT_SOFTWARE = 70      # BPF compile/verifier/attach failure
+EXIT_NOPERM = 77        # not root / missing CAP_BPF+CAP_PERFMON
+EXIT_CONFIG = 78        # set-up incomplete (bcc not importable)
+
+
+class NetdiagError(Exception):
+    exit_code = EXIT_SOFTWARE
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail   # long text (a verifier log), shown with -v
+
+
+class NotPrivileged(NetdiagError):
+    exit_code = EXIT_NOPERM
+
+
+class BccMissing(NetdiagError):
+    exit_code = EXIT_CONFIG
+
+
+class FeatureMissing(NetdiagError):
+    """A kernel feature is absent. ``feature`` names it (e.g. "kprobes")."""
+    exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, feature: str, message: str, detail: str | None = None):
+        super().__init__(message, detail)
+        self.feature = feature
+
+
+class BpfLoadError(NetdiagError):
+    exit_code = EXIT_SOFTWARE
+
+
+class BadInput(NetdiagError):
+    exit_code = EXIT_DATAERR

@@ -1,0 +1,223 @@
+"""What the running kernel offers, found by trying (never by kernel version).
+
+Each probe is cheap (a bpf() syscall with a two-instruction program, a file in tracefs), so
+``doctor`` and the probe engine can call them at start-up without compiling anything.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from . import btf as btfmod
+from . import tracefs
+from .errors import FeatureMissing
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_NR_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+
+BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
+BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_RINGBUF = 2, 27
+BPF_PROG_TYPE_TRACING = 26
+BPF_TRACE_FENTRY = 24
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def _bpf(cmd: int, attr: ctypes.Array) -> tuple[int, int]:
+    fd = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    return fd, (ctypes.get_errno() if fd < 0 else 0)
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
+
+
+def _map_create(map_type: int, key: int, value: int, entries: int) -> tuple[int, int]:
+    attr = (ctypes.c_uint8 * 128)()
+    ctypes.memmove(attr, (ctypes.c_uint32 * 4)(map_type, key, value, entries), 16)
+    return _bpf(BPF_MAP_CREATE, attr)
+
+
+def bpf_syscall() -> tuple[bool, str]:
+    fd, err = _map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1)
+    _close(fd)
+    if fd >= 0:
+        return True, "bpf() creates maps"
+    return False, f"bpf() failed: {errno.errorcode.get(err, err)}"
+
+
+def ringbuf() -> tuple[bool, str]:
+    fd, err = _map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 1 << 16)
+    _close(fd)
+    if fd >= 0:
+        return True, "BPF ring buffer maps work"
+    return False, f"ring buffer map refused ({errno.errorcode.get(err, err)}): perf buffer is used"
+
+
+def fentry(func: str = "tcp_v4_connect") -> tuple[bool, str]:
+    """Load and attach a do-nothing fentry program to ``func``: the only honest test."""
+    try:
+        b = btfmod.kernel_btf()
+        from .btf import FUNC
+        btf_id = b.find(FUNC, func)
+    except (FeatureMissing, KeyError) as e:
+        return False, f"no BTF for {func}: {e}"
+    insns = (ctypes.c_uint8 * 16)(0xB7, 0, 0, 0, 0, 0, 0, 0,   # r0 = 0
+                                  0x95, 0, 0, 0, 0, 0, 0, 0)   # exit
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = (ctypes.c_uint8 * 128)()
+
+    def put(off, ctype, value):
+        ctype.from_buffer(attr, off).value = value
+
+    put(0, ctypes.c_uint32, BPF_PROG_TYPE_TRACING)
+    put(4, ctypes.c_uint32, 2)
+    put(8, ctypes.c_uint64, ctypes.addressof(insns))
+    put(16, ctypes.c_uint64, ctypes.addressof(lic))
+    put(68, ctypes.c_uint32, BPF_TRACE_FENTRY)
+    put(108, ctypes.c_uint32, btf_id)
+    fd, err = _bpf(BPF_PROG_LOAD, attr)
+    if fd < 0:
+        return False, f"fentry program load refused ({errno.errorcode.get(err, err)})"
+    try:
+        attr2 = (ctypes.c_uint8 * 16)()
+        ctypes.c_uint32.from_buffer(attr2, 8).value = fd
+        link, err = _bpf(BPF_RAW_TRACEPOINT_OPEN, attr2)
+        _close(link)
+        if link < 0:
+            return False, f"fentry attach refused ({errno.errorcode.get(err, err)})"
+        return True, f"fentry on {func} loads and attaches"
+    finally:
+        _close(fd)
+
+
+@lru_cache(maxsize=1)
+def _kallsyms() -> frozenset:
+    names = set()
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in ("t", "T"):
+                    names.add(parts[2])
+    except OSError:
+        pass
+    return frozenset(names)
+
+
+def kprobes() -> tuple[bool, str]:
+    root = None
+    try:
+        root = tracefs.tracefs_root()
+    except FeatureMissing:
+        pass
+    if Path("/sys/bus/event_source/devices/kprobe").is_dir() or (root and (root / "kprobe_events").exists()):
+        return True, "kprobe PMU / kprobe_events present"
+    return False, "kernel built without CONFIG_KPROBES (no kprobe PMU, no kprobe_events)"
+
+
+def kprobe_target(func: str) -> bool:
+    return func in _kallsyms()
+
+
+def capabilities() -> tuple[bool, str]:
+    if os.geteuid() == 0:
+        return True, "running as root"
+    try:
+        with open("/proc/self/status") as f:
+            capeff = next(int(l.split()[1], 16) for l in f if l.startswith("CapEff:"))
+    except (OSError, StopIteration):
+        capeff = 0
+    have = lambda c: bool(capeff >> c & 1)  # noqa: E731
+    if have(CAP_SYS_ADMIN) or (have(CAP_BPF) and have(CAP_PERFMON)):
+        return True, "CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN)"
+    return False, "not root and lacking CAP_BPF+CAP_PERFMON"
+
+
+def require_privileges() -> None:
+    from .errors import NotPrivileged
+    ok, _ = capabilities()
+    if not ok:
+        raise NotPrivileged("netdiag needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: "
+                            "run it with sudo")
+
+
+def btf() -> tuple[bool, str]:
+    try:
+        b = btfmod.kernel_btf()
+        btfmod.probe_offsets(b)
+        return True, f"{btfmod.VMLINUX_BTF} ({len(b.types)} types); socket/netns offsets resolved"
+    except FeatureMissing as e:
+        return False, str(e)
+    except KeyError as e:
+        return False, f"BTF lacks a member netdiag needs: {e}"
+
+
+def _release_of(build: Path) -> str | None:
+    """The kernel release a header tree was built for (UTS_RELEASE, as `uname -r` prints it)."""
+    p = build / "include/generated/utsrelease.h"
+    if p.is_file():
+        m = re.search(r'UTS_RELEASE\s+"([^"]+)"', p.read_text())
+        if m:
+            return m.group(1)
+    p = build / "include/config/kernel.release"
+    return p.read_text().strip() if p.is_file() else None
+
+
+def headers() -> tuple[str, str]:
+    """("matching"|"stand-in"|"missing", detail)."""
+    running = os.uname().release
+    build = Path(f"/lib/modules/{running}/build")
+    if not (build / "include").is_dir():
+        return "missing", f"{build} absent"
+    rel = _release_of(build.resolve())
+    if rel == running:
+        return "matching", f"{build} -> {build.resolve()}"
+    return "stand-in", f"{build} -> {build.resolve()} ({rel or 'unknown version'}, not {running})"
+
+
+def conntrack_netlink() -> tuple[bool, str]:
+    try:
+        from pyroute2 import NFCTSocket
+        with NFCTSocket() as s:
+            stats = s.stat()
+        return True, f"ctnetlink answers ({len(stats)} CPUs of stats)"
+    except Exception as e:  # pyroute2 raises NetlinkError, OSError, ...
+        return False, f"ctnetlink unavailable: {e}"
+
+
+def bcc_importable() -> tuple[bool, str]:
+    try:
+        import bcc  # noqa: F401
+        return True, f"bcc {getattr(bcc, '__version__', '?')} from {Path(bcc.__file__).parent}"
+    except Exception as e:
+        return False, f"cannot import bcc ({e})"
+
+
+@dataclass
+class Features:
+    """The feature set the engine plans with (cheap to compute)."""
+    kprobes: bool
+    fentry: bool
+    ringbuf: bool
+    btf_offsets: dict = field(default_factory=dict)
+    headers: str = "missing"
+    notes: dict = field(default_factory=dict)
+
+    @classmethod
+    def probe(cls, want_fentry: bool = True) -> "Features":
+        kp, kp_note = kprobes()
+        fe, fe_note = fentry() if want_fentry else (False, "not tried")
+        rb, rb_note = ringbuf()
+        try:
+            offsets = btfmod.probe_offsets(btfmod.kernel_btf())
+        except (FeatureMissing, KeyError):
+            offsets = {}
+        hdr, _ = headers()
+        return cls(kp, fe, rb, offsets, hdr, {"kprobes": kp_note, "fentry": fe_note, "ringbuf": rb_note})
