@@ -1,0 +1,23 @@
+"""Option decorators shared by commands."""
+from __future__ import annotations
+
+import click
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Machine-readable output (NDJSON / one JSON object).")(f)
+
+
+def duration_option(default=None):
+    def deco(f):
+        return click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=default,
+                            metavar="S", help="Stop after S seconds (default: until Ctrl-C).")(f)
+    return deco
+
+
+def interval_option(default=1.0):
+    def deco(f):
+        return click.option("--interval", type=click.FloatRange(min=0.05), default=default, show_default=True,
+                            metavar="S", help="Seconds between reports.")(f)
+    return deco
