@@ -9,9 +9,6 @@
  * In every mode the asynchronous outcome (SYN_SENT -> ESTABLISHED / CLOSE) comes from the state
  * tracepoint in state.c, with the errno read from sk->sk_err at that moment. */
 
-#define ND_MODE_KPROBE 1
-#define ND_MODE_FENTRY 2
-#define ND_MODE_TRACEPOINT 3
 
 struct nd_conn {
     u64 ts_ns;          /* attempt */

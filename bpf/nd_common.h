@@ -20,6 +20,10 @@
 #error "ND_TCP_* state values must be passed as cflags"
 #endif
 
+#define ND_MODE_KPROBE 1
+#define ND_MODE_FENTRY 2
+#define ND_MODE_TRACEPOINT 3
+
 /* an address tuple as the state tracepoint gives it */
 struct nd_tuple {
     u16 family;

@@ -20,6 +20,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         __builtin_memcpy(t.daddr, args->daddr, 4);
     }
 
+#ifdef ND_CONNECT_MODE
     if (oldstate == ND_TCP_CLOSE && newstate == ND_TCP_SYN_SENT) {
 #if ND_CONNECT_MODE == ND_MODE_TRACEPOINT
         nd_connect_begin(sk, &t);
@@ -30,11 +31,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         nd_connect_state(args, sk, newstate, &t);
         return 0;
     }
+#endif
+#ifdef ND_ACCEPT_MODE
     if (oldstate == ND_TCP_SYN_RECV && newstate == ND_TCP_ESTABLISHED) {
         nd_accept_established(sk, &t);
         return 0;
     }
     if (newstate == ND_TCP_CLOSE)
         nd_pending_accept.delete(&sk);     /* closed before anyone accepted it */
+#endif
     return 0;
 }

@@ -57,7 +57,8 @@ SIGNALS = {
         btf_needed=True,
     ),
 }
-SOURCES = ("connect.c", "accept.c", "state.c")   # pasted after nd_common.h, in this order
+# signal -> its BPF source; pasted after nd_common.h in this order, then state.c (shared)
+SIGNAL_SOURCES = {"connect": "connect.c", "accept": "accept.c"}
 
 
 def bpf_dir() -> Path:
@@ -157,6 +158,19 @@ class ProbeEngine:
         self.buffer = "ringbuf" if self.features.ringbuf else "perf"
         self._perf_lost = 0
 
+    @classmethod
+    def for_dump(cls, signals, mode="auto", pid=None, netns=None) -> "ProbeEngine":
+        """An engine good for ``dump()`` only; works without root (plans tracepoints if it cannot probe)."""
+        try:
+            return cls(signals, mode=mode, pid=pid, netns=netns)
+        except FeatureMissing:
+            eng = cls.__new__(cls)
+            eng.signals, eng.requested_mode, eng.pid, eng.netns = tuple(signals), mode, pid, netns
+            eng.features = Features.probe(want_fentry=False)
+            eng.plan = {s: (mode if mode != "auto" else "tracepoint") for s in eng.signals}
+            eng.bpf, eng.buffer, eng._perf_lost = None, "ringbuf", 0
+            return eng
+
     # -- the program ----------------------------------------------------------------------------
     def cflags(self, strict: bool = True) -> list[str]:
         flags = [f"-I{bpf_dir()}"]
@@ -187,7 +201,8 @@ class ProbeEngine:
         d = bpf_dir()
         # Everything that touches a map is pasted into the main text, with no #line markers:
         # BCC rewrites map calls (nd_stats.lookup, ...) only in what clang sees as the main file.
-        parts = [f"/* ---- {name} ---- */\n" + (d / name).read_text() for name in ("nd_common.h",) + SOURCES]
+        names = ["nd_common.h"] + [SIGNAL_SOURCES[s] for s in SIGNAL_SOURCES if s in self.plan] + ["state.c"]
+        parts = [f"/* ---- {name} ---- */\n" + (d / name).read_text() for name in names]
         return "\n".join(parts)
 
     def dump(self) -> str:

@@ -1,0 +1,74 @@
+"""Decode raw events from the kernel into plain dicts (pure functions, no kernel needed).
+
+``EVENT_FIELDS`` mirrors ``struct nd_event`` in bpf/nd_events.h; tests/unit/test_decode.py
+checks the mirror field by field against the header.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import struct
+
+AF_INET, AF_INET6 = 2, 10
+EV_CONNECT, EV_ACCEPT = 1, 2
+KIND_NAMES = {EV_CONNECT: "connect", EV_ACCEPT: "accept"}
+
+# (name, C type, struct format) in header order
+EVENT_FIELDS = (
+    ("ts_ns", "u64", "Q"),
+    ("latency_ns", "u64", "Q"),
+    ("netns", "u32", "I"),
+    ("pid", "u32", "I"),
+    ("tid", "u32", "I"),
+    ("err", "s32", "i"),
+    ("kind", "u16", "H"),
+    ("family", "u16", "H"),
+    ("sport", "u16", "H"),
+    ("dport", "u16", "H"),
+    ("saddr", "u8[16]", "16s"),
+    ("daddr", "u8[16]", "16s"),
+    ("comm", "char[16]", "16s"),
+)
+EVENT = struct.Struct("<" + "".join(f for _, _, f in EVENT_FIELDS))
+
+
+def format_addr(family: int, raw: bytes) -> str:
+    if family == AF_INET6:
+        return str(ipaddress.IPv6Address(raw[:16]))
+    return str(ipaddress.IPv4Address(raw[:4]))
+
+
+def endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def errno_name(err: int) -> str | None:
+    if not err:
+        return None
+    return errno.errorcode.get(err, f"E{err}")
+
+
+def decode_event(raw: bytes) -> dict:
+    """Turn one ``struct nd_event`` into the dict netdiag prints (``trace --json``)."""
+    v = dict(zip((n for n, _, _ in EVENT_FIELDS), EVENT.unpack_from(raw)))
+    saddr = format_addr(v["family"], v["saddr"])
+    daddr = format_addr(v["family"], v["daddr"])
+    ev = {
+        "type": KIND_NAMES.get(v["kind"], f"kind{v['kind']}"),
+        "ts_ns": v["ts_ns"],
+        "pid": v["pid"],
+        "tid": v["tid"],
+        "comm": v["comm"].split(b"\0", 1)[0].decode(errors="replace"),
+        "netns": v["netns"],
+        "family": 6 if v["family"] == AF_INET6 else 4,
+    }
+    if v["kind"] == EV_ACCEPT:
+        ev.update(listen=endpoint(saddr, v["sport"]), peer=endpoint(daddr, v["dport"]),
+                  laddr=saddr, lport=v["sport"], raddr=daddr, rport=v["dport"],
+                  wait_ms=round(v["latency_ns"] / 1e6, 3))
+    else:
+        ev.update(src=endpoint(saddr, v["sport"]), dst=endpoint(daddr, v["dport"]),
+                  saddr=saddr, sport=v["sport"], daddr=daddr, dport=v["dport"],
+                  result="ok" if v["err"] == 0 else "error", errno=v["err"] or None,
+                  errno_name=errno_name(v["err"]), latency_ms=round(v["latency_ns"] / 1e6, 3))
+    return ev
