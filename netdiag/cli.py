@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import click
@@ -50,8 +51,9 @@ def cli(ctx, verbose):
 
 
 def main(argv=None):
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=argv, prog_name="netdiag", standalone_mode=False)
+        cli.main(args=args, prog_name="netdiag", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as e:
@@ -61,8 +63,7 @@ def main(argv=None):
         sys.exit(e.exit_code)
     except NetdiagError as e:
         click.echo(f"netdiag: error: {e}", err=True)
-        ctx = click.get_current_context(silent=True)
-        verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
+        verbose = "-v" in args or "--verbose" in args
         if e.detail and verbose:
             click.echo(e.detail, err=True)
         sys.exit(e.exit_code)

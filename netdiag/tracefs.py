@@ -19,14 +19,33 @@ TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/traci
 def tracefs_root(mount: bool = True) -> Path:
     """The tracefs mount point; mounts it at /sys/kernel/tracing when absent and ``mount``."""
     for root in TRACEFS_CANDIDATES:
-        if (root / "events").is_dir():
+        if _is_dir(root / "events"):
             return root
     if mount and os.geteuid() == 0:
         subprocess.run(["mount", "-t", "tracefs", "none", str(TRACEFS_CANDIDATES[0])],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        if (TRACEFS_CANDIDATES[0] / "events").is_dir():
+        if _is_dir(TRACEFS_CANDIDATES[0] / "events"):
             return TRACEFS_CANDIDATES[0]
+    if any(_denied(r) for r in TRACEFS_CANDIDATES):
+        raise FeatureMissing("tracefs", "tracefs is not readable without root")
     raise FeatureMissing("tracefs", "tracefs is not mounted; run: mount -t tracefs none /sys/kernel/tracing")
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:
+        return False
+
+
+def _denied(p: Path) -> bool:
+    try:
+        os.listdir(p)
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
 
 
 def tracepoint_exists(category: str, event: str, root: Path | None = None) -> bool:
@@ -34,7 +53,10 @@ def tracepoint_exists(category: str, event: str, root: Path | None = None) -> bo
         root = root or tracefs_root()
     except FeatureMissing:
         return False
-    return (root / "events" / category / event / "format").is_file()
+    try:
+        return (root / "events" / category / event / "format").is_file()
+    except OSError:
+        return False
 
 
 def read_format(category: str, event: str, root: Path | None = None) -> str:

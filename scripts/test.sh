@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Every test tier: unit (no root), kernel (root, real BPF), vm (Debian 6.1 guest, kprobes).
+# Fails loudly; fails if a tier that can run here was skipped.
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+py="$here/.venv/bin/python"
+out="$here/results"
+mkdir -p "$out"
+status=0
+
+tier() {   # tier NAME PATH...
+    local name="$1"; shift
+    echo "== $name tier" >&2
+    "$py" -m pytest "$@" -q -rs -p no:cacheprovider --junitxml="$out/$name.xml"
+    local rc=$?
+    if [ "$rc" -ne 0 ]; then echo "== $name tier FAILED (pytest exit $rc)" >&2; status=1; fi
+}
+
+skips() {  # skips FILE -> number of skipped tests, and their reasons on stderr
+    "$py" - "$1" <<'PY'
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+reasons = [s.get("message", "") for s in root.iter("skipped")]
+for r in reasons: print("   skipped:", r, file=sys.stderr)
+print(len(reasons))
+PY
+}
+
+tier unit tests/unit
+tier kernel tests/kernel
+bpf_works="$("$py" -m netdiag doctor --json 2>/dev/null | "$py" -c 'import json,sys; print(json.load(sys.stdin).get("bpf_works"))' 2>/dev/null || echo False)"
+n="$(skips "$out/kernel.xml")"
+if [ "$bpf_works" = "True" ] && grep -q -E 'kernel tier needs root|BPF does not work' "$out/kernel.xml"; then
+    echo "== kernel tier was skipped although 'netdiag doctor' says BPF works here: failing" >&2
+    status=1
+fi
+if [ "${ND_SKIP_VM:-0}" = "1" ]; then
+    echo "== vm tier skipped: ND_SKIP_VM=1" >&2
+else
+    tier vm tests/vm
+    n="$(skips "$out/vm.xml")"
+    if [ "$n" -gt 0 ]; then echo "== vm tier skipped $n tests: failing (set ND_SKIP_VM=1 to run without it)" >&2; status=1; fi
+fi
+[ "$status" -eq 0 ] && echo "== all tiers passed" >&2 || echo "== FAILED" >&2
+exit "$status"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The VM lane: boot Debian's 6.1 kernel (kprobes, matching headers) under qemu with software
+# emulation (virtme-ng), sharing this machine's root filesystem read-only, and run netdiag's
+# kernel tier inside it. The guest writes everything to RESULTS_DIR; tests/vm asserts on it.
+#   scripts/vm/run.sh RESULTS_DIR
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+results="${1:?usage: scripts/vm/run.sh RESULTS_DIR}"
+mkdir -p "$results"
+results="$(cd "$results" && pwd)"
+rm -f "$results"/*
+
+kernel="$(ls /boot/vmlinuz-6.1.*-amd64 2>/dev/null | sort -V | tail -n 1 || true)"
+[ -n "$kernel" ] || { echo "vm lane: no /boot/vmlinuz-6.1.*-amd64 (apt-get install linux-image-amd64)" >&2; exit 69; }
+command -v qemu-system-x86_64 >/dev/null || { echo "vm lane: qemu-system-x86_64 missing (apt-get install qemu-system-x86)" >&2; exit 69; }
+vng="$here/.venv/bin/vng"
+export PATH="$here/.venv/bin:$PATH"
+[ -x "$vng" ] || { echo "vm lane: $vng missing (run scripts/setup.sh)" >&2; exit 69; }
+
+# Inside the guest: the same kernel tier, results to the shared rw folder.
+guest_cmd="cd '$here' && export PYTHONDONTWRITEBYTECODE=1 ND_RESULTS_DIR='$results' ND_READY_TIMEOUT=600 ND_TRACE_MODES=auto,fentry,tracepoint \
+ && uname -r > '$results/uname' \
+ && '$here/.venv/bin/python' -m pytest tests/kernel -p no:cacheprovider -q -rs \
+    --junitxml='$results/junit.xml' > '$results/pytest.out' 2>&1; echo \$? > '$results/rc'"
+
+echo "vm lane: booting $kernel under qemu (TCG); this takes a few minutes" >&2
+timeout "${ND_VM_TIMEOUT:-1500}" "$vng" --disable-kvm --rwdir "$results" --run "$kernel" \
+    --memory 3G --cpus 2 -- "$guest_cmd" > "$results/vng.log" 2>&1 || echo "vm lane: vng exited $?" >&2
+[ -f "$results/rc" ] || { echo "vm lane: the guest wrote no result (see $results/vng.log)" >&2; tail -20 "$results/vng.log" >&2; exit 70; }
+echo "vm lane: guest pytest exit $(cat "$results/rc") (kernel $(cat "$results/uname"))" >&2

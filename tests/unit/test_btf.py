@@ -1,0 +1,60 @@
+"""The BTF reader on a hand-built blob (and on the running kernel's, where readable)."""
+import struct
+
+import pytest
+
+from netdiag import btf as B
+
+
+def build_btf():
+    strings = b"\0int\0outer\0a\0b\0inner_t\0c\0fn\0"
+    off = {s: strings.index(s.encode() + b"\0") for s in ("int", "outer", "a", "b", "inner_t", "c", "fn")}
+    types = b""
+    # 1: int (4 bytes)
+    types += struct.pack("<III", off["int"], B.INT << 24, 4) + struct.pack("<I", 32)
+    # 2: struct inner_t { int c; } (anonymous member target)
+    types += struct.pack("<III", off["inner_t"], (B.STRUCT << 24) | 1, 4)
+    types += struct.pack("<III", off["c"], 1, 0)
+    # 3: ptr -> 4 (outer)
+    types += struct.pack("<III", 0, B.PTR << 24, 4)
+    # 4: struct outer { int a; <anon> inner_t at 64 bits; int b at 128 bits }
+    types += struct.pack("<III", off["outer"], (B.STRUCT << 24) | 3, 24)
+    types += struct.pack("<III", off["a"], 1, 0)
+    types += struct.pack("<III", 0, 2, 64)
+    types += struct.pack("<III", off["b"], 1, 128)
+    # 5: func proto (int a, int b); 6: func fn
+    types += struct.pack("<III", 0, (B.FUNC_PROTO << 24) | 2, 1) + struct.pack("<IIII", off["a"], 1, off["b"], 1)
+    types += struct.pack("<III", off["fn"], B.FUNC << 24, 5)
+    hdr = struct.pack("<HBBIIIII", B.BTF_MAGIC, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return hdr + types + strings
+
+
+def test_offsets_and_anonymous_members():
+    b = B.Btf(build_btf())
+    assert b.offset("outer", "a") == 0
+    assert b.offset("outer", "c") == 8          # found through the anonymous member
+    assert b.offset("outer", "b") == 16
+    assert b.func_nargs("fn") == 2
+
+
+def test_missing_member_names_path():
+    b = B.Btf(build_btf())
+    with pytest.raises(KeyError, match="nope"):
+        b.offset("outer", "nope")
+
+
+def test_bad_magic():
+    blob = bytearray(build_btf())
+    blob[0] = 0
+    with pytest.raises(B.FeatureMissing):
+        B.Btf(bytes(blob))
+
+
+def test_running_kernel_offsets_resolve():
+    try:
+        kb = B.kernel_btf()
+    except B.FeatureMissing as e:
+        pytest.skip(f"no kernel BTF: {e}")
+    offs = B.probe_offsets(kb)
+    assert set(offs) == set(B.OFFSETS)
+    assert all(0 <= v < 8192 for v in offs.values())

@@ -1,0 +1,57 @@
+"""Mode planning per signal: kprobe -> fentry -> tracepoint, forced modes fail clearly."""
+import pytest
+
+from netdiag import engine
+from netdiag.errors import EXIT_UNAVAILABLE, FeatureMissing
+from netdiag.features import Features
+
+
+@pytest.fixture
+def kernel_has(monkeypatch):
+    """Describe a kernel's tracepoints and symbols for the planner (pure logic under test)."""
+    def setup(tracepoints=True, symbols=True):
+        monkeypatch.setattr(engine, "_tp_exists", lambda name: tracepoints)
+        monkeypatch.setattr(engine, "kprobe_target", lambda f: symbols)
+    return setup
+
+
+def feats(kprobes=False, fentry=False, btf=True):
+    return Features(kprobes=kprobes, fentry=fentry, ringbuf=True,
+                    btf_offsets={"ND_OFF_SOCK_NET": 48} if btf else {})
+
+
+def test_prefers_kprobe(kernel_has):
+    kernel_has()
+    assert engine.plan_modes(["connect", "accept"], "auto", feats(kprobes=True, fentry=True)) == \
+        {"connect": "kprobe", "accept": "kprobe"}
+
+
+def test_fentry_before_tracepoint(kernel_has):
+    kernel_has()
+    assert engine.plan_modes(["connect"], "auto", feats(fentry=True)) == {"connect": "fentry"}
+
+
+def test_host_like_kernel_falls_back(kernel_has):
+    kernel_has()
+    assert engine.plan_modes(["connect", "accept"], "auto", feats()) == \
+        {"connect": "tracepoint", "accept": "tracepoint"}
+
+
+def test_kprobe_needs_the_symbol(kernel_has):
+    kernel_has(symbols=False)
+    assert engine.plan_modes(["accept"], "auto", feats(kprobes=True)) == {"accept": "tracepoint"}
+
+
+def test_forced_impossible_mode_names_feature(kernel_has):
+    kernel_has()
+    with pytest.raises(FeatureMissing) as ei:
+        engine.plan_modes(["connect"], "kprobe", feats())
+    assert "kprobes" in str(ei.value) and ei.value.exit_code == EXIT_UNAVAILABLE
+
+
+def test_accept_tracepoint_mode_needs_btf(kernel_has):
+    kernel_has()
+    with pytest.raises(FeatureMissing, match="BTF"):
+        engine.plan_modes(["accept"], "auto", feats(btf=False))
+    # connect still works without BTF (it loses only netns/errno-from-socket detail)
+    assert engine.plan_modes(["connect"], "auto", feats(btf=False)) == {"connect": "tracepoint"}

@@ -1,0 +1,70 @@
+"""VM lane, host side: boot Debian's 6.1 kernel (kprobes) under qemu, run the kernel tier there
+in every hook mode, and assert on the result files the guest wrote."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(os.environ.get("ND_VM_RESULTS", ROOT / "results" / "vm"))
+# the counts the host lane asserts, per scenario
+EXPECTED = {"connect_accept": {"connects_ok": 23, "connects": 23, "accepts": 23},
+            "refused": {"failed": 7, "errnos": ["ECONNREFUSED"], "pids": 1}}
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def lane():
+    if os.geteuid() != 0:
+        pytest.skip("VM lane needs root (qemu, namespaces and BPF inside the guest)")
+    if not shutil.which("qemu-system-x86_64") or not list(Path("/boot").glob("vmlinuz-6.1.*-amd64")):
+        pytest.skip("VM lane needs qemu-system-x86 and linux-image-amd64 (run scripts/setup.sh)")
+    if not (ROOT / ".venv" / "bin" / "vng").exists():
+        pytest.skip("VM lane needs virtme-ng in .venv (run scripts/setup.sh)")
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "vm" / "run.sh"), str(RESULTS)],
+                       capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr
+    out = (RESULTS / "pytest.out").read_text()
+    return {
+        "rc": int((RESULTS / "rc").read_text()),
+        "uname": (RESULTS / "uname").read_text().strip(),
+        "doctor": json.loads((RESULTS / "doctor.json").read_text()),
+        "results": json.loads((RESULTS / "results.json").read_text()),
+        "pytest": out,
+    }
+
+
+def test_guest_runs_debian_61(lane):
+    assert lane["uname"].startswith("6.1.")
+
+
+def test_guest_kernel_tier_passed_without_skips(lane):
+    assert lane["rc"] == 0, lane["pytest"][-3000:]
+    assert " failed" not in lane["pytest"]
+
+
+def test_doctor_reports_kprobe_and_matching_headers(lane):
+    assert lane["doctor"]["modes"] == {"connect": "kprobe", "accept": "kprobe"}
+    assert lane["doctor"]["headers"] == "matching"
+
+
+@pytest.mark.parametrize("mode", ["auto", "fentry", "tracepoint"])
+def test_counts_identical_to_host_lane(lane, mode):
+    res = lane["results"]
+    for scenario, expected in EXPECTED.items():
+        got = res[f"{mode}/{scenario}"]
+        assert {k: got[k] for k in expected} == expected, (mode, scenario, got)
+    pr = res[f"{mode}/port_range"]
+    assert pr["ok"] == pr["client_ok"] and pr["ok"] + pr["failed"] == 5 and pr["errnos"] == ["EADDRNOTAVAIL"]
+    assert res[f"{mode}/summary"]["lost_events"] == 0
+
+
+def test_auto_mode_used_kprobes(lane):
+    assert lane["results"]["auto/connect_accept"]["modes"] == {"connect": "kprobe", "accept": "kprobe"}
+    assert lane["results"]["fentry/connect_accept"]["modes"] == {"connect": "fentry", "accept": "fentry"}
