@@ -230,7 +230,7 @@ class ProbeEngine:
         flags = self.cflags()
         with _captured_stderr() as log:
             try:
-                self.bpf = BPF(text=self.source(), cflags=flags)
+                self.bpf = BPF(text=self.source().encode(), cflags=flags)
                 self._attach()
             except Exception as e:
                 err = e
