@@ -40,6 +40,11 @@ static __always_inline void nd_accept_done(void *ctx, u64 sk)
         nd_count(ND_STAT_ACCEPT_UNTRACKED);   /* established before netdiag attached, or filtered */
         return;
     }
+    nd_count(ND_STAT_ACCEPT);
+#ifdef ND_AGGREGATE
+    nd_agg_accepted(p->netns, &p->t);
+#endif
+#ifdef ND_STREAM
     struct nd_event ev = {};
     ev.ts_ns = bpf_ktime_get_ns();
     ev.latency_ns = ev.ts_ns - p->ts_ns;
@@ -53,9 +58,9 @@ static __always_inline void nd_accept_done(void *ctx, u64 sk)
     __builtin_memcpy(ev.saddr, p->t.saddr, 16);
     __builtin_memcpy(ev.daddr, p->t.daddr, 16);
     bpf_get_current_comm(ev.comm, sizeof(ev.comm));
-    nd_pending_accept.delete(&sk);
-    nd_count(ND_STAT_ACCEPT);
     nd_emit(ctx, &ev);
+#endif
+    nd_pending_accept.delete(&sk);
 }
 
 #if ND_ACCEPT_MODE == ND_MODE_KPROBE

@@ -25,11 +25,18 @@ BPF_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_CONNS);
 /* thread inside connect() -> its socket (the synchronous part of the outcome) */
 BPF_TABLE("lru_hash", u32, u64, nd_inconnect, 16384);
 
+/* The outcome of an attempt: counted, aggregated per destination (watch), streamed (trace). */
 static __always_inline void nd_connect_emit(void *ctx, struct nd_conn *c, int err)
 {
+    u64 now = bpf_ktime_get_ns();
+    nd_count(err ? ND_STAT_CONNECT_FAIL : ND_STAT_CONNECT_OK);
+#ifdef ND_AGGREGATE
+    nd_agg_outcome(c->netns, &c->t, err, now - c->ts_ns);
+#endif
+#ifdef ND_STREAM
     struct nd_event ev = {};
-    ev.ts_ns = bpf_ktime_get_ns();
-    ev.latency_ns = ev.ts_ns - c->ts_ns;
+    ev.ts_ns = now;
+    ev.latency_ns = now - c->ts_ns;
     ev.netns = c->netns;
     ev.pid = c->pid;
     ev.tid = c->tid;
@@ -41,8 +48,8 @@ static __always_inline void nd_connect_emit(void *ctx, struct nd_conn *c, int er
     __builtin_memcpy(ev.saddr, c->t.saddr, 16);
     __builtin_memcpy(ev.daddr, c->t.daddr, 16);
     __builtin_memcpy(ev.comm, c->comm, 16);
-    nd_count(err ? ND_STAT_CONNECT_FAIL : ND_STAT_CONNECT_OK);
     nd_emit(ctx, &ev);
+#endif
 }
 
 /* A connect attempt begins on socket sk, in the calling task's context. */
@@ -65,6 +72,9 @@ static __always_inline void nd_connect_begin(u64 sk, struct nd_tuple *t)
     nd_conns.update(&sk, &c);
     nd_inconnect.update(&tid, &sk);
     nd_count(ND_STAT_CONNECT_ATTEMPT);
+#ifdef ND_AGGREGATE
+    nd_agg_connect(netns, t);
+#endif
 }
 
 /* connect() (or tcp_v*_connect) returned ret in the calling task. */

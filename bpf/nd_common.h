@@ -43,6 +43,7 @@ static __always_inline void nd_count(u32 idx)
         (*v)++;
 }
 
+#ifdef ND_STREAM
 #ifdef ND_RINGBUF
 BPF_RINGBUF_OUTPUT(nd_events, ND_RINGBUF_PAGES);
 static __always_inline void nd_emit(void *ctx, struct nd_event *ev)
@@ -58,6 +59,7 @@ static __always_inline void nd_emit(void *ctx, struct nd_event *ev)
         nd_count(ND_STAT_LOST);
 }
 #endif
+#endif /* ND_STREAM */
 
 /* network namespace inode of a struct sock *, through BTF offsets */
 static __always_inline u32 nd_netns_of_sk(const void *sk)
@@ -66,6 +68,22 @@ static __always_inline u32 nd_netns_of_sk(const void *sk)
 #ifdef ND_OFF_SOCK_NET
     void *net = NULL;
     bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + ND_OFF_SOCK_NET);
+    if (net)
+        bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + ND_OFF_NET_INUM);
+#endif
+    return inum;
+}
+
+/* network namespace inode of the device a struct sk_buff * arrived on / leaves by */
+static __always_inline u32 nd_netns_of_skb(const void *skb)
+{
+    u32 inum = 0;
+#ifdef ND_OFF_SKB_DEV
+    void *dev = NULL, *net = NULL;
+    bpf_probe_read_kernel(&dev, sizeof(dev), (const char *)skb + ND_OFF_SKB_DEV);
+    if (!dev)
+        return 0;
+    bpf_probe_read_kernel(&net, sizeof(net), (const char *)dev + ND_OFF_DEV_NET);
     if (net)
         bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + ND_OFF_NET_INUM);
 #endif

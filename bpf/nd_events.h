@@ -14,7 +14,10 @@
 #define ND_STAT_ACCEPT          3
 #define ND_STAT_LOST            4
 #define ND_STAT_ACCEPT_UNTRACKED 5
-#define ND_STAT_MAX             6
+#define ND_STAT_DST_NEW         6   /* keys inserted into nd_dsts (evictions = inserted - present) */
+#define ND_STAT_RST_OUT         7
+#define ND_STAT_RST_IN          8
+#define ND_STAT_MAX             9
 
 #ifndef ND_MAX_CONNS
 #define ND_MAX_CONNS 65536      /* in-flight connects / not-yet-accepted connections */

@@ -32,11 +32,20 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         return 0;
     }
 #endif
-#ifdef ND_ACCEPT_MODE
     if (oldstate == ND_TCP_SYN_RECV && newstate == ND_TCP_ESTABLISHED) {
+#ifdef ND_AGGREGATE
+        nd_agg_inbound_established(sk, &t);
+#endif
+#ifdef ND_ACCEPT_MODE
         nd_accept_established(sk, &t);
+#endif
         return 0;
     }
+#ifdef ND_AGGREGATE
+    if (oldstate == ND_TCP_ESTABLISHED)
+        nd_agg_left_established(sk, &t);
+#endif
+#ifdef ND_ACCEPT_MODE
     if (newstate == ND_TCP_CLOSE)
         nd_pending_accept.delete(&sk);     /* closed before anyone accepted it */
 #endif

@@ -176,6 +176,8 @@ OFFSETS = {
     "ND_OFF_FDT_FD": ("fdtable", "fd"),
     "ND_OFF_FILE_PRIV": ("file", "private_data"),
     "ND_OFF_SOCKET_SK": ("socket", "sk"),
+    "ND_OFF_SKB_DEV": ("sk_buff", "dev"),                      # in an anonymous union
+    "ND_OFF_DEV_NET": ("net_device", "nd_net"),                # possible_net_t
 }
 
 

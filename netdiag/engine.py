@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,9 @@ from .errors import BccMissing, BpfLoadError, FeatureMissing
 from .features import Features, kprobe_target, require_privileges
 
 MODES = ("kprobe", "fentry", "tracepoint")
+# indices of nd_stats (bpf/nd_events.h ND_STAT_*)
+STAT_NAMES = ("connect_attempts", "connects_ok", "connects_failed", "accepts", "lost_events",
+              "accepts_untracked", "dst_keys_inserted", "resets_out", "resets_in")
 MODE_MACRO = {"kprobe": "ND_MODE_KPROBE", "fentry": "ND_MODE_FENTRY", "tracepoint": "ND_MODE_TRACEPOINT"}
 TCP_STATES = ("TCP_ESTABLISHED", "TCP_SYN_SENT", "TCP_SYN_RECV", "TCP_CLOSE")
 
@@ -29,16 +33,18 @@ TCP_STATES = ("TCP_ESTABLISHED", "TCP_SYN_SENT", "TCP_SYN_RECV", "TCP_CLOSE")
 @dataclass(frozen=True)
 class SignalSpec:
     name: str
+    source: str              # bpf/<source>
     kfuncs: tuple            # kernel functions the kprobe/fentry modes hook
     kprobes: tuple           # (kernel function, BPF function, is_return)
     tracepoints: tuple       # what the tracepoint mode needs besides the common ones
     common: tuple            # tracepoints every mode needs
     btf_needed: bool         # the tracepoint mode walks pointers through BTF offsets
+    modes: tuple = MODES     # the modes this signal has at all
 
 
 SIGNALS = {
     "connect": SignalSpec(
-        "connect",
+        "connect", "connect.c",
         kfuncs=("tcp_v4_connect", "tcp_v6_connect"),
         kprobes=(("tcp_v4_connect", "nd_kp_tcp_connect", False),
                  ("tcp_v6_connect", "nd_kp_tcp_connect", False),
@@ -49,16 +55,25 @@ SIGNALS = {
         btf_needed=False,
     ),
     "accept": SignalSpec(
-        "accept",
+        "accept", "accept.c",
         kfuncs=("inet_csk_accept",),
         kprobes=(("inet_csk_accept", "nd_kretp_inet_csk_accept", True),),
         tracepoints=("syscalls:sys_exit_accept4", "syscalls:sys_exit_accept"),
         common=("sock:inet_sock_set_state",),
         btf_needed=True,
     ),
+    # tracepoint-only signals (the same hook on every kernel)
+    "resets": SignalSpec("resets", "resets.c", (), (), ("tcp:tcp_send_reset", "tcp:tcp_receive_reset"), (),
+                         btf_needed=False, modes=("tracepoint",)),
+    "retrans": SignalSpec("retrans", "retrans.c", (), (),
+                          ("tcp:tcp_retransmit_skb", "tcp:tcp_retransmit_synack"), (),
+                          btf_needed=False, modes=("tracepoint",)),
+    "drops": SignalSpec("drops", "drops.c", (), (), ("skb:kfree_skb",), (), btf_needed=False,
+                        modes=("tracepoint",)),
 }
-# signal -> its BPF source; pasted after nd_common.h in this order, then state.c (shared)
-SIGNAL_SOURCES = {"connect": "connect.c", "accept": "accept.c"}
+# pasted after nd_common.h (and agg.c when aggregating) in this order, then state.c (shared)
+SOURCE_ORDER = ("connect", "accept", "resets", "retrans", "drops")
+AGGREGATE_ONLY = ("resets", "retrans", "drops")     # these only count, they never stream
 
 
 def bpf_dir() -> Path:
@@ -79,6 +94,8 @@ def _tp_exists(name: str) -> bool:
 
 def mode_available(spec: SignalSpec, mode: str, feats: Features) -> tuple[bool, str]:
     """Can ``spec`` run in ``mode`` here? (yes/no, the missing feature when no)."""
+    if mode not in spec.modes:
+        return False, f"{mode} variant (netdiag hooks {spec.name} with {'/'.join(spec.modes)} only)"
     missing_tp = [tp for tp in spec.common if not _tp_exists(tp)]
     if missing_tp:
         return False, f"tracepoint {missing_tp[0]}"
@@ -102,7 +119,7 @@ def plan_modes(signals: Iterable[str], requested: str, feats: Features) -> dict[
     plan = {}
     for name in signals:
         spec = SIGNALS[name]
-        if requested != "auto":
+        if requested != "auto" and requested in spec.modes:
             ok, missing = mode_available(spec, requested, feats)
             if not ok:
                 raise FeatureMissing(missing, f"--mode {requested} is impossible for {name} on this kernel: "
@@ -119,6 +136,23 @@ def plan_modes(signals: Iterable[str], requested: str, feats: Features) -> dict[
         else:
             raise FeatureMissing(reasons[-1], f"no way to trace {name} on this kernel ({'; '.join(reasons)})")
     return plan
+
+
+def reset_format_flags(strict: bool = True) -> list[str]:
+    """tcp:tcp_send_reset's layout on the running kernel -> -D flags for resets.c."""
+    try:
+        text = tracefs.read_format("tcp", "tcp_send_reset")
+    except (FeatureMissing, PermissionError):
+        if strict:
+            raise
+        return ["-DND_RST_SOCKADDR", "-DND_RST_HAS_REASON"]
+    fields = tracefs.parse_fields(text)
+    flags = []
+    if "sport" not in fields:
+        flags.append("-DND_RST_SOCKADDR")
+    if "reason" in fields:
+        flags.append("-DND_RST_HAS_REASON")
+    return flags
 
 
 @contextlib.contextmanager
@@ -145,7 +179,8 @@ class ProbeEngine:
     """
 
     def __init__(self, signals: Iterable[str] = ("connect", "accept"), mode: str = "auto",
-                 pid: int | None = None, netns: int | None = None, features: Features | None = None):
+                 pid: int | None = None, netns: int | None = None, features: Features | None = None,
+                 stream: bool = True, aggregate: bool = False, max_dsts: int = 16384):
         if mode != "auto" and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.signals = tuple(signals)
@@ -157,6 +192,9 @@ class ProbeEngine:
         self.bpf = None
         self.buffer = "ringbuf" if self.features.ringbuf else "perf"
         self._perf_lost = 0
+        self.stream = stream
+        self.aggregate = aggregate or any(s in AGGREGATE_ONLY for s in self.signals)
+        self.max_dsts = max_dsts
 
     @classmethod
     def for_dump(cls, signals, mode="auto", pid=None, netns=None) -> "ProbeEngine":
@@ -169,6 +207,7 @@ class ProbeEngine:
             eng.features = Features.probe(want_fentry=False)
             eng.plan = {s: (mode if mode != "auto" else "tracepoint") for s in eng.signals}
             eng.bpf, eng.buffer, eng._perf_lost = None, "ringbuf", 0
+            eng.stream, eng.aggregate, eng.max_dsts = True, False, 16384
             return eng
 
     # -- the program ----------------------------------------------------------------------------
@@ -191,6 +230,12 @@ class ProbeEngine:
             flags.append(f"-DND_ACCEPT_NARGS={kernel_btf().func_nargs('inet_csk_accept')}")
         if self.buffer == "ringbuf":
             flags.append("-DND_RINGBUF")
+        if self.stream:
+            flags.append("-DND_STREAM")
+        if self.aggregate:
+            flags += ["-DND_AGGREGATE", f"-DND_MAX_DSTS={int(self.max_dsts)}"]
+        if "resets" in self.plan:
+            flags += reset_format_flags(strict)
         if self.pid is not None:
             flags.append(f"-DND_FILTER_PID={int(self.pid)}")
         if self.netns is not None:
@@ -201,7 +246,8 @@ class ProbeEngine:
         d = bpf_dir()
         # Everything that touches a map is pasted into the main text, with no #line markers:
         # BCC rewrites map calls (nd_stats.lookup, ...) only in what clang sees as the main file.
-        names = ["nd_common.h"] + [SIGNAL_SOURCES[s] for s in SIGNAL_SOURCES if s in self.plan] + ["state.c"]
+        names = ["nd_common.h"] + (["agg.c"] if self.aggregate else []) + \
+            [SIGNALS[s].source for s in SOURCE_ORDER if s in self.plan] + ["state.c"]
         parts = [f"/* ---- {name} ---- */\n" + (d / name).read_text() for name in names]
         return "\n".join(parts)
 
@@ -219,7 +265,7 @@ class ProbeEngine:
         return "\n".join(lines)
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def start(self, on_event: Callable[[bytes], None]) -> None:
+    def start(self, on_event: Callable[[bytes], None] | None = None) -> None:
         require_privileges()
         try:
             from bcc import BPF
@@ -241,7 +287,8 @@ class ProbeEngine:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise BpfLoadError(f"BPF load/attach failed: {first} (run with -v for the verifier log)",
                                detail=log["text"].strip() or None) from err
-        self._open_buffer(on_event)
+        if self.stream:
+            self._open_buffer(on_event)
 
     def _attach(self) -> None:
         for sig, mode in self.plan.items():
@@ -267,20 +314,23 @@ class ProbeEngine:
             table.open_perf_buffer(cb, page_cnt=256, lost_cb=lost)
 
     def poll(self, timeout_ms: int = 100) -> None:
-        if self.buffer == "ringbuf":
+        if not self.stream:
+            time.sleep(timeout_ms / 1000)
+        elif self.buffer == "ringbuf":
             self.bpf.ring_buffer_poll(timeout_ms)
         else:
             self.bpf.perf_buffer_poll(timeout_ms)
 
     def drain(self) -> None:
+        if not self.stream:
+            return
         if self.buffer == "ringbuf":
             self.bpf.ring_buffer_consume()
         else:
             self.bpf.perf_buffer_poll(0)
 
     def stats(self) -> dict[str, int]:
-        names = ("connect_attempts", "connects_ok", "connects_failed", "accepts", "lost_events",
-                 "accepts_untracked")
+        names = STAT_NAMES
         table = self.bpf["nd_stats"]
         out = {n: int(table.sum(ctypes.c_int(i)).value) for i, n in enumerate(names)}
         out["lost_events"] += self._perf_lost
@@ -298,3 +348,12 @@ class ProbeEngine:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def read_table(bpf, name: str) -> list:
+    """All (key, value) pairs of a BPF hash map; batched syscalls where the kernel has them."""
+    t = bpf[name]
+    try:
+        return list(t.items_lookup_batch())
+    except Exception:       # kernels < 5.6 or map types without batch ops
+        return list(t.items())

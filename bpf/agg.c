@@ -1,0 +1,227 @@
+/* In-kernel aggregation for `netdiag watch`: counters per destination (outbound: remote ip:port),
+ * per local service endpoint (inbound: local ip:port), per node. Userspace reads cumulative
+ * counters every interval and subtracts: no increment is lost or counted twice at a boundary.
+ * The maps are bounded LRU hashes; every key inserted is counted (ND_STAT_DST_NEW), so
+ * evictions = inserted - present. */
+
+#define ND_DIR_OUT 1
+#define ND_DIR_IN  2
+
+#define ND_CODE_CONNECT_ERRNO 1
+#define ND_CODE_RST_OUT_REASON 2
+
+#ifndef ND_MAX_DSTS
+#define ND_MAX_DSTS 16384
+#endif
+#ifndef ND_MAX_SOCKS
+#define ND_MAX_SOCKS 262144
+#endif
+
+struct nd_dst_key {
+    u32 netns;
+    u16 family;
+    u16 port;           /* host order */
+    u8 addr[16];
+};
+
+struct nd_dst_val {
+    u64 connects;       /* outbound attempts */
+    u64 established;    /* outbound: connects that succeeded; inbound: handshakes completed */
+    u64 failed;
+    u64 resets_in;
+    u64 resets_out;
+    u64 syn_retrans;    /* outbound SYNs; inbound SYN-ACKs */
+    u64 retrans;        /* data retransmits */
+    u64 accepts;        /* inbound: taken by accept() */
+    u64 lat_sum_ns;     /* outbound connect latency */
+    u64 lat_count;
+    s64 active;         /* outbound: established now (seeded from inet_diag at start) */
+    u32 dir;            /* ND_DIR_* bits */
+    u32 pad;
+};
+
+struct nd_code_key {
+    struct nd_dst_key d;
+    u32 kind;           /* ND_CODE_* */
+    u32 code;           /* errno, reset reason */
+};
+
+/* an outbound established socket: to decrement `active` when it leaves ESTABLISHED */
+struct nd_sock_key {
+    u32 netns;
+    u16 family;
+    u16 lport;
+    u16 rport;
+    u16 pad;
+    u32 pad2;
+    u8 laddr[16];
+    u8 raddr[16];
+};
+
+struct nd_drop_key {
+    u32 netns;
+    u32 reason;
+};
+
+BPF_TABLE("lru_hash", struct nd_dst_key, struct nd_dst_val, nd_dsts, ND_MAX_DSTS);
+BPF_TABLE("lru_hash", struct nd_code_key, u64, nd_codes, ND_MAX_DSTS);
+BPF_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_socks, ND_MAX_SOCKS);
+BPF_TABLE("lru_hash", struct nd_drop_key, u64, nd_drops, 4096);
+BPF_ARRAY(nd_lat_hist, u64, 32);      /* node-wide connect latency, log2(microseconds) */
+
+static __always_inline void nd_key_remote(struct nd_dst_key *k, u32 netns, struct nd_tuple *t)
+{
+    k->netns = netns;
+    k->family = t->family;
+    k->port = t->dport;
+    __builtin_memcpy(k->addr, t->daddr, 16);
+}
+
+static __always_inline void nd_key_local(struct nd_dst_key *k, u32 netns, struct nd_tuple *t)
+{
+    k->netns = netns;
+    k->family = t->family;
+    k->port = t->sport;
+    __builtin_memcpy(k->addr, t->saddr, 16);
+}
+
+static __always_inline void nd_sock_key_of(struct nd_sock_key *s, u32 netns, struct nd_tuple *t)
+{
+    s->netns = netns;
+    s->family = t->family;
+    s->lport = t->sport;
+    s->rport = t->dport;
+    __builtin_memcpy(s->laddr, t->saddr, 16);
+    __builtin_memcpy(s->raddr, t->daddr, 16);
+}
+
+static __always_inline struct nd_dst_val *nd_dst(struct nd_dst_key *k, u32 dir)
+{
+    struct nd_dst_val *v = nd_dsts.lookup(k);
+    if (!v) {
+        struct nd_dst_val zero = {};
+        zero.dir = dir;
+        if (nd_dsts.insert(k, &zero) == 0)
+            nd_count(ND_STAT_DST_NEW);
+        v = nd_dsts.lookup(k);
+        if (!v)
+            return 0;
+    }
+    if (!(v->dir & dir))
+        v->dir |= dir;
+    return v;
+}
+
+static __always_inline void nd_code_add(struct nd_dst_key *k, u32 kind, u32 code)
+{
+    struct nd_code_key ck = {};
+    ck.d = *k;
+    ck.kind = kind;
+    ck.code = code;
+    u64 one = 1;
+    u64 *v = nd_codes.lookup(&ck);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+    else
+        nd_codes.update(&ck, &one);
+}
+
+static __always_inline u32 nd_log2(u64 v)
+{
+    u32 r = 0;
+#pragma unroll
+    for (int i = 0; i < 31; i++) {
+        if (v > 1) {
+            v >>= 1;
+            r++;
+        }
+    }
+    return r;
+}
+
+/* an outbound connect attempt started */
+static __always_inline void nd_agg_connect(u32 netns, struct nd_tuple *t)
+{
+    struct nd_dst_key k = {};
+    nd_key_remote(&k, netns, t);
+    struct nd_dst_val *v = nd_dst(&k, ND_DIR_OUT);
+    if (v)
+        __sync_fetch_and_add(&v->connects, 1);
+}
+
+/* its outcome: err 0 = established (t is the full tuple then) */
+static __always_inline void nd_agg_outcome(u32 netns, struct nd_tuple *t, int err, u64 lat_ns)
+{
+    struct nd_dst_key k = {};
+    nd_key_remote(&k, netns, t);
+    struct nd_dst_val *v = nd_dst(&k, ND_DIR_OUT);
+    if (!v)
+        return;
+    if (err) {
+        __sync_fetch_and_add(&v->failed, 1);
+        nd_code_add(&k, ND_CODE_CONNECT_ERRNO, err);
+        return;
+    }
+    __sync_fetch_and_add(&v->established, 1);
+    __sync_fetch_and_add(&v->active, 1);
+    __sync_fetch_and_add(&v->lat_sum_ns, lat_ns);
+    __sync_fetch_and_add(&v->lat_count, 1);
+    u32 slot = nd_log2(lat_ns / 1000);
+    u64 *h = nd_lat_hist.lookup(&slot);
+    if (h)
+        __sync_fetch_and_add(h, 1);
+    struct nd_sock_key s = {};
+    nd_sock_key_of(&s, netns, t);
+    u8 one = 1;
+    nd_out_socks.update(&s, &one);
+}
+
+/* a socket left ESTABLISHED: if it was one of ours outbound, `active` drops */
+static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t)
+{
+    u32 netns = nd_netns_of_sk((void *)sk);
+    struct nd_sock_key s = {};
+    nd_sock_key_of(&s, netns, t);
+    if (!nd_out_socks.lookup(&s))
+        return;
+    nd_out_socks.delete(&s);
+    struct nd_dst_key k = {};
+    nd_key_remote(&k, netns, t);
+    struct nd_dst_val *v = nd_dsts.lookup(&k);
+    if (v)
+        __sync_fetch_and_add(&v->active, -1);
+}
+
+/* Which row does an event on this socket belong to? Outbound sockets (connecting, or in
+ * nd_out_socks) count against the remote endpoint, the rest against the local one. */
+static __always_inline u32 nd_classify(u64 sk, u32 netns, struct nd_tuple *t, int connecting,
+                                       struct nd_dst_key *k)
+{
+    struct nd_sock_key s = {};
+    nd_sock_key_of(&s, netns, t);
+    if (connecting || nd_out_socks.lookup(&s)) {
+        nd_key_remote(k, netns, t);
+        return ND_DIR_OUT;
+    }
+    nd_key_local(k, netns, t);
+    return ND_DIR_IN;
+}
+
+/* a child socket completed its handshake on a local listener */
+static __always_inline void nd_agg_inbound_established(u64 sk, struct nd_tuple *t)
+{
+    struct nd_dst_key k = {};
+    nd_key_local(&k, nd_netns_of_sk((void *)sk), t);
+    struct nd_dst_val *v = nd_dst(&k, ND_DIR_IN);
+    if (v)
+        __sync_fetch_and_add(&v->established, 1);
+}
+
+static __always_inline void nd_agg_accepted(u32 netns, struct nd_tuple *t)
+{
+    struct nd_dst_key k = {};
+    nd_key_local(&k, netns, t);
+    struct nd_dst_val *v = nd_dst(&k, ND_DIR_IN);
+    if (v)
+        __sync_fetch_and_add(&v->accepts, 1);
+}

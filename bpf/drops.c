@@ -1,0 +1,21 @@
+/* Signal "drops": every skb the kernel drops, by the kernel's drop reason (names from the
+ * running kernel's format file) and network namespace (of the device, through BTF offsets). */
+
+/* named by the tracepoint struct BCC generates; values come from the format file */
+enum skb_drop_reason { ND_SKB_DROP_REASON_DECLARED_BY_NETDIAG };
+
+TRACEPOINT_PROBE(skb, kfree_skb)
+{
+    struct nd_drop_key k = {};
+    k.netns = nd_netns_of_skb(args->skbaddr);
+    if (!nd_netns_allowed(k.netns))
+        return 0;
+    k.reason = args->reason;
+    u64 one = 1;
+    u64 *v = nd_drops.lookup(&k);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+    else
+        nd_drops.update(&k, &one);
+    return 0;
+}

@@ -1,0 +1,104 @@
+/* Signal "resets": RSTs sent (with the kernel's reason where the tracepoint has one) and
+ * received, counted against the outbound destination or the local service endpoint.
+ * tcp:tcp_send_reset's layout differs between kernels; the engine passes what the running
+ * kernel's format file has: ND_RST_SOCKADDR (6.10+: saddr/daddr hold sockaddr images, from the
+ * RST sender's side, and a socket-less RST is traced too) or the older sport/dport fields. */
+
+/* The tracepoint struct BCC generates names this enum; netdiag includes no kernel header that
+ * defines it (values come from the format file), so it is declared here, as an int. */
+enum sk_rst_reason { ND_SK_RST_REASON_DECLARED_BY_NETDIAG };
+
+static __always_inline int nd_is_connecting(u64 sk)
+{
+#ifdef ND_CONNECT_MODE
+    return nd_conns.lookup(&sk) != 0;
+#else
+    return 0;
+#endif
+}
+
+static __always_inline void nd_rst_count(u64 sk, u32 netns, struct nd_tuple *t, int connecting,
+                                         int out, u32 reason)
+{
+    struct nd_dst_key k = {};
+    u32 dir = nd_classify(sk, netns, t, connecting, &k);
+    struct nd_dst_val *v = nd_dst(&k, dir);
+    if (!v)
+        return;
+    if (out) {
+        __sync_fetch_and_add(&v->resets_out, 1);
+#ifdef ND_RST_HAS_REASON
+        nd_code_add(&k, ND_CODE_RST_OUT_REASON, reason);
+#endif
+    } else {
+        __sync_fetch_and_add(&v->resets_in, 1);
+    }
+}
+
+TRACEPOINT_PROBE(tcp, tcp_send_reset)
+{
+    struct nd_tuple t = {};
+    u64 sk = (u64)args->skaddr;
+#ifdef ND_RST_SOCKADDR
+    u16 fam = 0, port = 0;
+    __builtin_memcpy(&fam, args->saddr, 2);
+    t.family = fam;
+    __builtin_memcpy(&port, args->saddr + 2, 2);
+    t.sport = ntohs(port);
+    __builtin_memcpy(&port, args->daddr + 2, 2);
+    t.dport = ntohs(port);
+    if (fam == AF_INET6) {
+        __builtin_memcpy(t.saddr, args->saddr + 8, 16);
+        __builtin_memcpy(t.daddr, args->daddr + 8, 16);
+    } else {
+        __builtin_memcpy(t.saddr, args->saddr + 4, 4);
+        __builtin_memcpy(t.daddr, args->daddr + 4, 4);
+    }
+#else
+    t.family = args->family;
+    t.sport = args->sport;
+    t.dport = args->dport;
+    if (t.family == AF_INET6) {
+        __builtin_memcpy(t.saddr, args->saddr_v6, 16);
+        __builtin_memcpy(t.daddr, args->daddr_v6, 16);
+    } else {
+        __builtin_memcpy(t.saddr, args->saddr, 4);
+        __builtin_memcpy(t.daddr, args->daddr, 4);
+    }
+#endif
+    if (t.family != AF_INET && t.family != AF_INET6)
+        return 0;
+    u32 netns = sk ? nd_netns_of_sk((void *)sk) : nd_netns_of_skb(args->skbaddr);
+    if (!nd_netns_allowed(netns))
+        return 0;
+    int connecting = sk && (args->state == ND_TCP_SYN_SENT || nd_is_connecting(sk));
+    u32 reason = 0;
+#ifdef ND_RST_HAS_REASON
+    reason = args->reason;
+#endif
+    nd_rst_count(sk, netns, &t, connecting, 1, reason);
+    nd_count(ND_STAT_RST_OUT);
+    return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_receive_reset)
+{
+    struct nd_tuple t = {};
+    u64 sk = (u64)args->skaddr;
+    t.family = args->family;
+    t.sport = args->sport;
+    t.dport = args->dport;
+    if (t.family == AF_INET6) {
+        __builtin_memcpy(t.saddr, args->saddr_v6, 16);
+        __builtin_memcpy(t.daddr, args->daddr_v6, 16);
+    } else {
+        __builtin_memcpy(t.saddr, args->saddr, 4);
+        __builtin_memcpy(t.daddr, args->daddr, 4);
+    }
+    u32 netns = nd_netns_of_sk((void *)sk);
+    if (!nd_netns_allowed(netns))
+        return 0;
+    nd_rst_count(sk, netns, &t, nd_is_connecting(sk), 0, 0);
+    nd_count(ND_STAT_RST_IN);
+    return 0;
+}

@@ -1,0 +1,56 @@
+/* Signal "retrans": SYN retransmits (a destination not answering), SYN-ACK retransmits (a local
+ * listener's peers not completing the handshake) and data retransmits. */
+
+TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
+{
+    struct nd_tuple t = {};
+    u64 sk = (u64)args->skaddr;
+    t.family = args->family;
+    t.sport = args->sport;
+    t.dport = args->dport;
+    if (t.family == AF_INET6) {
+        __builtin_memcpy(t.saddr, args->saddr_v6, 16);
+        __builtin_memcpy(t.daddr, args->daddr_v6, 16);
+    } else {
+        __builtin_memcpy(t.saddr, args->saddr, 4);
+        __builtin_memcpy(t.daddr, args->daddr, 4);
+    }
+    u32 netns = nd_netns_of_sk((void *)sk);
+    if (!nd_netns_allowed(netns))
+        return 0;
+    int syn = args->state == ND_TCP_SYN_SENT;
+    struct nd_dst_key k = {};
+    u32 dir = nd_classify(sk, netns, &t, syn, &k);
+    struct nd_dst_val *v = nd_dst(&k, dir);
+    if (!v)
+        return 0;
+    if (syn)
+        __sync_fetch_and_add(&v->syn_retrans, 1);
+    else
+        __sync_fetch_and_add(&v->retrans, 1);
+    return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
+{
+    struct nd_tuple t = {};
+    t.family = args->family;
+    t.sport = args->sport;
+    t.dport = args->dport;
+    if (t.family == AF_INET6) {
+        __builtin_memcpy(t.saddr, args->saddr_v6, 16);
+        __builtin_memcpy(t.daddr, args->daddr_v6, 16);
+    } else {
+        __builtin_memcpy(t.saddr, args->saddr, 4);
+        __builtin_memcpy(t.daddr, args->daddr, 4);
+    }
+    u32 netns = nd_netns_of_sk((void *)args->skaddr);
+    if (!nd_netns_allowed(netns))
+        return 0;
+    struct nd_dst_key k = {};
+    nd_key_local(&k, netns, &t);
+    struct nd_dst_val *v = nd_dst(&k, ND_DIR_IN);
+    if (v)
+        __sync_fetch_and_add(&v->syn_retrans, 1);
+    return 0;
+}

@@ -1,0 +1,241 @@
+"""The collector behind `netdiag watch`: loads the aggregating probes, seeds the `active` gauges
+from inet_diag, and turns each interval's kernel maps into one record of DESIGN.md's contract."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import time
+
+from . import aggregate as agg
+from . import inetdiag
+from . import netns as nsmod
+from . import tracefs
+from .decode import format_addr
+from .engine import ProbeEngine, read_table
+from .errors import FeatureMissing
+
+WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops")
+AF_INET6 = 10
+
+
+def _errno_name(code: int) -> str:
+    import errno
+    return errno.errorcode.get(code, f"E{code}")
+
+
+def _enum_namer(category: str, event: str, field: str):
+    try:
+        table = tracefs.enum_table(category, event, field)
+    except FeatureMissing:
+        table = {}
+    return lambda code: table.get(code, str(code))
+
+
+class Watcher:
+    def __init__(self, mode: str = "auto", netns: int | None = None, port: int | None = None,
+                 dst: str | None = None, max_dsts: int = 16384):
+        self.engine = ProbeEngine(WATCH_SIGNALS, mode=mode, netns=netns, stream=False, aggregate=True,
+                                  max_dsts=max_dsts)
+        self.netns_filter = netns
+        self.port = port
+        self.dst_net = ipaddress.ip_network(dst, strict=False) if dst else None
+        self.max_dsts = max_dsts
+        self.node = socket.gethostname()
+        self.labels = nsmod.NetnsNames()
+        self.rst_reason = _enum_namer("tcp", "tcp_send_reset", "reason")
+        self.drop_reason = _enum_namer("skb", "kfree_skb", "reason")
+        self.seed: dict = {}
+        self.prev_vals: dict = {}
+        self.prev_codes: dict = {}
+        self.prev_drops: dict = {}
+        self.prev_hist: list | None = None
+        self.prev_netstat: dict = {}
+        self.prev_evictions = 0
+        self.max_queue: dict = {}
+        self.t_prev = None
+
+    @property
+    def modes(self) -> dict:
+        m = {s: self.engine.plan[s] for s in ("connect", "accept")}
+        m.update(conntrack="off", snat="off")
+        return m
+
+    def start(self) -> None:
+        self.engine.start()
+        self._seed_active()
+        self.sample()          # baseline: the first reported interval starts now
+        self.t_prev = time.time()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # -- seeding --------------------------------------------------------------------------------
+    def _namespaces(self) -> dict[int, str]:
+        spaces = nsmod.all_namespaces()
+        if self.netns_filter is not None:
+            spaces = {k: v for k, v in spaces.items() if k == self.netns_filter}
+        return spaces
+
+    def _seed_active(self) -> None:
+        """Connections that existed before attach count in `active` from the first interval."""
+        table = self.engine.bpf["nd_out_socks"]
+        for inode, path in self._namespaces().items():
+            try:
+                socks = nsmod.run_in(path, inetdiag.dump, (1 << inetdiag.TCP_ESTABLISHED) | (1 << inetdiag.TCP_LISTEN))
+            except OSError:
+                continue        # the namespace went away
+            for s in inetdiag.outbound_established(socks):
+                k = table.Key()
+                k.netns, k.family, k.lport, k.rport = inode, AF_INET6 if s.family == 6 else 2, s.lport, s.rport
+                _fill_addr(k.laddr, s.laddr)
+                _fill_addr(k.raddr, s.raddr)
+                try:
+                    _insert_noexist(table, k)
+                except KeyError:
+                    continue    # already tracked by the probes (established after attach)
+                dk = agg.DstKey(inode, s.family, s.raddr, s.rport)
+                self.seed[dk] = self.seed.get(dk, 0) + 1
+
+    # -- one interval ---------------------------------------------------------------------------
+    def sample(self) -> dict:
+        now = time.time()
+        bpf = self.engine.bpf
+        cur, dirs, active = {}, {}, {}
+        entries = read_table(bpf, "nd_dsts")
+        for k, v in entries:
+            key = agg.DstKey(k.netns, 6 if k.family == AF_INET6 else 4,
+                             format_addr(k.family, bytes(k.addr)), k.port)
+            cur[key] = {c: getattr(v, c) for c in agg.COUNTERS}
+            dirs[key] = v.dir
+            active[key] = v.active + self.seed.get(key, 0)
+        for key, n in self.seed.items():
+            if key not in cur:                      # seeded, never touched since attach
+                cur[key] = {c: 0 for c in agg.COUNTERS}
+                dirs[key] = agg.DIR_OUT
+                active[key] = n
+        codes = {}
+        for k, v in read_table(bpf, "nd_codes"):
+            d = k.d
+            key = agg.DstKey(d.netns, 6 if d.family == AF_INET6 else 4, format_addr(d.family, bytes(d.addr)), d.port)
+            codes[(key, k.kind, k.code)] = _num(v)
+        drops = {(k.netns, k.reason): _num(v) for k, v in read_table(bpf, "nd_drops")}
+        hist = [bpf["nd_lat_hist"][i].value for i in range(32)]
+        stats = self.engine.stats()
+        evictions = max(stats["dst_keys_inserted"] - len(entries), 0)
+
+        code_d = agg.code_deltas(codes, self.prev_codes)
+        rows = agg.build_rows(cur, self.prev_vals, dirs, active, code_d, {}, _errno_name, self.rst_reason,
+                              self.labels.label)
+        rows = [r for r in rows if self._wanted(r)]
+        drop_d = {}
+        for (ns, reason), v in drops.items():
+            d = v - self.prev_drops.get((ns, reason), 0)
+            if d > 0 and (self.netns_filter is None or ns == self.netns_filter):
+                name = self.drop_reason(reason)
+                drop_d[name] = drop_d.get(name, 0) + d
+        listeners = self._listeners(rows)
+        totals = agg.node_totals(rows)
+        totals["drops_by_reason"] = dict(sorted(drop_d.items(), key=lambda kv: -kv[1]))
+        totals["connect_latency_hist"] = agg.hist_delta(hist, self.prev_hist)
+        totals["listen_overflows"] = sum(l["overflows"] for l in listeners if not l.get("overflows_shared"))
+        interval = now - self.t_prev if self.t_prev else 0.0
+        record = {
+            "type": "interval",
+            "ts": round(now, 3),
+            "node": self.node,
+            "interval_s": round(interval, 3),
+            "modes": self.modes,
+            "lost_events": stats["lost_events"],
+            "evictions": evictions - self.prev_evictions,
+            "evictions_total": evictions,
+            "map_entries": len(entries),
+            "map_max": self.max_dsts,
+            "destinations": rows,
+            "listeners": listeners,
+            "node_totals": totals,
+            "verdicts": [],
+        }
+        self.prev_vals, self.prev_codes, self.prev_drops, self.prev_hist = cur, codes, drops, hist
+        self.prev_evictions = evictions
+        self.t_prev = now
+        return record
+
+    def _wanted(self, row: dict) -> bool:
+        if self.port is not None and not row["dst"].endswith(f":{self.port}"):
+            return False
+        if self.dst_net is not None:
+            addr = row["dst"].rsplit(":", 1)[0].strip("[]")
+            if ipaddress.ip_address(addr) not in self.dst_net:
+                return False
+        return True
+
+    def _listeners(self, rows: list[dict]) -> list[dict]:
+        inbound: dict = {}
+        for r in rows:
+            if r["direction"] == "in":
+                port = int(r["dst"].rsplit(":", 1)[1])
+                inbound.setdefault((r["netns"], port), []).append(r)
+        out = []
+        for inode, path in self._namespaces().items():
+            try:
+                socks, ns_stat = nsmod.run_in(path, _listen_snapshot)
+            except OSError:
+                continue
+            mine = []
+            for s in socks:
+                if self.port is not None and s.lport != self.port:
+                    continue
+                key = (inode, s.family, s.laddr, s.lport)
+                self.max_queue[key] = max(self.max_queue.get(key, 0), s.rqueue)
+                rs = [r for r in inbound.get((inode, s.lport), [])
+                      if s.laddr in ("0.0.0.0", "::") or r["dst"].rsplit(":", 1)[0].strip("[]") == s.laddr]
+                mine.append({
+                    "listen": f"[{s.laddr}]:{s.lport}" if s.family == 6 else f"{s.laddr}:{s.lport}",
+                    "netns": inode,
+                    "netns_name": self.labels.label(inode),
+                    "queue": s.rqueue,
+                    "max_queue": self.max_queue[key],
+                    "backlog": s.wqueue,
+                    "established": sum(r["established"] for r in rs),
+                    "accepts": sum(r["accepts"] for r in rs),
+                    "synack_retrans": sum(r["syn_retrans"] for r in rs),
+                    "resets_in": sum(r["resets_in"] for r in rs),
+                    "resets_out": sum(r["resets_out"] for r in rs),
+                })
+            prev = self.prev_netstat.get(inode)
+            self.prev_netstat[inode] = ns_stat
+            ovf = (ns_stat.get("ListenOverflows", 0) - prev.get("ListenOverflows", 0)) if prev else 0
+            drops = (ns_stat.get("ListenDrops", 0) - prev.get("ListenDrops", 0)) if prev else 0
+            agg.attribute_overflows(mine, ovf)
+            for l in mine:
+                l["listen_drops_netns"] = drops
+            out.extend(mine)
+        out.sort(key=lambda l: (-l["overflows"], -l["queue"], l["listen"]))
+        return out
+
+
+def _num(v) -> int:
+    """Scalar map values arrive as ctypes (items) or ints (batched lookups)."""
+    return v.value if hasattr(v, "value") else int(v)
+
+
+def _listen_snapshot():
+    return inetdiag.dump(1 << inetdiag.TCP_LISTEN), inetdiag.netstat()
+
+
+def _fill_addr(arr, text: str) -> None:
+    raw = ipaddress.ip_address(text).packed
+    for i, b in enumerate(raw):
+        arr[i] = b
+
+
+def _insert_noexist(table, key) -> None:
+    """BPF_NOEXIST insert; KeyError when the key is present."""
+    import ctypes
+
+    from bcc import lib
+    leaf = table.Leaf(1)
+    res = lib.bpf_update_elem(table.map_fd, ctypes.byref(key), ctypes.byref(leaf), 1)  # BPF_NOEXIST
+    if res < 0:
+        raise KeyError(key)
