@@ -444,7 +444,7 @@ class _Worker:
                     burst_last = t_start
                     burst_left -= 1
                 now = time.monotonic()
-                if (k & 255) == 0:
+                if (k & 63) == 0:
                     break            # let the loop service events
             if k >= my_n and not self.connecting:
                 break
