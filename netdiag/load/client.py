@@ -28,7 +28,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import BadInput, NetdiagError
 from . import _sys, stats
-from .limits import FD_SLACK, ResourceLimit, check_file_max, check_port_capacity, raise_nofile
+from .limits import (FD_SLACK, ResourceLimit, check_file_max, check_port_capacity, max_fds_per_process,
+                     raise_nofile)
 from .targets import IP_BIND_ADDRESS_NO_PORT
 
 Target = Tuple[str, int]
@@ -37,6 +38,7 @@ Target = Tuple[str, int]
 ATTEMPTED, ESTABLISHED, FAILED, DELAYED, OPEN_NOW, PEAK, REQUESTS, DONE, OPEN_AT_HOLD = range(9)
 NSLOTS = 9
 
+MAX_WORKERS = 512
 CANCELLED = errno.ECANCELED     # in flight when the run was stopped (deadline or Ctrl-C)
 EOF_NAME = "EOF"                # peer closed a held connection in order
 
@@ -140,8 +142,8 @@ class ClientConfig:
             raise BadInput("--requests-per-conn (churn) cannot be combined with --threads or --burst")
         if self.threads and self.burst:
             raise BadInput("--burst cannot be combined with --threads")
-        if self.workers is not None and not 1 <= self.workers <= 256:
-            raise BadInput(f"--workers must be 1-256, not {self.workers}")
+        if self.workers is not None and not 1 <= self.workers <= MAX_WORKERS:
+            raise BadInput(f"--workers must be 1-{MAX_WORKERS}, not {self.workers}")
         if self.duration is not None and self.duration <= 0:
             raise BadInput(f"--duration must be above 0, not {self.duration}")
         if self.max_time is not None and self.max_time <= 0:
@@ -859,11 +861,27 @@ def prepare(cfg: ClientConfig) -> int:
     """Validate, check limits, raise RLIMIT_NOFILE. Returns the number of workers."""
     cfg.validate()
     nw = cfg.n_workers()
-    n_open = cfg.connections if not cfg.churn else cfg.connections
+    n_open = cfg.connections
     per_worker = math.ceil(n_open / nw) if n_open else 0
     if cfg.threads:
         per_worker = cfg.connections
-    raise_nofile(per_worker + FD_SLACK)
+    try:
+        raise_nofile(per_worker + FD_SLACK)
+    except ResourceLimit:
+        # RLIMIT_NOFILE is per process: spread the connections over more workers instead,
+        # unless the user pinned the layout (--workers, --single, --threads)
+        if cfg.workers or cfg.single or cfg.threads:
+            raise
+        room = max_fds_per_process() - FD_SLACK
+        if room < 256:
+            raise
+        nw = math.ceil(n_open / room)
+        if nw > MAX_WORKERS:
+            raise ResourceLimit(
+                f"{n_open} connections need {nw} worker processes at {room} open files each "
+                f"(RLIMIT_NOFILE hard limit {max_fds_per_process()}); at most {MAX_WORKERS}: raise 'nofile' "
+                f"in /etc/security/limits.conf or run with CAP_SYS_RESOURCE") from None
+        raise_nofile(math.ceil(n_open / nw) + FD_SLACK)
     check_file_max(n_open + nw * FD_SLACK)
     if not cfg.churn:
         check_port_capacity(max_per_tuple(cfg.connections, len(cfg.targets), len(cfg.source_ips)),

@@ -56,6 +56,14 @@ def local_port_count() -> int:
     return hi - lo + 1
 
 
+def max_fds_per_process() -> int:
+    """The most RLIMIT_NOFILE can become in this process without privileges it lacks."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return nr_open()
+    return hard
+
+
 def raise_nofile(need: int) -> int:
     """Make RLIMIT_NOFILE's soft limit at least ``need`` (raising the hard limit when allowed).
 

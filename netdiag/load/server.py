@@ -67,8 +67,8 @@ class ServerConfig:
             raise BadInput(f"--backlog must be 0 or more, not {self.backlog}")
         if self.accept_delay_ms < 0:
             raise BadInput(f"--accept-delay-ms must be 0 or more, not {self.accept_delay_ms}")
-        if self.workers < 1 or self.workers > 256:
-            raise BadInput(f"--workers must be 1-256, not {self.workers}")
+        if self.workers < 1 or self.workers > 512:
+            raise BadInput(f"--workers must be 1-512, not {self.workers}")
         if self.max_conns is not None and self.workers != 1:
             raise BadInput("--max-conns needs a single worker (--workers 1) to keep the cap exact")
         if self.max_requests is not None and self.max_requests < 1:
