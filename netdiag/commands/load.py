@@ -145,6 +145,11 @@ def _server_stats(snap: dict, last: dict, dt: float, elapsed: float, as_json: bo
     else:
         click.echo(f"{elapsed:8.1f}s  held {snap['held']:>8}  accepted/s {acc_s:>9.1f}  "
                    f"accepted {snap['accepted']:>9}  closed {snap['closed']:>9}  requests {snap['requests']:>9}")
+    if snap["accept_errors"] > last["accept_errors"]:
+        import resource
+        click.echo(f"netdiag load server: {snap['accept_errors'] - last['accept_errors']} accept() failures "
+                   f"(open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} per worker?): "
+                   f"use more --workers", err=True)
     sys.stdout.flush()
 
 
@@ -169,7 +174,7 @@ Examples:
 @click.option("-n", "--connections", type=int, default=1, show_default=True, metavar="N",
               help="Connections to open (churn mode: concurrent clients).")
 @click.option("-c", "--concurrency", type=int, default=None, metavar="C",
-              help="Connects in flight at once [default: 1024].")
+              help="Connects in flight at once, across workers [default: 1024 per worker].")
 @click.option("--threads", type=int, default=None, metavar="T",
               help="Blocking connects from T threads (like a thread-per-connection client).")
 @click.option("--single", is_flag=True, help="One connect at a time, like a single-threaded client.")

@@ -39,6 +39,7 @@ ATTEMPTED, ESTABLISHED, FAILED, DELAYED, OPEN_NOW, PEAK, REQUESTS, DONE, OPEN_AT
 NSLOTS = 9
 
 MAX_WORKERS = 512
+DEFAULT_CONCURRENCY = 1024       # connects in flight per worker unless --concurrency says otherwise
 CANCELLED = errno.ECANCELED     # in flight when the run was stopped (deadline or Ctrl-C)
 EOF_NAME = "EOF"                # peer closed a held connection in order
 
@@ -393,7 +394,7 @@ class _Worker:
         elif cfg.concurrency is not None:
             conc = max(1, cfg.concurrency // self.nw + (1 if self.w < cfg.concurrency % self.nw else 0))
         elif not cfg.burst:
-            conc = 1024
+            conc = DEFAULT_CONCURRENCY
         rate = (cfg.rate / self.nw) if cfg.rate else None
         burst_w = None
         if cfg.burst:

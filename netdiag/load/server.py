@@ -219,6 +219,11 @@ class _Loop:
         self.filtered = False
         self.listen_enabled = True
         self.next_accept_at = 0.0
+        # a worker near its open-file limit stops taking connections, leaving them to the others
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.fd_cap = (soft - FD_SLACK) if soft != resource.RLIM_INFINITY else 1 << 30
+        self.full = False
 
     # accept-queue capacity: listen(b) lets b+1 connections wait; 0 means a drop-all filter
     def _set_cap(self, cap: int) -> None:
@@ -257,6 +262,10 @@ class _Loop:
         track = cfg.idle_timeout is not None
         n = 0
         while n < ACCEPT_BATCH:
+            if self.held >= self.fd_cap:
+                self.full = True
+                self._listeners_events(False)
+                break
             if mx is not None:
                 room_after = mx - self.held - 1
                 if room_after < 0 or (room_after == 0 and n > 0):
@@ -301,6 +310,10 @@ class _Loop:
             self.last_active.pop(fd, None)
         if self.cfg.max_conns is not None:
             self._set_cap(self.cfg.max_conns - self.held)
+        if self.full and self.held < self.fd_cap:
+            self.full = False
+            if not self.cfg.accept_delay_ms or time.monotonic() >= self.next_accept_at:
+                self._listeners_events(True)
 
     def _readable(self, fd: int) -> None:
         try:
@@ -402,7 +415,7 @@ class _Loop:
                     self._readable(fd)
             if not self.listen_enabled or cfg.idle_timeout is not None:
                 now = time.monotonic()
-                if not self.listen_enabled and now >= self.next_accept_at:
+                if not self.listen_enabled and not self.full and now >= self.next_accept_at:
                     self._listeners_events(True)
                 if cfg.idle_timeout is not None and now >= next_idle_check:
                     self._expire_idle(now)
