@@ -66,6 +66,9 @@ struct nd_drop_key {
 BPF_TABLE("lru_hash", struct nd_dst_key, struct nd_dst_val, nd_dsts, ND_MAX_DSTS);
 BPF_TABLE("lru_hash", struct nd_code_key, u64, nd_codes, ND_MAX_DSTS);
 BPF_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_socks, ND_MAX_SOCKS);
+/* outbound sockets that just left ESTABLISHED: an RST sent while closing (SO_LINGER 0, abort)
+ * is traced after the state change and still belongs to the destination */
+BPF_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_closed, 16384);
 BPF_TABLE("lru_hash", struct nd_drop_key, u64, nd_drops, 4096);
 BPF_ARRAY(nd_lat_hist, u64, 32);      /* node-wide connect latency, log2(microseconds) */
 
@@ -185,6 +188,8 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t)
     if (!nd_out_socks.lookup(&s))
         return;
     nd_out_socks.delete(&s);
+    u8 one = 1;
+    nd_out_closed.update(&s, &one);
     struct nd_dst_key k = {};
     nd_key_remote(&k, netns, t);
     struct nd_dst_val *v = nd_dsts.lookup(&k);
@@ -199,7 +204,7 @@ static __always_inline u32 nd_classify(u64 sk, u32 netns, struct nd_tuple *t, in
 {
     struct nd_sock_key s = {};
     nd_sock_key_of(&s, netns, t);
-    if (connecting || nd_out_socks.lookup(&s)) {
+    if (connecting || nd_out_socks.lookup(&s) || nd_out_closed.lookup(&s)) {
         nd_key_remote(k, netns, t);
         return ND_DIR_OUT;
     }

@@ -56,8 +56,9 @@ def trouble_key(row: dict):
 
 
 def build_rows(cur: dict, prev: dict, dirs: dict, active: dict, codes: dict, names: dict,
-               errno_name, rst_reason_name, netns_label) -> list[dict]:
-    """Interval rows for every key that did something this interval or holds connections.
+               errno_name, rst_reason_name, netns_label, prev_active: dict | None = None) -> list[dict]:
+    """Interval rows for every key that did something this interval, holds connections, or
+    whose `active` changed (so a destination going back to 0 is reported once).
 
     cur/prev: {DstKey: counters}; dirs: {DstKey: dir bits}; active: {DstKey: current gauge};
     codes: output of code_deltas; names: unused placeholder for domains (None for now)."""
@@ -66,7 +67,7 @@ def build_rows(cur: dict, prev: dict, dirs: dict, active: dict, codes: dict, nam
         d = delta(vals, prev.get(key))
         act = active.get(key, 0)
         busy = any(d[c] for c in COUNTERS if c not in ("lat_sum_ns", "lat_count"))
-        if not busy and act <= 0:
+        if not busy and act <= 0 and (prev_active or {}).get(key, 0) <= 0:
             continue
         bits = dirs.get(key, DIR_OUT)
         row = {

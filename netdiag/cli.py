@@ -16,6 +16,7 @@ COMMANDS = {
     "doctor": "doctor",
     "trace": "trace",
     "load": "load",
+    "watch": "watch",
 }
 
 

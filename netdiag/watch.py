@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import threading
 import time
 
 from . import aggregate as agg
@@ -46,7 +47,10 @@ class Watcher:
         self.rst_reason = _enum_namer("tcp", "tcp_send_reset", "reason")
         self.drop_reason = _enum_namer("skb", "kfree_skb", "reason")
         self.seed: dict = {}
+        self._seed_lock = threading.Lock()
+        self._seeder = None
         self.prev_vals: dict = {}
+        self.prev_active: dict = {}
         self.prev_codes: dict = {}
         self.prev_drops: dict = {}
         self.prev_hist: list | None = None
@@ -63,9 +67,16 @@ class Watcher:
 
     def start(self) -> None:
         self.engine.start()
-        self._seed_active()
         self.sample()          # baseline: the first reported interval starts now
         self.t_prev = time.time()
+        # Pre-existing connections are read from inet_diag after attach (so none slips between
+        # the two); on a node with 100k+ sockets that takes seconds, so it runs beside the loop.
+        self._seeder = threading.Thread(target=self._seed_active, name="seed-active", daemon=True)
+        self._seeder.start()
+
+    @property
+    def seeding(self) -> bool:
+        return self._seeder is not None and self._seeder.is_alive()
 
     def close(self) -> None:
         self.engine.close()
@@ -79,11 +90,18 @@ class Watcher:
 
     def _seed_active(self) -> None:
         """Connections that existed before attach count in `active` from the first interval."""
+        try:
+            self._seed_all()
+        except Exception:       # the engine was closed under us (Ctrl-C during seeding)
+            if self.engine.bpf is not None:
+                raise
+
+    def _seed_all(self) -> None:
         table = self.engine.bpf["nd_out_socks"]
         for inode, path in self._namespaces().items():
             try:
                 socks = nsmod.run_in(path, inetdiag.dump, (1 << inetdiag.TCP_ESTABLISHED) | (1 << inetdiag.TCP_LISTEN))
-            except OSError:
+            except (OSError, RuntimeError):
                 continue        # the namespace went away
             for s in inetdiag.outbound_established(socks):
                 k = table.Key()
@@ -95,12 +113,15 @@ class Watcher:
                 except KeyError:
                     continue    # already tracked by the probes (established after attach)
                 dk = agg.DstKey(inode, s.family, s.raddr, s.rport)
-                self.seed[dk] = self.seed.get(dk, 0) + 1
+                with self._seed_lock:
+                    self.seed[dk] = self.seed.get(dk, 0) + 1
 
     # -- one interval ---------------------------------------------------------------------------
     def sample(self) -> dict:
         now = time.time()
         bpf = self.engine.bpf
+        with self._seed_lock:
+            seed = dict(self.seed)
         cur, dirs, active = {}, {}, {}
         entries = read_table(bpf, "nd_dsts")
         for k, v in entries:
@@ -108,8 +129,8 @@ class Watcher:
                              format_addr(k.family, bytes(k.addr)), k.port)
             cur[key] = {c: getattr(v, c) for c in agg.COUNTERS}
             dirs[key] = v.dir
-            active[key] = v.active + self.seed.get(key, 0)
-        for key, n in self.seed.items():
+            active[key] = v.active + seed.get(key, 0)
+        for key, n in seed.items():
             if key not in cur:                      # seeded, never touched since attach
                 cur[key] = {c: 0 for c in agg.COUNTERS}
                 dirs[key] = agg.DIR_OUT
@@ -126,7 +147,7 @@ class Watcher:
 
         code_d = agg.code_deltas(codes, self.prev_codes)
         rows = agg.build_rows(cur, self.prev_vals, dirs, active, code_d, {}, _errno_name, self.rst_reason,
-                              self.labels.label)
+                              self.labels.label, self.prev_active)
         rows = [r for r in rows if self._wanted(r)]
         drop_d = {}
         for (ns, reason), v in drops.items():
@@ -151,12 +172,14 @@ class Watcher:
             "evictions_total": evictions,
             "map_entries": len(entries),
             "map_max": self.max_dsts,
+            "seeding": self.seeding,
             "destinations": rows,
             "listeners": listeners,
             "node_totals": totals,
             "verdicts": [],
         }
         self.prev_vals, self.prev_codes, self.prev_drops, self.prev_hist = cur, codes, drops, hist
+        self.prev_active = active
         self.prev_evictions = evictions
         self.t_prev = now
         return record

@@ -1,0 +1,242 @@
+"""`netdiag watch --json` on the real kernel: exact per-destination numbers across namespaces."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from netdiag.topology import Topology
+
+from .conftest import READY_TIMEOUT, Peer, record_result
+
+pytestmark = pytest.mark.kernel
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((ROOT / "docs" / "schema" / "watch-interval.schema.json").read_text())
+SRV, CLI = "198.18.4.1", "198.18.4.2"
+
+
+class Watch:
+    def __init__(self, tmp: Path, *args):
+        self.ready = tmp / "watch.ready"
+        self.proc = subprocess.Popen([sys.executable, "-m", "netdiag", "watch", "--json", "--interval", "0.5",
+                                      "--ready-file", str(self.ready), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.records: list[dict] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self.ready.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"watch exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            assert time.monotonic() < deadline, "watch did not attach in time"
+            time.sleep(0.05)
+        self.info = json.loads(self.ready.read_text())
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self.lock:
+                self.records.append(json.loads(line))
+
+    def intervals(self):
+        with self.lock:
+            return [r for r in self.records if r["type"] == "interval"]
+
+    def rows(self, netns, dst, direction):
+        return [r for rec in self.intervals() for r in rec["destinations"]
+                if r["netns"] == netns and r["dst"] == dst and r["direction"] == direction]
+
+    def total(self, netns, dst, direction, field):
+        return sum(r[field] for r in self.rows(netns, dst, direction))
+
+    def until(self, pred, timeout=30.0):
+        """Poll the records for a condition (bounded); returns its last value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = pred()
+            if v or time.monotonic() > deadline:
+                return v
+            time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)
+            self.proc.wait(timeout=60)
+        with self.lock:
+            return self.records
+
+
+@pytest.fixture(scope="module")
+def topo(doctor):
+    with Topology() as t:
+        t.srv = t.add_ns("wsrv")
+        t.cli = t.add_ns("wcli")
+        t.link(t.srv, f"{SRV}/24", t.cli, f"{CLI}/24")
+        yield t
+
+
+@pytest.fixture(scope="module")
+def watch(topo, tmp_path_factory):
+    w = Watch(tmp_path_factory.mktemp("watch"))
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def settle(watch, netns, dst, direction, field, expected):
+    return watch.until(lambda: watch.total(netns, dst, direction, field) >= expected)
+
+
+def test_23_connects_active_then_closed(topo, watch):
+    cli, srv, dst = topo.inode(topo.cli), topo.inode(topo.srv), f"{SRV}:8080"
+    server = Peer(topo.srv, "serve", SRV, 8080, 23)
+    client = None
+    try:
+        server.line()
+        client = Peer(topo.cli, "connect", SRV, 8080, 23)
+        assert client.line()["ok"] == 23
+        assert server.line() == {"accepted": 23}
+        held = watch.until(lambda: any(r["active"] == 23 for r in watch.rows(cli, dst, "out")))
+        assert held, "active never reached 23 while the connections were held"
+        settle(watch, srv, dst, "in", "accepts", 23)
+        client.close()
+        client = None
+        watch.until(lambda: any(r["active"] == 0 for r in watch.rows(cli, dst, "out")))
+    finally:
+        server.close()
+        if client:
+            client.close()
+    rows = watch.rows(cli, dst, "out")
+    record_result("watch/23", {"connects": watch.total(cli, dst, "out", "connects"),
+                               "established": watch.total(cli, dst, "out", "established"),
+                               "accepts": watch.total(srv, dst, "in", "accepts"),
+                               "modes": watch.info["modes"]})
+    assert watch.total(cli, dst, "out", "connects") == 23
+    assert watch.total(cli, dst, "out", "established") == 23
+    assert watch.total(cli, dst, "out", "failed") == 0
+    assert watch.total(srv, dst, "in", "established") == 23
+    assert watch.total(srv, dst, "in", "accepts") == 23
+    assert max(r["active"] for r in rows) == 23
+    # after close the row reports active 0 once (then leaves the table while idle)
+    assert rows[-1]["active"] == 0, "active never returned to 0 after close"
+
+
+def rst_reasons_traced() -> bool:
+    fmt = Path("/sys/kernel/tracing/events/tcp/tcp_send_reset/format")
+    return "reason" in fmt.read_text()
+
+
+def test_7_refused(topo, watch):
+    cli, srv, dst = topo.inode(topo.cli), topo.inode(topo.srv), f"{SRV}:8081"
+    client = Peer(topo.cli, "connect", SRV, 8081, 7)
+    try:
+        assert client.line()["errors"] == {"ECONNREFUSED": 7}
+        settle(watch, cli, dst, "out", "failed", 7)
+        settle(watch, cli, dst, "out", "resets_in", 7)
+        if rst_reasons_traced():
+            settle(watch, srv, dst, "in", "resets_out", 7)
+    finally:
+        client.close()
+    rows = watch.rows(cli, dst, "out")
+    errnos = {}
+    for r in rows:
+        for k, v in r["failed_by_errno"].items():
+            errnos[k] = errnos.get(k, 0) + v
+    record_result("watch/refused", {"failed": watch.total(cli, dst, "out", "failed"), "errnos": errnos,
+                                    "resets_in": watch.total(cli, dst, "out", "resets_in")})
+    assert watch.total(cli, dst, "out", "connects") == 7
+    assert watch.total(cli, dst, "out", "failed") == 7
+    assert errnos == {"ECONNREFUSED": 7}
+    assert watch.total(cli, dst, "out", "resets_in") == 7
+    if not rst_reasons_traced():
+        pytest.skip("this kernel's tcp:tcp_send_reset does not trace socket-less resets (before 6.10): "
+                    "the server-side NO_SOCKET count is not observable")
+    srv_rows = watch.rows(srv, dst, "in")
+    reasons = {}
+    for r in srv_rows:
+        for k, v in r["resets_out_by_reason"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    assert watch.total(srv, dst, "in", "resets_out") == 7
+    assert reasons == {"NO_SOCKET": 7}
+
+
+def test_5_linger0_resets(topo, watch):
+    cli, srv, dst = topo.inode(topo.cli), topo.inode(topo.srv), f"{SRV}:8082"
+    server = Peer(topo.srv, "serve", SRV, 8082, 5)
+    client = None
+    try:
+        server.line()
+        client = Peer(topo.cli, "linger0", SRV, 8082, 5)
+        assert client.line()["reset"] == 5
+        settle(watch, cli, dst, "out", "resets_out", 5)
+        settle(watch, srv, dst, "in", "resets_in", 5)
+    finally:
+        server.close()
+        if client:
+            client.close()
+    record_result("watch/linger0", {"resets_out": watch.total(cli, dst, "out", "resets_out"),
+                                    "resets_in": watch.total(srv, dst, "in", "resets_in")})
+    assert watch.total(cli, dst, "out", "resets_out") == 5
+    assert watch.total(srv, dst, "in", "resets_in") == 5
+
+
+def test_listen_overflow_and_syn_retrans(topo, watch):
+    cli, srv, dst = topo.inode(topo.cli), topo.inode(topo.srv), f"{SRV}:8083"
+    listener = Peer(topo.srv, "listen", SRV, 8083, 1)
+    client = None
+    try:
+        listener.line()
+        client = Peer(topo.cli, "burst", SRV, 8083, 20)
+        client.line()        # after up to 4 s: SYNs were retransmitted at 1 s and 3 s
+        settle(watch, cli, dst, "out", "syn_retrans", 1)
+        watch.until(lambda: any(l["overflows"] > 0 for rec in watch.intervals() for l in rec["listeners"]
+                                if l["listen"] == dst and l["netns"] == srv))
+    finally:
+        listener.close()
+        if client:
+            client.close()
+    lst = [l for rec in watch.intervals() for l in rec["listeners"] if l["listen"] == dst and l["netns"] == srv]
+    record_result("watch/overflow", {"overflows": sum(l["overflows"] for l in lst),
+                                     "syn_retrans": watch.total(cli, dst, "out", "syn_retrans")})
+    assert lst and max(l["backlog"] for l in lst) == 1
+    assert sum(l["overflows"] for l in lst) > 0
+    assert watch.total(cli, dst, "out", "syn_retrans") > 0
+
+
+def test_records_validate_against_schema(topo, watch):
+    jsonschema = pytest.importorskip("jsonschema")
+    recs = watch.intervals()
+    assert len(recs) >= 3
+    for rec in recs:
+        jsonschema.validate(rec, SCHEMA)
+    assert all(set(rec["modes"]) >= {"connect", "accept", "conntrack", "snat"} for rec in recs)
+    assert all(rec["lost_events"] == 0 for rec in recs)
+
+
+@pytest.mark.heavy
+def test_50000_destinations_stay_bounded(topo, tmp_path):
+    """50,000 distinct destinations through a 4,096-entry map: memory bounded, evictions counted."""
+    w = Watch(tmp_path, "--max-dsts", "4096", "--netns", topo.cli)
+    try:
+        sweep = Peer(topo.cli, "sweep", SRV, 10000, 50000)
+        res = sweep.line()
+        assert res["refused"] == 50000
+        w.until(lambda: sum(rec["evictions"] for rec in w.intervals()) >= 50000 - 4096, timeout=60)
+        with open(f"/proc/{w.proc.pid}/status") as f:
+            hwm_kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+        sweep.close()
+    finally:
+        recs = w.stop()
+    ivs = [r for r in recs if r["type"] == "interval"]
+    assert max(r["map_entries"] for r in ivs) <= 4096
+    assert ivs[-1]["evictions_total"] >= 50000 - 4096
+    assert sum(r["evictions"] for r in ivs) == ivs[-1]["evictions_total"]
+    connects = sum(d["connects"] for r in ivs for d in r["destinations"] if d["direction"] == "out")
+    assert connects <= 50000
+    assert hwm_kb < 150 * 1024, f"watch peak RSS {hwm_kb} kB"
