@@ -16,6 +16,7 @@ COMMANDS = {
     "doctor": "doctor",
     "trace": "trace",
     "load": "load",
+    "conntrack": "conntrack",
 }
 
 

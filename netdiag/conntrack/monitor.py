@@ -343,7 +343,7 @@ class ConntrackMonitor:
                 "unattributed": unattributed, "attribution": why,
                 "events": events, "lost_events": overruns,
                 "nat_rules": [r.as_dict() for r in st.rules.rules] if st.rules else [],
-                "error": st.error or (st.rules.error if st.rules else None),
+                "read_error": st.error or (st.rules.error if st.rules else None),
             })
             snat_out.extend(rows)
             totals["entries"] += st.entries or 0
