@@ -65,9 +65,9 @@ def host_inode() -> int | None:
     return None
 
 
-def _comm(pid: int) -> str | None:
+def _comm(pid: int, proc: Path = PROC) -> str | None:
     try:
-        return (PROC / str(pid) / "comm").read_text().strip()
+        return (proc / str(pid) / "comm").read_text().strip()
     except OSError:
         return None
 
@@ -99,9 +99,9 @@ def discover(proc: Path = PROC, run: Path = NETNS_RUN) -> dict[int, Namespace]:
         ns = found.get(ino)
         if ns is None:
             found[ino] = Namespace(ino, str(path), name="host" if ino == host else None,
-                                   pid=pid, comm=_comm(pid))
+                                   pid=pid, comm=_comm(pid, proc))
         elif ns.pid is None:
-            found[ino] = Namespace(ino, ns.path, ns.name, pid, _comm(pid))
+            found[ino] = Namespace(ino, ns.path, ns.name, pid, _comm(pid, proc))
     return found
 
 
