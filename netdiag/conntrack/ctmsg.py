@@ -156,6 +156,46 @@ def from_pyroute2(msg, kind: str = "entry") -> CtRecord:
                     msg.get_attr("CTA_ZONE") or 0)
 
 
+# --- hot path ---------------------------------------------------------------------------------
+# An IPv4 TCP/UDP/SCTP/DCCP conntrack message always starts with the same attribute skeleton
+# (ctnetlink_dump_tuples: CTA_TUPLE_ORIG{IP{SRC,DST},PROTO{NUM,SPORT,DPORT}}, then the same for
+# CTA_TUPLE_REPLY), so its fields sit at fixed offsets. When the skeleton's headers match, one
+# precompiled unpack reads everything; otherwise the generic walk above is used.
+_SKEL_ORIG = struct.pack("=HHHH", 52, 0x8000 | CTA_TUPLE_ORIG, 20, 0x8000 | CTA_TUPLE_IP)
+_SKEL_REPLY = struct.pack("=HHHH", 52, 0x8000 | CTA_TUPLE_REPLY, 20, 0x8000 | CTA_TUPLE_IP)
+_SKEL_PROTO = struct.pack("=HH", 28, 0x8000 | CTA_TUPLE_PROTO)
+#                 src   sport    rsrc    rdst  proto   rsport  rdport
+_FIXED = struct.Struct("=12x4s24x2s22x4s4x4s8xB7x2s6x2s")   # from offset 20 to 122
+
+
+def fast_fields(buf, n: int):
+    """(msg_type, flags, orig_src, orig_sport, (r_src, r_dst, proto, r_sport, r_dport)) with raw
+    bytes, or None when the datagram is not one fixed-layout IPv4 message."""
+    if n < 124:
+        return None
+    length, msg_type, flags = _HDR3.unpack_from(buf, 0)
+    if length != n or buf[20:28] != _SKEL_ORIG or buf[72:80] != _SKEL_REPLY \
+            or buf[44:48] != _SKEL_PROTO or buf[96:100] != _SKEL_PROTO:
+        return None
+    src, sport, rsrc, rdst, proto, rsport, rdport = _FIXED.unpack_from(buf, 20)
+    return msg_type, flags, src, sport, (rsrc, rdst, proto, rsport, rdport)
+
+
+_HDR3 = struct.Struct("=IHH")
+
+
+def entry_key(rec: CtRecord) -> tuple:
+    """The same key ``fast_fields`` gives (the reply tuple, raw): unique per live entry."""
+    r = rec.reply
+    fam = socket.AF_INET6 if ":" in r.src else socket.AF_INET
+    return (socket.inet_pton(fam, r.src), socket.inet_pton(fam, r.dst), rec.orig.proto,
+            _BE16.pack(r.sport), _BE16.pack(r.dport))
+
+
+def is_snat_raw(src: bytes, sport: bytes, ekey: tuple) -> bool:
+    return ekey[1] != src or ekey[4] != sport
+
+
 def snat_of(rec: CtRecord) -> tuple[str, str, int, str, int] | None:
     """(nat_ip, dst_ip, dst_port, proto_name, nat_port) when ``rec`` is source-NATed, else None.
 

@@ -20,7 +20,7 @@ import socket
 from pyroute2.netlink import NETLINK_NETFILTER
 from pyroute2.netlink.nfnetlink import NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW
 
-from .ctmsg import decode_fast
+from .ctmsg import MSG_DELETE, MSG_NEW, NLM_F_CREATE, decode_fast, entry_key, fast_fields, snat_of
 
 SO_RCVBUFFORCE = 33
 GROUPS = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
@@ -56,8 +56,10 @@ class NetlinkEvents:
         return self.sock.fileno() if self.sock else -1
 
     def drain(self, limit: int = 1 << 30) -> list:
-        """Every record queued now (non-blocking)."""
+        """Every event queued now (non-blocking), as ``[(is_new, entry key)]``: NEW events of
+        source-NATed entries and every DESTROY (the table ignores the ones it never saw)."""
         out = []
+        append = out.append
         recv_into, view, buf = self.sock.recv_into, self._view, self._buf
         n_msgs = 0
         while n_msgs < limit:
@@ -73,7 +75,19 @@ class NetlinkEvents:
             if n == 0:
                 break
             n_msgs += 1
-            out.extend(decode_fast(view[:n]))
+            f = fast_fields(buf, n)
+            if f is not None:
+                msg_type, flags, src, sport, ekey = f
+                if msg_type == MSG_DELETE:
+                    append((False, ekey))
+                elif msg_type == MSG_NEW and flags & NLM_F_CREATE and (ekey[1] != src or ekey[4] != sport):
+                    append((True, ekey))
+                continue
+            for rec in decode_fast(view[:n]):       # IPv6, ICMP, or anything unusual
+                if rec.kind == "destroy":
+                    append((False, entry_key(rec)))
+                elif rec.kind == "new" and snat_of(rec) is not None:
+                    append((True, entry_key(rec)))
         self.events += n_msgs
         return out
 

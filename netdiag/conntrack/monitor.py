@@ -213,9 +213,9 @@ class ConntrackMonitor:
         if st is None or st.events is None:
             return
         before = st.events.overruns
-        recs = st.events.drain()
-        if recs:
-            self.table.apply_many(inode, recs)
+        ops = st.events.drain()
+        if ops:
+            self.table.apply_ops(inode, ops)
         if st.events.overruns != before:
             st.resync = True
 

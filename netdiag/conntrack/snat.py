@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ctmsg import CtRecord, snat_of
+import socket
 
-RowKey = tuple  # (netns inode, nat_ip, dst_ip, dst_port, proto)
+from .ctmsg import PROTO_NAMES, CtRecord, entry_key, snat_of
+
+RowKey = tuple  # (netns inode, nat_ip, dst_ip, dst_port, proto) -- strings/ints once reported
 
 
 @dataclass
@@ -22,26 +24,29 @@ class RowState:
     releases: int = 0
 
 
+def _ip(b: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
+
+
 class SnatTable:
+    """Entries are keyed by their reply tuple in raw form ``(r_src, r_dst, proto, r_sport,
+    r_dport)`` (bytes, as ``ctmsg.fast_fields`` reads them): unique per live entry, present in
+    NEW and DESTROY alike. Rows are keyed ``(netns, nat_ip, dst_ip, dst_port, proto)`` raw and
+    turned into text only when reported."""
+
     def __init__(self):
-        self.rows: dict[RowKey, RowState] = {}
-        self._entries: dict[int, dict] = {}    # netns -> {entry id: RowKey}
+        self.rows: dict[tuple, RowState] = {}
+        self._entries: dict[int, dict] = {}    # netns -> {entry key: row key}
 
-    @staticmethod
-    def _eid(rec: CtRecord):
-        return rec.ct_id if rec.ct_id is not None else (rec.orig, rec.zone)
-
-    def _add(self, netns: int, rec: CtRecord, count_allocation: bool) -> None:
-        s = snat_of(rec)
-        if s is None:
+    def add(self, netns: int, ekey: tuple, count_allocation: bool = True) -> None:
+        """A source-NATed entry was created (the caller checked it is source-NATed)."""
+        entries = self._entries.get(netns)
+        if entries is None:
+            entries = self._entries[netns] = {}
+        elif ekey in entries:          # already seeded by the dump that raced this event
             return
-        entries = self._entries.setdefault(netns, {})
-        eid = self._eid(rec)
-        if eid in entries:          # already seeded by the dump that raced this event
-            return
-        nat_ip, dst_ip, dst_port, proto, _port = s
-        key = (netns, nat_ip, dst_ip, dst_port, proto)
-        entries[eid] = key
+        key = (netns, ekey[1], ekey[0], ekey[3], ekey[2])
+        entries[ekey] = key
         row = self.rows.get(key)
         if row is None:
             row = self.rows[key] = RowState()
@@ -51,22 +56,35 @@ class SnatTable:
         if count_allocation:
             row.allocations += 1
 
+    def remove(self, netns: int, ekey: tuple) -> None:
+        entries = self._entries.get(netns)
+        key = entries.pop(ekey, None) if entries else None
+        if key is None:
+            return            # not source-NATed, or never seen (destroyed before the dump)
+        row = self.rows[key]
+        row.in_use -= 1
+        row.releases += 1
+
+    def apply_ops(self, netns: int, ops) -> None:
+        """[(is_new, entry key)] as ``NetlinkEvents.drain`` returns them."""
+        add, remove = self.add, self.remove
+        for is_new, ekey in ops:
+            if is_new:
+                add(netns, ekey)
+            else:
+                remove(netns, ekey)
+
     def seed(self, netns: int, records) -> None:
         """Entries that existed before monitoring started (a dump): in use, not allocations."""
         for rec in records:
-            self._add(netns, rec, count_allocation=False)
+            if snat_of(rec) is not None:
+                self.add(netns, entry_key(rec), count_allocation=False)
 
     def apply(self, netns: int, rec: CtRecord) -> None:
         if rec.kind == "destroy":
-            entries = self._entries.get(netns)
-            key = entries.pop(self._eid(rec), None) if entries else None
-            if key is None:
-                return            # not SNATed, or never seen (destroyed before the dump)
-            row = self.rows[key]
-            row.in_use -= 1
-            row.releases += 1
-        else:
-            self._add(netns, rec, count_allocation=(rec.kind == "new"))
+            self.remove(netns, entry_key(rec))
+        elif snat_of(rec) is not None:
+            self.add(netns, entry_key(rec), count_allocation=(rec.kind == "new"))
 
     def apply_many(self, netns: int, records) -> None:
         for rec in records:
@@ -79,10 +97,13 @@ class SnatTable:
             del self.rows[key]
 
     def take_interval(self) -> dict[RowKey, RowState]:
-        """This interval's view of every row; then interval counters restart and idle rows go."""
+        """This interval's view of every row (text keys); then interval counters restart and
+        rows with nothing in use go."""
         out = {}
         for key, row in list(self.rows.items()):
-            out[key] = RowState(row.in_use, row.peak, row.allocations, row.releases)
+            netns, nat_ip, dst_ip, dport, proto = key
+            tkey = (netns, _ip(nat_ip), _ip(dst_ip), int.from_bytes(dport, "big"), PROTO_NAMES.get(proto, str(proto)))
+            out[tkey] = RowState(row.in_use, row.peak, row.allocations, row.releases)
             row.allocations = row.releases = 0
             row.peak = row.in_use
             if row.in_use == 0:

@@ -251,3 +251,15 @@ def test_namespace_discovery_dedupes_and_diffs(tmp_path):
     (proc / "10" / "ns" / "net").unlink()
     added, removed = w.poll()
     assert [n.name for n in added] == ["nd-b"] and [n.name for n in removed] == ["nd-a"]
+
+
+def test_fixed_offset_path_agrees_with_the_attribute_walk(captured):
+    for raw in captured:
+        f = ctmsg.fast_fields(raw, len(raw))
+        assert f is not None                      # every captured IPv4 TCP event takes the fast path
+        (r,) = ctmsg.decode_fast(raw)
+        assert f[4] == ctmsg.entry_key(r)
+        assert ctmsg.is_snat_raw(f[2], f[3], f[4]) == (ctmsg.snat_of(r) is not None)
+    bad = bytearray(captured[0])
+    bad[20] = 56                                  # another layout (e.g. ICMP): falls back
+    assert ctmsg.fast_fields(bytes(bad), len(bad)) is None
