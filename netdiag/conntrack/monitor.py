@@ -94,6 +94,7 @@ class ConntrackMonitor:
         self._last_snapshot: float | None = None
         self._polled = False
         self.modes = {"conntrack": "netlink", "snat": "netlink"}
+        self.batch_s = 0.02
 
     # --- life cycle ---------------------------------------------------------------------------
     def start(self) -> "ConntrackMonitor":
@@ -220,7 +221,10 @@ class ConntrackMonitor:
             st.resync = True
 
     def _read_loop(self) -> None:
-        while not self._stop.is_set():
+        # Wake at most every BATCH_S: under churn each wake-up then drains hundreds of events
+        # instead of one or two (fewer epoll calls and lock round trips); the socket buffer holds
+        # far more than BATCH_S of events.
+        while not self._stop.wait(self.batch_s):
             try:
                 ready = self._epoll.poll(0.2)
             except (OSError, ValueError):
