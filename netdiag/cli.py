@@ -17,6 +17,7 @@ COMMANDS = {
     "trace": "trace",
     "load": "load",
     "watch": "watch",
+    "conntrack": "conntrack",
 }
 
 
