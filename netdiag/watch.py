@@ -5,19 +5,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import struct
 import threading
 import time
 
 from . import aggregate as agg
-from . import inetdiag
+from . import inetdiag, loader
 from . import netns as nsmod
 from . import tracefs
-from .decode import format_addr
-from .engine import ProbeEngine, read_table
+from .decode import CODE_KEY, DROP_KEY, DST_KEY, DST_VAL, DST_VAL_FIELDS, SOCK_KEY, U64, format_addr
 from .errors import FeatureMissing
 
 WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops")
+MAPS = ("nd_dsts", "nd_codes", "nd_out_socks", "nd_drops", "nd_lat_hist", "nd_stats")
 AF_INET6 = 10
+STAT_DST_NEW, STAT_LOST = 6, 4      # bpf/nd_events.h
 
 
 def _errno_name(code: int) -> str:
@@ -36,8 +38,10 @@ def _enum_namer(category: str, event: str, field: str):
 class Watcher:
     def __init__(self, mode: str = "auto", netns: int | None = None, port: int | None = None,
                  dst: str | None = None, max_dsts: int = 16384):
-        self.engine = ProbeEngine(WATCH_SIGNALS, mode=mode, netns=netns, stream=False, aggregate=True,
-                                  max_dsts=max_dsts)
+        self.engine_kwargs = dict(signals=list(WATCH_SIGNALS), mode=mode, netns=netns, stream=False,
+                                  aggregate=True, max_dsts=max_dsts)
+        self.prog = None
+        self.plan: dict = {}
         self.netns_filter = netns
         self.port = port
         self.dst_net = ipaddress.ip_network(dst, strict=False) if dst else None
@@ -61,12 +65,14 @@ class Watcher:
 
     @property
     def modes(self) -> dict:
-        m = {s: self.engine.plan[s] for s in ("connect", "accept")}
+        m = {s: self.plan[s] for s in ("connect", "accept")}
         m.update(conntrack="off", snat="off")
         return m
 
     def start(self) -> None:
-        self.engine.start()
+        self.prog = loader.load(self.engine_kwargs, list(MAPS))
+        self.plan = self.prog.plan
+        self.maps = self.prog.maps
         self.sample()          # baseline: the first reported interval starts now
         self.t_prev = time.time()
         # Pre-existing connections are read from inet_diag after attach (so none slips between
@@ -79,7 +85,9 @@ class Watcher:
         return self._seeder is not None and self._seeder.is_alive()
 
     def close(self) -> None:
-        self.engine.close()
+        if self.prog is not None:
+            self.prog.close()
+            self.prog = None
 
     # -- seeding --------------------------------------------------------------------------------
     def _namespaces(self) -> dict[int, str]:
@@ -92,25 +100,21 @@ class Watcher:
         """Connections that existed before attach count in `active` from the first interval."""
         try:
             self._seed_all()
-        except Exception:       # the engine was closed under us (Ctrl-C during seeding)
-            if self.engine.bpf is not None:
+        except Exception:       # the maps were closed under us (Ctrl-C during seeding)
+            if self.prog is not None:
                 raise
 
     def _seed_all(self) -> None:
-        table = self.engine.bpf["nd_out_socks"]
+        table = self.maps["nd_out_socks"]
         for inode, path in self._namespaces().items():
             try:
                 socks = nsmod.run_in(path, inetdiag.dump, (1 << inetdiag.TCP_ESTABLISHED) | (1 << inetdiag.TCP_LISTEN))
             except (OSError, RuntimeError):
                 continue        # the namespace went away
             for s in inetdiag.outbound_established(socks):
-                k = table.Key()
-                k.netns, k.family, k.lport, k.rport = inode, AF_INET6 if s.family == 6 else 2, s.lport, s.rport
-                _fill_addr(k.laddr, s.laddr)
-                _fill_addr(k.raddr, s.raddr)
-                try:
-                    _insert_noexist(table, k)
-                except KeyError:
+                key = SOCK_KEY.pack(inode, AF_INET6 if s.family == 6 else 2, s.lport, s.rport, 0, 0,
+                                    _packed(s.laddr), _packed(s.raddr))
+                if not table.insert(key, b"\x01"):
                     continue    # already tracked by the probes (established after attach)
                 dk = agg.DstKey(inode, s.family, s.raddr, s.rport)
                 with self._seed_lock:
@@ -119,31 +123,32 @@ class Watcher:
     # -- one interval ---------------------------------------------------------------------------
     def sample(self) -> dict:
         now = time.time()
-        bpf = self.engine.bpf
         with self._seed_lock:
             seed = dict(self.seed)
         cur, dirs, active = {}, {}, {}
-        entries = read_table(bpf, "nd_dsts")
-        for k, v in entries:
-            key = agg.DstKey(k.netns, 6 if k.family == AF_INET6 else 4,
-                             format_addr(k.family, bytes(k.addr)), k.port)
-            cur[key] = {c: getattr(v, c) for c in agg.COUNTERS}
-            dirs[key] = v.dir
-            active[key] = v.active + seed.get(key, 0)
+        entries = self.maps["nd_dsts"].items()
+        for kb, vb in entries:
+            netns, fam, port, addr = DST_KEY.unpack(kb)
+            key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port)
+            v = dict(zip(DST_VAL_FIELDS, DST_VAL.unpack(vb)))
+            cur[key] = {c: v[c] for c in agg.COUNTERS}
+            dirs[key] = v["dir"]
+            active[key] = v["active"] + seed.get(key, 0)
         for key, n in seed.items():
             if key not in cur:                      # seeded, never touched since attach
                 cur[key] = {c: 0 for c in agg.COUNTERS}
                 dirs[key] = agg.DIR_OUT
                 active[key] = n
         codes = {}
-        for k, v in read_table(bpf, "nd_codes"):
-            d = k.d
-            key = agg.DstKey(d.netns, 6 if d.family == AF_INET6 else 4, format_addr(d.family, bytes(d.addr)), d.port)
-            codes[(key, k.kind, k.code)] = _num(v)
-        drops = {(k.netns, k.reason): _num(v) for k, v in read_table(bpf, "nd_drops")}
-        hist = [bpf["nd_lat_hist"][i].value for i in range(32)]
-        stats = self.engine.stats()
-        evictions = max(stats["dst_keys_inserted"] - len(entries), 0)
+        for kb, vb in self.maps["nd_codes"].items():
+            netns, fam, port, addr, kind, code = CODE_KEY.unpack(kb)
+            key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port)
+            codes[(key, kind, code)] = U64.unpack(vb)[0]
+        drops = {DROP_KEY.unpack(kb): U64.unpack(vb)[0] for kb, vb in self.maps["nd_drops"].items()}
+        hist = [U64.unpack(self.maps["nd_lat_hist"].lookup(struct.pack("<I", i)))[0] for i in range(32)]
+        stats = {i: sum(U64.unpack(v)[0] for v in self.maps["nd_stats"].lookup(struct.pack("<I", i)))
+                 for i in (STAT_DST_NEW, STAT_LOST)}
+        evictions = max(stats[STAT_DST_NEW] - len(entries), 0)
 
         code_d = agg.code_deltas(codes, self.prev_codes)
         rows = agg.build_rows(cur, self.prev_vals, dirs, active, code_d, {}, _errno_name, self.rst_reason,
@@ -167,7 +172,7 @@ class Watcher:
             "node": self.node,
             "interval_s": round(interval, 3),
             "modes": self.modes,
-            "lost_events": stats["lost_events"],
+            "lost_events": stats[STAT_LOST],
             "evictions": evictions - self.prev_evictions,
             "evictions_total": evictions,
             "map_entries": len(entries),
@@ -238,27 +243,9 @@ class Watcher:
         return out
 
 
-def _num(v) -> int:
-    """Scalar map values arrive as ctypes (items) or ints (batched lookups)."""
-    return v.value if hasattr(v, "value") else int(v)
-
-
 def _listen_snapshot():
     return inetdiag.dump(1 << inetdiag.TCP_LISTEN), inetdiag.netstat()
 
 
-def _fill_addr(arr, text: str) -> None:
-    raw = ipaddress.ip_address(text).packed
-    for i, b in enumerate(raw):
-        arr[i] = b
-
-
-def _insert_noexist(table, key) -> None:
-    """BPF_NOEXIST insert; KeyError when the key is present."""
-    import ctypes
-
-    from bcc import lib
-    leaf = table.Leaf(1)
-    res = lib.bpf_update_elem(table.map_fd, ctypes.byref(key), ctypes.byref(leaf), 1)  # BPF_NOEXIST
-    if res < 0:
-        raise KeyError(key)
+def _packed(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed.ljust(16, b"\0")

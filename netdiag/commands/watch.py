@@ -66,10 +66,10 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     tty = sys.stdout.isatty() and not as_json
     try:
         watcher.start()
-        modes = " ".join(f"{k}={v}" for k, v in watcher.engine.plan.items())
+        modes = " ".join(f"{k}={v}" for k, v in watcher.plan.items())
         click.echo(f"netdiag: attached ({modes})", err=True)
         if ready_file:
-            ready_file.write_text(json.dumps({"modes": watcher.engine.plan}) + "\n")
+            ready_file.write_text(json.dumps({"modes": watcher.plan}) + "\n")
         view = LiveView(top) if tty else None
         deadline = time.monotonic() + duration if duration else None
         next_tick = time.monotonic() + interval

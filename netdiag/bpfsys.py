@@ -1,0 +1,127 @@
+"""BPF map access through the bpf() syscall alone (ctypes), for processes that hold map file
+descriptors but do not load libbcc (see netdiag/loader.py)."""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from .features import _NR_BPF, _libc
+
+BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM = 1, 2
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_NOEXIST = 1
+BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH = 5, 6, 10
+
+
+class _Info(ctypes.Structure):      # struct bpf_map_info (leading part; the kernel fills what fits)
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16), ("rest", ctypes.c_uint8 * 64)]
+
+
+def _sys(cmd: int, attr) -> int:
+    r = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+
+
+def _ncpus() -> int:
+    with open("/sys/devices/system/cpu/possible") as f:
+        hi = f.read().strip().split(",")[-1].split("-")[-1]
+    return int(hi) + 1
+
+
+class Map:
+    """A BPF map by fd: raw-bytes lookups, batched dumps, inserts."""
+
+    def __init__(self, fd: int, name: str = ""):
+        self.fd = fd
+        info = _Info()
+        attr = (ctypes.c_uint8 * 16)()
+        ctypes.c_uint32.from_buffer(attr, 0).value = fd
+        ctypes.c_uint32.from_buffer(attr, 4).value = ctypes.sizeof(info)
+        ctypes.c_uint64.from_buffer(attr, 8).value = ctypes.addressof(info)
+        _sys(BPF_OBJ_GET_INFO_BY_FD, attr)
+        self.name = name or info.name.decode()
+        self.type, self.key_size, self.value_size = info.type, info.key_size, info.value_size
+        self.max_entries = info.max_entries
+        self.percpu = self.type in (BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH)
+        self.ncpus = _ncpus() if self.percpu else 1
+        self.stride = ((self.value_size + 7) // 8) * 8 if self.percpu else self.value_size
+
+    def _elem_attr(self, key: bytes, value, flags: int = 0):
+        attr = (ctypes.c_uint8 * 32)()
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        ctypes.c_uint32.from_buffer(attr, 0).value = self.fd
+        ctypes.c_uint64.from_buffer(attr, 8).value = ctypes.addressof(kbuf)
+        ctypes.c_uint64.from_buffer(attr, 16).value = ctypes.addressof(value)
+        ctypes.c_uint64.from_buffer(attr, 24).value = flags
+        return attr, kbuf
+
+    def lookup(self, key: bytes) -> bytes | list[bytes] | None:
+        out = ctypes.create_string_buffer(self.stride * self.ncpus)
+        attr, _k = self._elem_attr(key, out)
+        try:
+            _sys(BPF_MAP_LOOKUP_ELEM, attr)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+        raw = out.raw
+        if self.percpu:
+            return [raw[i * self.stride: i * self.stride + self.value_size] for i in range(self.ncpus)]
+        return raw
+
+    def insert(self, key: bytes, value: bytes) -> bool:
+        """BPF_NOEXIST insert: False when the key is already there."""
+        vbuf = ctypes.create_string_buffer(value, len(value))
+        attr, _k = self._elem_attr(key, vbuf, BPF_NOEXIST)
+        try:
+            _sys(BPF_MAP_UPDATE_ELEM, attr)
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                return False
+            raise
+        return True
+
+    def items(self, batch: int = 4096) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) pair, in batches of ``batch`` (BPF_MAP_LOOKUP_BATCH, kernel ≥ 5.6)."""
+        out = []
+        keys = ctypes.create_string_buffer(self.key_size * batch)
+        vals = ctypes.create_string_buffer(self.value_size * batch)
+        in_batch = ctypes.create_string_buffer(max(self.key_size, 8))
+        out_batch = ctypes.create_string_buffer(max(self.key_size, 8))
+        first = True
+        while True:
+            attr = (ctypes.c_uint8 * 56)()
+            ctypes.c_uint64.from_buffer(attr, 0).value = 0 if first else ctypes.addressof(in_batch)
+            ctypes.c_uint64.from_buffer(attr, 8).value = ctypes.addressof(out_batch)
+            ctypes.c_uint64.from_buffer(attr, 16).value = ctypes.addressof(keys)
+            ctypes.c_uint64.from_buffer(attr, 24).value = ctypes.addressof(vals)
+            ctypes.c_uint32.from_buffer(attr, 32).value = batch
+            ctypes.c_uint32.from_buffer(attr, 36).value = self.fd
+            done = False
+            try:
+                _sys(BPF_MAP_LOOKUP_BATCH, attr)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+                done = True
+            count = ctypes.c_uint32.from_buffer(attr, 32).value
+            kr, vr = keys.raw, vals.raw
+            for i in range(count):
+                out.append((kr[i * self.key_size:(i + 1) * self.key_size],
+                            vr[i * self.value_size:(i + 1) * self.value_size]))
+            if done:
+                return out
+            ctypes.memmove(in_batch, out_batch, len(out_batch))
+            first = False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

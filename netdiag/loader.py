@@ -1,0 +1,140 @@
+"""Compile and attach in a short-lived child; keep only file descriptors in the caller.
+
+BCC compiles with clang/LLVM in-process: importing it maps ~70 MB and compiling peaks at
+~220 MB RSS. A long-running `netdiag watch` needs none of that after attach. So a child process
+runs the probe engine, then hands every map fd and every attachment fd (perf events of
+tracepoints and kprobes, fentry links) to the parent over a Unix socket (SCM_RIGHTS) and exits
+without detaching. The parent reads the maps with plain bpf() syscalls (netdiag/bpfsys.py);
+closing the fds detaches everything.
+
+  python -m netdiag.loader FD     (internal: the child side)
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from . import errors
+from .bpfsys import Map
+
+MAX_FDS_PER_MSG = 200
+
+
+@dataclass
+class Detached:
+    """What the parent holds: maps by name, attachment fds, the plan."""
+    plan: dict
+    maps: dict[str, Map]
+    attach_fds: list[int]
+    tracefs_kprobes: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in self.attach_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.attach_fds = []
+        for m in self.maps.values():
+            m.close()
+        _remove_tracefs_kprobes(self.tracefs_kprobes)
+
+
+def _remove_tracefs_kprobes(names: list[str]) -> None:
+    """Kprobes made through tracefs (kernels without the kprobe PMU) outlive their fds."""
+    if not names:
+        return
+    from .tracefs import tracefs_root
+    try:
+        path = tracefs_root() / "kprobe_events"
+        for n in names:
+            with open(path, "a") as f:
+                f.write(f"-:{n}\n")
+    except OSError:
+        pass
+
+
+def load(engine_kwargs: dict, maps: list[str]) -> Detached:
+    """Run the engine in a child with these arguments; return the maps and attachments."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "netdiag.loader", str(child.fileno())],
+                            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
+    child.close()
+    try:
+        parent.sendall(json.dumps({"engine": engine_kwargs, "maps": maps}).encode() + b"\n")
+        header, fds = _recv_all(parent)
+    finally:
+        parent.close()
+        proc.wait()
+    if "error" in header:
+        e = header["error"]
+        cls = getattr(errors, e["type"], errors.NetdiagError)
+        if cls is errors.FeatureMissing:
+            raise cls(e.get("feature", ""), e["message"], e.get("detail"))
+        raise cls(e["message"], e.get("detail"))
+    names = header["maps"]
+    map_fds, attach = fds[:len(names)], fds[len(names):]
+    return Detached(plan=header["plan"], maps={n: Map(fd, n) for n, fd in zip(names, map_fds)},
+                    attach_fds=attach, tracefs_kprobes=header.get("tracefs_kprobes", []))
+
+
+def _recv_all(sock: socket.socket) -> tuple[dict, list[int]]:
+    data, fds = b"", []
+    while True:
+        msg, got, _flags, _addr = socket.recv_fds(sock, 1 << 16, MAX_FDS_PER_MSG)
+        fds.extend(got)
+        if not msg:
+            break
+        data += msg
+    if not data:
+        raise errors.BpfLoadError("the probe loader exited without a word (see its stderr)")
+    return json.loads(data.decode()), fds
+
+
+def _child(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            os._exit(1)
+        buf += chunk
+    req = json.loads(buf.decode())
+    try:
+        from .engine import ProbeEngine
+        eng = ProbeEngine(**req["engine"])
+        eng.start()
+        b = eng.bpf
+        map_fds = [b[name].map_fd for name in req["maps"]]
+        attach, kp_names = [], []
+        for evs in b.kprobe_fds.values():
+            attach += list(evs.values())
+        kp_names = [ev for ev in b.kprobe_fds if os.path.exists(f"/sys/kernel/tracing/events/kprobes/{ev}")]
+        attach += list(b.tracepoint_fds.values()) + list(b.raw_tracepoint_fds.values())
+        attach += list(b.kfunc_entry_fds.values()) + list(b.kfunc_exit_fds.values())
+        header = {"plan": eng.plan, "maps": list(req["maps"]), "tracefs_kprobes": kp_names}
+        all_fds = map_fds + attach
+        payload = json.dumps(header).encode()
+        for i in range(0, max(len(all_fds), 1), MAX_FDS_PER_MSG):
+            part = all_fds[i:i + MAX_FDS_PER_MSG]
+            socket.send_fds(sock, [payload if i == 0 else b" "], part)
+    except errors.NetdiagError as e:
+        err = {"type": type(e).__name__, "message": str(e), "detail": e.detail,
+               "feature": getattr(e, "feature", None)}
+        socket.send_fds(sock, [json.dumps({"error": err}).encode()], [])
+    except Exception as e:   # anything unexpected still reaches the parent as one line
+        err = {"type": "BpfLoadError", "message": f"probe loader failed: {e}", "detail": None}
+        socket.send_fds(sock, [json.dumps({"error": err}).encode()], [])
+    sock.shutdown(socket.SHUT_WR)
+    sock.close()
+    # no interpreter shutdown: BCC's atexit cleanup would detach what the parent now holds
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    _child(int(sys.argv[1]))
