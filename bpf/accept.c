@@ -14,7 +14,7 @@ struct nd_pending {
     struct nd_tuple t;
 };
 
-BPF_TABLE("lru_hash", u64, struct nd_pending, nd_pending_accept, ND_MAX_CONNS);
+BPF_F_TABLE("lru_hash", u64, struct nd_pending, nd_pending_accept, ND_MAX_CONNS, BPF_F_NO_COMMON_LRU);
 
 static __always_inline void nd_accept_established(u64 sk, struct nd_tuple *t)
 {

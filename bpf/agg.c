@@ -63,12 +63,12 @@ struct nd_drop_key {
     u32 reason;
 };
 
-BPF_TABLE("lru_hash", struct nd_dst_key, struct nd_dst_val, nd_dsts, ND_MAX_DSTS);
-BPF_TABLE("lru_hash", struct nd_code_key, u64, nd_codes, ND_MAX_DSTS);
-BPF_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_socks, ND_MAX_SOCKS);
+BPF_F_TABLE("lru_hash", struct nd_dst_key, struct nd_dst_val, nd_dsts, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
+BPF_F_TABLE("lru_hash", struct nd_code_key, u64, nd_codes, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
+BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_socks, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
 /* outbound sockets that just left ESTABLISHED: an RST sent while closing (SO_LINGER 0, abort)
  * is traced after the state change and still belongs to the destination */
-BPF_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_closed, 16384);
+BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_closed, 16384, BPF_F_NO_COMMON_LRU);
 BPF_TABLE("lru_hash", struct nd_drop_key, u64, nd_drops, 4096);
 BPF_ARRAY(nd_lat_hist, u64, 32);      /* node-wide connect latency, log2(microseconds) */
 

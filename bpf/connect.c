@@ -21,7 +21,7 @@ struct nd_conn {
     char comm[16];
 };
 
-BPF_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_CONNS);
+BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_CONNS, BPF_F_NO_COMMON_LRU);
 /* thread inside connect() -> its socket (the synchronous part of the outcome) */
 BPF_TABLE("lru_hash", u32, u64, nd_inconnect, 16384);
 
@@ -110,6 +110,15 @@ static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, st
         return;
     }
     int err = nd_sk_err((void *)sk);
+#ifdef ND_NO_SYSCALL_TP
+    /* No syscall tracepoint (watch, for overhead): a socket that leaves SYN_SENT for CLOSE with no
+     * error and no local port never got one: inet_hash_connect() failed, EADDRNOTAVAIL. */
+    if (err == 0)
+        err = t->sport == 0 ? EADDRNOTAVAIL : ECONNABORTED;
+    nd_connect_emit(ctx, c, err);
+    nd_conns.delete(&sk);
+    return;
+#endif
     u32 tid = (u32)bpf_get_current_pid_tgid();
     u64 *inconn = nd_inconnect.lookup(&tid);
     if (err == 0 && inconn && *inconn == sk)
@@ -183,7 +192,7 @@ KRETFUNC_PROBE(tcp_v6_connect, void *sk, void *uaddr, int addr_len, int ret)
     nd_connect_return(ctx, ret);
     return 0;
 }
-#else
+#elif !defined(ND_NO_SYSCALL_TP)
 TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 {
     nd_connect_return(args, args->ret);

@@ -180,7 +180,8 @@ class ProbeEngine:
 
     def __init__(self, signals: Iterable[str] = ("connect", "accept"), mode: str = "auto",
                  pid: int | None = None, netns: int | None = None, features: Features | None = None,
-                 stream: bool = True, aggregate: bool = False, max_dsts: int = 16384):
+                 stream: bool = True, aggregate: bool = False, max_dsts: int = 16384,
+                 syscall_tracepoints: bool = True):
         if mode != "auto" and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.signals = tuple(signals)
@@ -188,7 +189,13 @@ class ProbeEngine:
         self.pid = pid
         self.netns = netns
         self.features = features or Features.probe(want_fentry=mode in ("auto", "fentry"))
-        self.plan = plan_modes(self.signals, mode, self.features)
+        self.syscall_tracepoints = syscall_tracepoints
+        plan = plan_modes(self.signals, mode, self.features)
+        if not syscall_tracepoints and plan.get("accept") == "tracepoint":
+            # the tracepoint accept path needs syscalls:sys_exit_accept*; without it, handshakes
+            # completed on listeners are still counted by the state tracepoint
+            plan.pop("accept")
+        self.plan = plan
         self.bpf = None
         self.buffer = "ringbuf" if self.features.ringbuf else "perf"
         self._perf_lost = 0
@@ -232,6 +239,8 @@ class ProbeEngine:
             flags.append("-DND_RINGBUF")
         if self.stream:
             flags.append("-DND_STREAM")
+        if not getattr(self, "syscall_tracepoints", True):
+            flags.append("-DND_NO_SYSCALL_TP")
         if self.aggregate:
             flags += ["-DND_AGGREGATE", f"-DND_MAX_DSTS={int(self.max_dsts)}"]
         if "resets" in self.plan:

@@ -37,9 +37,12 @@ def _enum_namer(category: str, event: str, field: str):
 
 class Watcher:
     def __init__(self, mode: str = "auto", netns: int | None = None, port: int | None = None,
-                 dst: str | None = None, max_dsts: int = 16384):
+                 dst: str | None = None, max_dsts: int = 16384, syscall_tracepoints: bool = False):
+        # Syscall tracepoints put every syscall of every task on the slow path: off by default.
+        # Without them, EADDRNOTAVAIL is inferred from the state tracepoint, and accept() calls
+        # are counted only where inet_csk_accept can be hooked (kprobe/fentry).
         self.engine_kwargs = dict(signals=list(WATCH_SIGNALS), mode=mode, netns=netns, stream=False,
-                                  aggregate=True, max_dsts=max_dsts)
+                                  aggregate=True, max_dsts=max_dsts, syscall_tracepoints=syscall_tracepoints)
         self.prog = None
         self.plan: dict = {}
         self.netns_filter = netns
@@ -65,7 +68,7 @@ class Watcher:
 
     @property
     def modes(self) -> dict:
-        m = {s: self.plan[s] for s in ("connect", "accept")}
+        m = {"connect": self.plan["connect"], "accept": self.plan.get("accept", "tracepoint")}
         m.update(conntrack="off", snat="off")
         return m
 
@@ -79,6 +82,11 @@ class Watcher:
         # the two); on a node with 100k+ sockets that takes seconds, so it runs beside the loop.
         self._seeder = threading.Thread(target=self._seed_active, name="seed-active", daemon=True)
         self._seeder.start()
+
+    @property
+    def accepts_measured(self) -> bool:
+        """Are accept() calls counted (not just handshakes completed)?"""
+        return "accept" in self.plan
 
     @property
     def seeding(self) -> bool:
@@ -154,6 +162,9 @@ class Watcher:
         rows = agg.build_rows(cur, self.prev_vals, dirs, active, code_d, {}, _errno_name, self.rst_reason,
                               self.labels.label, self.prev_active)
         rows = [r for r in rows if self._wanted(r)]
+        if not self.accepts_measured:
+            for r in rows:
+                r["accepts"] = None
         drop_d = {}
         for (ns, reason), v in drops.items():
             d = v - self.prev_drops.get((ns, reason), 0)
@@ -226,7 +237,7 @@ class Watcher:
                     "max_queue": self.max_queue[key],
                     "backlog": s.wqueue,
                     "established": sum(r["established"] for r in rs),
-                    "accepts": sum(r["accepts"] for r in rs),
+                    "accepts": sum(r["accepts"] for r in rs) if self.accepts_measured else None,
                     "synack_retrans": sum(r["syn_retrans"] for r in rs),
                     "resets_in": sum(r["resets_in"] for r in rs),
                     "resets_out": sum(r["resets_out"] for r in rs),

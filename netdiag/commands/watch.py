@@ -28,9 +28,12 @@ SPARK = "▁▂▃▄▅▆▇█"
               show_default=True, help="Force a hook mode where a signal has it.")
 @click.option("--max-dsts", type=click.IntRange(min=64), default=16384, show_default=True,
               help="Bound of the in-kernel destination map (LRU; evictions are counted).")
+@click.option("--accepts", "count_accepts", is_flag=True,
+              help="Count accept() calls per listener on kernels without kprobes/fentry too (adds syscall "
+                   "tracepoints, which slow every syscall a little).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Create this file once the probes are attached.")
-def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, ready_file):
+def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, count_accepts, ready_file):
     """Watch connections per destination and listener, counted in the kernel.
 
     Every interval: connects, established, failed (by errno), active (open now, including
@@ -55,7 +58,8 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
         except ValueError:
             raise click.BadParameter(f"{dst!r} is not a network (e.g. 10.0.0.0/8)", param_hint="--dst")
     require_privileges()
-    watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts)
+    watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
+                      syscall_tracepoints=count_accepts)
     stop = {"flag": False}
 
     def on_signal(signum, _frame):
@@ -188,7 +192,7 @@ def print_plain(rec, top):
         if l["overflows"] or l["established"] or l["queue"]:
             out.write(f"  lst {l['listen']:<40} {str(l['netns_name'] or l['netns']):<16} "
                       f"queue={l['queue']}/{l['backlog']} max={l['max_queue']} est={l['established']} "
-                      f"accepts={l['accepts']} overflows={l['overflows']}\n")
+                      f"accepts={'-' if l['accepts'] is None else l['accepts']} overflows={l['overflows']}\n")
     out.flush()
 
 
@@ -265,6 +269,7 @@ class LiveView:
         for l in rec["listeners"][:self.top]:
             style = "bold red" if l["overflows"] else ""
             lt.add_row(l["listen"], str(l["netns_name"] or l["netns"]), f"{l['queue']}/{l['backlog']}",
-                       str(l["max_queue"]), str(l["established"]), str(l["accepts"]), str(l["overflows"]),
+                       str(l["max_queue"]), str(l["established"]),
+                       "-" if l["accepts"] is None else str(l["accepts"]), str(l["overflows"]),
                        str(l["synack_retrans"]), style=style)
         self._live.update(Group(head, totals, dt, lt))

@@ -1,5 +1,7 @@
 import re
 import struct
+
+import pytest
 from pathlib import Path
 
 from netdiag.decode import EVENT, EVENT_FIELDS, decode_event, errno_name
@@ -57,3 +59,25 @@ def test_errno_name_unknown_and_zero():
     assert errno_name(0) is None
     assert errno_name(111) == "ECONNREFUSED"
     assert errno_name(4095) == "E4095"
+
+
+AGG = Path(__file__).resolve().parents[2] / "bpf" / "agg.c"
+
+
+def c_struct_fields(text, name):
+    body = re.search(rf"struct {name} \{{(.*?)\}};", text, re.S).group(1)
+    out = []
+    for m in re.finditer(r"^\s*(struct \w+|u64|s64|u32|s32|u16|u8|char)\s+(\w+)(\[(\d+)\])?;", body, re.M):
+        out.append((m.group(2), m.group(1) + (f"[{m.group(4)}]" if m.group(3) else "")))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("netdiag.decode", fromlist=["x"]).AGG_STRUCTS))
+def test_agg_mirrors_match_c(name):
+    from netdiag.decode import AGG_STRUCTS
+    assert c_struct_fields(AGG.read_text(), name) == AGG_STRUCTS[name]
+
+
+def test_agg_sizes():
+    from netdiag.decode import CODE_KEY, DROP_KEY, DST_KEY, DST_VAL, SOCK_KEY
+    assert (DST_KEY.size, DST_VAL.size, CODE_KEY.size, SOCK_KEY.size, DROP_KEY.size) == (24, 96, 32, 48, 8)
