@@ -37,7 +37,8 @@ def _enum_namer(category: str, event: str, field: str):
 
 class Watcher:
     def __init__(self, mode: str = "auto", netns: int | None = None, port: int | None = None,
-                 dst: str | None = None, max_dsts: int = 16384, syscall_tracepoints: bool = False):
+                 dst: str | None = None, max_dsts: int = 16384, syscall_tracepoints: bool = False,
+                 conntrack: bool = True, diagnoser=None):
         # Syscall tracepoints put every syscall of every task on the slow path: off by default.
         # Without them, EADDRNOTAVAIL is inferred from the state tracepoint, and accept() calls
         # are counted only where inet_csk_accept can be hooked (kprobe/fentry).
@@ -45,6 +46,11 @@ class Watcher:
                                   aggregate=True, max_dsts=max_dsts, syscall_tracepoints=syscall_tracepoints)
         self.prog = None
         self.plan: dict = {}
+        self.want_conntrack = conntrack
+        self.conntrack = None          # netdiag.conntrack.ConntrackMonitor when ctnetlink answers
+        self.conntrack_note = None
+        # anything with .update(interval_record) -> list of verdict dicts (netdiag/diagnose.py)
+        self.diagnoser = diagnoser
         self.netns_filter = netns
         self.port = port
         self.dst_net = ipaddress.ip_network(dst, strict=False) if dst else None
@@ -69,13 +75,15 @@ class Watcher:
     @property
     def modes(self) -> dict:
         m = {"connect": self.plan["connect"], "accept": self.plan.get("accept", "tracepoint")}
-        m.update(conntrack="off", snat="off")
+        m.update(self.conntrack.modes if self.conntrack else {"conntrack": "off", "snat": "off"})
         return m
 
     def start(self) -> None:
         self.prog = loader.load(self.engine_kwargs, list(MAPS))
         self.plan = self.prog.plan
         self.maps = self.prog.maps
+        if self.want_conntrack:
+            self._start_conntrack()
         self.sample()          # baseline: the first reported interval starts now
         self.t_prev = time.time()
         # Pre-existing connections are read from inet_diag after attach (so none slips between
@@ -92,7 +100,18 @@ class Watcher:
     def seeding(self) -> bool:
         return self._seeder is not None and self._seeder.is_alive()
 
+    def _start_conntrack(self) -> None:
+        from .conntrack import ConntrackMonitor, ConntrackUnavailable
+        flt = {self.netns_filter} if self.netns_filter is not None else None
+        try:
+            self.conntrack = ConntrackMonitor(netns_filter=flt).start()
+        except (ConntrackUnavailable, OSError) as e:
+            self.conntrack, self.conntrack_note = None, str(e)
+
     def close(self) -> None:
+        if self.conntrack is not None:
+            self.conntrack.close()
+            self.conntrack = None
         if self.prog is not None:
             self.prog.close()
             self.prog = None
@@ -194,6 +213,10 @@ class Watcher:
             "node_totals": totals,
             "verdicts": [],
         }
+        if self.conntrack is not None:
+            merge_conntrack(record, self.conntrack.snapshot())
+        if self.diagnoser is not None:
+            record["verdicts"] = self.diagnoser.update(record)
         self.prev_vals, self.prev_codes, self.prev_drops, self.prev_hist = cur, codes, drops, hist
         self.prev_active = active
         self.prev_evictions = evictions
@@ -252,6 +275,30 @@ class Watcher:
             out.extend(mine)
         out.sort(key=lambda l: (-l["overflows"], -l["queue"], l["listen"]))
         return out
+
+
+def merge_conntrack(record: dict, snap: dict) -> None:
+    """Put a ConntrackMonitor snapshot into an interval record: `snat` on each destination a local
+    NAT allocates ports to, the NAT table as `nat`, table fill as node_totals.conntrack."""
+    by_dst: dict = {}
+    for row in snap.get("snat", []):
+        by_dst.setdefault(row["dst"], []).append(row)
+    for d in record["destinations"]:
+        rows = by_dst.get(d["dst"])
+        if not rows or d["direction"] != "out":
+            continue
+        r = max(rows, key=lambda x: (x.get("utilization") or 0, x["ports_in_use"]))
+        d["snat"] = {"ports_in_use": r["ports_in_use"], "port_range": r["port_range"],
+                     "utilization": r["utilization"], "insert_failed": r["insert_failed"],
+                     "drop": r.get("drop", 0), "allocations": r["allocations"],
+                     "failed_allocations": r.get("failed_allocations", 0), "nat_ip": r["nat_ip"],
+                     "netns": r["netns"], "netns_name": r.get("netns_name")}
+    record["nat"] = snap.get("snat", [])
+    record["conntrack_netns"] = [{k: ns.get(k) for k in ("netns", "name", "entries", "max", "fill", "fill_warning",
+                                                         "insert_failed", "drop", "early_drop")}
+                                 for ns in snap.get("netns", [])]
+    record["node_totals"]["conntrack"] = snap.get("node_totals", {})
+    record["lost_events"] += snap.get("lost_events", 0)
 
 
 def _listen_snapshot():
