@@ -65,10 +65,18 @@ struct nd_drop_key {
 
 BPF_F_TABLE("lru_hash", struct nd_dst_key, struct nd_dst_val, nd_dsts, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
 BPF_F_TABLE("lru_hash", struct nd_code_key, u64, nd_codes, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
-BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_socks, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
+/* outbound established sockets (by struct sock address) -> their destination row */
+BPF_F_TABLE("lru_hash", u64, struct nd_dst_key, nd_out_sk, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
 /* outbound sockets that just left ESTABLISHED: an RST sent while closing (SO_LINGER 0, abort)
  * is traced after the state change and still belongs to the destination */
-BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_closed, 16384, BPF_F_NO_COMMON_LRU);
+BPF_F_TABLE("lru_hash", u64, u8, nd_out_closed, 16384, BPF_F_NO_COMMON_LRU);
+/* outbound connections that existed before netdiag attached, written by userspace from
+ * inet_diag (by 4-tuple: it has no socket addresses); consulted only once nd_seeded[0] is set */
+BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_seeded, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
+/* while userspace seeds (nd_seed_ctl[0] == 0), connections established by the probes are also
+ * noted by 4-tuple, so the inet_diag dump does not count them a second time */
+BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_seed_window, 65536, BPF_F_NO_COMMON_LRU);
+BPF_ARRAY(nd_seed_ctl, u32, 2);    /* [0] seeding done, [1] nd_out_seeded has entries */
 BPF_TABLE("lru_hash", struct nd_drop_key, u64, nd_drops, 4096);
 BPF_ARRAY(nd_lat_hist, u64, 32);      /* node-wide connect latency, log2(microseconds) */
 
@@ -152,8 +160,19 @@ static __always_inline void nd_agg_connect(u32 netns, struct nd_tuple *t)
         __sync_fetch_and_add(&v->connects, 1);
 }
 
+static __always_inline int nd_seed_flag(u32 idx)
+{
+    u32 *f = nd_seed_ctl.lookup(&idx);
+    return f && *f;
+}
+
+static __always_inline int nd_any_seeded(void)
+{
+    return nd_seed_flag(1);
+}
+
 /* its outcome: err 0 = established (t is the full tuple then) */
-static __always_inline void nd_agg_outcome(u32 netns, struct nd_tuple *t, int err, u64 lat_ns)
+static __always_inline void nd_agg_outcome(u64 sk, u32 netns, struct nd_tuple *t, int err, u64 lat_ns)
 {
     struct nd_dst_key k = {};
     nd_key_remote(&k, netns, t);
@@ -169,30 +188,44 @@ static __always_inline void nd_agg_outcome(u32 netns, struct nd_tuple *t, int er
     __sync_fetch_and_add(&v->active, 1);
     __sync_fetch_and_add(&v->lat_sum_ns, lat_ns);
     __sync_fetch_and_add(&v->lat_count, 1);
+    u8 one = 1;
     u32 slot = nd_log2(lat_ns / 1000);
     u64 *h = nd_lat_hist.lookup(&slot);
     if (h)
         __sync_fetch_and_add(h, 1);
-    struct nd_sock_key s = {};
-    nd_sock_key_of(&s, netns, t);
-    u8 one = 1;
-    nd_out_socks.update(&s, &one);
+    nd_out_sk.update(&sk, &k);
+    nd_out_closed.delete(&sk);
+    if (!nd_seed_flag(0)) {
+        struct nd_sock_key s = {};
+        nd_sock_key_of(&s, netns, t);
+        nd_seed_window.update(&s, &one);
+    }
 }
 
 /* a socket left ESTABLISHED: if it was one of ours outbound, `active` drops */
 static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t)
 {
-    u32 netns = nd_netns_of_sk((void *)sk);
-    struct nd_sock_key s = {};
-    nd_sock_key_of(&s, netns, t);
-    if (!nd_out_socks.lookup(&s))
-        return;
-    nd_out_socks.delete(&s);
-    u8 one = 1;
-    nd_out_closed.update(&s, &one);
     struct nd_dst_key k = {};
-    nd_key_remote(&k, netns, t);
-    struct nd_dst_val *v = nd_dsts.lookup(&k);
+    struct nd_dst_key *kp = nd_out_sk.lookup(&sk);
+    if (kp) {
+        k = *kp;
+        nd_out_sk.delete(&sk);
+    } else {
+        if (!nd_any_seeded())
+            return;
+        u32 netns = nd_netns_of_sk((void *)sk);
+        struct nd_sock_key s = {};
+        nd_sock_key_of(&s, netns, t);
+        if (!nd_out_seeded.lookup(&s))
+            return;
+        nd_out_seeded.delete(&s);
+        nd_key_remote(&k, netns, t);
+    }
+    u8 one = 1;
+    nd_out_closed.update(&sk, &one);
+    /* a seeded destination may have no row in the kernel yet: create it (active goes to -1
+     * there, userspace adds the seeded count) */
+    struct nd_dst_val *v = nd_dst(&k, ND_DIR_OUT);
     if (v)
         __sync_fetch_and_add(&v->active, -1);
 }
@@ -202,9 +235,13 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t)
 static __always_inline u32 nd_classify(u64 sk, u32 netns, struct nd_tuple *t, int connecting,
                                        struct nd_dst_key *k)
 {
-    struct nd_sock_key s = {};
-    nd_sock_key_of(&s, netns, t);
-    if (connecting || nd_out_socks.lookup(&s) || nd_out_closed.lookup(&s)) {
+    int out = connecting || (sk && (nd_out_sk.lookup(&sk) || nd_out_closed.lookup(&sk)));
+    if (!out && sk && nd_any_seeded()) {
+        struct nd_sock_key s = {};
+        nd_sock_key_of(&s, netns, t);
+        out = nd_out_seeded.lookup(&s) != 0;
+    }
+    if (out) {
         nd_key_remote(k, netns, t);
         return ND_DIR_OUT;
     }
@@ -215,6 +252,7 @@ static __always_inline u32 nd_classify(u64 sk, u32 netns, struct nd_tuple *t, in
 /* a child socket completed its handshake on a local listener */
 static __always_inline void nd_agg_inbound_established(u64 sk, struct nd_tuple *t)
 {
+    nd_out_closed.delete(&sk);      /* the address of a freed outbound socket, reused */
     struct nd_dst_key k = {};
     nd_key_local(&k, nd_netns_of_sk((void *)sk), t);
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_IN);

@@ -26,12 +26,12 @@ BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_CONNS, BPF_F_NO_CO
 BPF_TABLE("lru_hash", u32, u64, nd_inconnect, 16384);
 
 /* The outcome of an attempt: counted, aggregated per destination (watch), streamed (trace). */
-static __always_inline void nd_connect_emit(void *ctx, struct nd_conn *c, int err)
+static __always_inline void nd_connect_emit(void *ctx, u64 sk, struct nd_conn *c, int err)
 {
     u64 now = bpf_ktime_get_ns();
     nd_count(err ? ND_STAT_CONNECT_FAIL : ND_STAT_CONNECT_OK);
 #ifdef ND_AGGREGATE
-    nd_agg_outcome(c->netns, &c->t, err, now - c->ts_ns);
+    nd_agg_outcome(sk, c->netns, &c->t, err, now - c->ts_ns);
 #endif
 #ifdef ND_STREAM
     struct nd_event ev = {};
@@ -68,9 +68,13 @@ static __always_inline void nd_connect_begin(u64 sk, struct nd_tuple *t)
     c.tid = tid;
     c.netns = netns;
     c.t = *t;
+#ifdef ND_STREAM
     bpf_get_current_comm(c.comm, sizeof(c.comm));
+#endif
     nd_conns.update(&sk, &c);
+#ifndef ND_NO_SYSCALL_TP
     nd_inconnect.update(&tid, &sk);
+#endif
     nd_count(ND_STAT_CONNECT_ATTEMPT);
 #ifdef ND_AGGREGATE
     nd_agg_connect(netns, t);
@@ -92,7 +96,7 @@ static __always_inline void nd_connect_return(void *ctx, long ret)
     if (!c)
         return;
     if (!c->sync_done)
-        nd_connect_emit(ctx, c, (int)-ret);
+        nd_connect_emit(ctx, sk, c, (int)-ret);
     nd_conns.delete(&sk);
 }
 
@@ -105,7 +109,7 @@ static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, st
     c->t.sport = t->sport;
     __builtin_memcpy(c->t.saddr, t->saddr, 16);
     if (newstate == ND_TCP_ESTABLISHED) {
-        nd_connect_emit(ctx, c, 0);
+        nd_connect_emit(ctx, sk, c, 0);
         nd_conns.delete(&sk);
         return;
     }
@@ -115,7 +119,7 @@ static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, st
      * error and no local port never got one: inet_hash_connect() failed, EADDRNOTAVAIL. */
     if (err == 0)
         err = t->sport == 0 ? EADDRNOTAVAIL : ECONNABORTED;
-    nd_connect_emit(ctx, c, err);
+    nd_connect_emit(ctx, sk, c, err);
     nd_conns.delete(&sk);
     return;
 #endif
@@ -123,7 +127,7 @@ static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, st
     u64 *inconn = nd_inconnect.lookup(&tid);
     if (err == 0 && inconn && *inconn == sk)
         return;                       /* synchronous failure: connect()'s return carries the errno */
-    nd_connect_emit(ctx, c, err ? err : ECONNABORTED);
+    nd_connect_emit(ctx, sk, c, err ? err : ECONNABORTED);
     if (inconn && *inconn == sk)
         c->sync_done = 1;             /* connect() still returns: do not report twice */
     else

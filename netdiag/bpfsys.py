@@ -88,6 +88,11 @@ class Map:
             raise
         return True
 
+    def update(self, key: bytes, value: bytes) -> None:
+        vbuf = ctypes.create_string_buffer(value, len(value))
+        attr, _k = self._elem_attr(key, vbuf, 0)
+        _sys(BPF_MAP_UPDATE_ELEM, attr)
+
     def items(self, batch: int = 4096) -> list[tuple[bytes, bytes]]:
         """Every (key, value) pair, in batches of ``batch`` (BPF_MAP_LOOKUP_BATCH, kernel ≥ 5.6)."""
         out = []

@@ -17,7 +17,8 @@ from .decode import CODE_KEY, DROP_KEY, DST_KEY, DST_VAL, DST_VAL_FIELDS, SOCK_K
 from .errors import FeatureMissing
 
 WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops")
-MAPS = ("nd_dsts", "nd_codes", "nd_out_socks", "nd_drops", "nd_lat_hist", "nd_stats")
+MAPS = ("nd_dsts", "nd_codes", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
+        "nd_stats")
 AF_INET6 = 10
 STAT_DST_NEW, STAT_LOST = 6, 4      # bpf/nd_events.h
 
@@ -132,7 +133,15 @@ class Watcher:
                 raise
 
     def _seed_all(self) -> None:
-        table = self.maps["nd_out_socks"]
+        try:
+            self._seed_namespaces()
+        finally:
+            if self.prog is not None:      # probes stop noting tuples
+                self.maps["nd_seed_ctl"].update(struct.pack("<I", 0), struct.pack("<I", 1))
+
+    def _seed_namespaces(self) -> None:
+        table, window, ctl = self.maps["nd_out_seeded"], self.maps["nd_seed_window"], self.maps["nd_seed_ctl"]
+        flagged = False
         for inode, path in self._namespaces().items():
             try:
                 socks = nsmod.run_in(path, inetdiag.dump, (1 << inetdiag.TCP_ESTABLISHED) | (1 << inetdiag.TCP_LISTEN))
@@ -141,8 +150,11 @@ class Watcher:
             for s in inetdiag.outbound_established(socks):
                 key = SOCK_KEY.pack(inode, AF_INET6 if s.family == 6 else 2, s.lport, s.rport, 0, 0,
                                     _packed(s.laddr), _packed(s.raddr))
-                if not table.insert(key, b"\x01"):
-                    continue    # already tracked by the probes (established after attach)
+                if window.lookup(key) is not None or not table.insert(key, b"\x01"):
+                    continue    # established after attach: the probes count it already
+                if not flagged:
+                    ctl.update(struct.pack("<I", 1), struct.pack("<I", 1))
+                    flagged = True
                 dk = agg.DstKey(inode, s.family, s.raddr, s.rport)
                 with self._seed_lock:
                     self.seed[dk] = self.seed.get(dk, 0) + 1

@@ -244,3 +244,30 @@ def test_50000_destinations_stay_bounded(topo, tmp_path):
     connects = sum(d["connects"] for r in ivs for d in r["destinations"] if d["direction"] == "out")
     assert connects <= 50000
     assert hwm_kb < 150 * 1024, f"watch peak RSS {hwm_kb} kB"
+
+
+def test_preexisting_connections_seed_active(topo, tmp_path):
+    """11 connections opened before watch starts count in `active` from the first interval, and
+    closing them brings it back to 0 (the probes never saw them open)."""
+    cli, dst = topo.inode(topo.cli), f"{SRV}:8084"
+    server = Peer(topo.srv, "serve", SRV, 8084, 11)
+    client = w = None
+    try:
+        server.line()
+        client = Peer(topo.cli, "connect", SRV, 8084, 11)
+        assert client.line()["ok"] == 11
+        w = Watch(tmp_path, "--netns", topo.cli)
+        assert w.until(lambda: any(r["active"] == 11 for r in w.rows(cli, dst, "out")))
+        client.close()
+        client = None
+        assert w.until(lambda: any(r["active"] == 0 for r in w.rows(cli, dst, "out")))
+    finally:
+        server.close()
+        if client:
+            client.close()
+        recs = w.stop() if w else []
+    rows = [r for rec in recs if rec["type"] == "interval" for r in rec["destinations"]
+            if r["netns"] == cli and r["dst"] == dst]
+    assert max(r["active"] for r in rows) == 11
+    assert sum(r["connects"] for r in rows) == 0          # opened before start: no connects counted
+    assert rows[-1]["active"] == 0

@@ -1,0 +1,72 @@
+"""`netdiag watch --json` through a real local SNAT (MASQUERADE to 10 ports): the destination row
+carries the NAT's port usage, and the client side shows 10 established / 20 failed."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from netdiag.topology import TopologyError, leftovers
+
+from .test_conntrack import Proc, _flush
+from .test_watch import Watch
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(scope="module")
+def lab(doctor):
+    from netdiag.natlab import SnatLab
+    try:
+        lab = SnatLab(40000, 40009, net=7)
+    except TopologyError as e:
+        pytest.skip(f"cannot build the SNAT lab here: {e}")
+    try:
+        yield lab
+    finally:
+        tag = lab.tag
+        lab.close()
+        assert not [n for n in leftovers() if tag in n]
+
+
+def test_watch_shows_snat_cap(lab, tmp_path):
+    dst = f"{lab.server_ip}:8080"
+    cli = os.stat(f"/run/netns/{lab.client}").st_ino
+    nat = os.stat(f"/run/netns/{lab.nat}").st_ino
+    w = Watch(tmp_path)
+    server = client = None
+    try:
+        server = Proc(lab.server, "serve", lab.server_ip, 8080)
+        server.line()
+        client = Proc(lab.client, "burst", lab.server_ip, 8080, 30, 3)
+        res = client.line()
+        assert res["ok"] == 10 and res["failed"] == 20
+        w.until(lambda: w.total(cli, dst, "out", "failed") >= 20)
+        w.until(lambda: any((r.get("snat") or {}).get("ports_in_use") == 10 for r in w.rows(cli, dst, "out")))
+        client.close()
+        client = None
+        _flush(lab.nat)
+        released = w.until(lambda: any(n["dst"] == dst and n["netns"] == nat and n["ports_in_use"] == 0
+                                       for rec in w.intervals()[-3:] for n in rec.get("nat", [])))
+    finally:
+        if client:
+            client.close()
+        if server:
+            server.close()
+        recs = w.stop()
+    ivs = [r for r in recs if r["type"] == "interval"]
+    rows = [r for rec in ivs for r in rec["destinations"]
+            if r["netns"] == cli and r["dst"] == dst and r["direction"] == "out"]
+    snat = [r["snat"] for r in rows if r.get("snat")]
+    assert {rec["modes"]["snat"] for rec in ivs} == {"netlink"}
+    assert sum(r["established"] for r in rows) == 10
+    assert sum(r["failed"] for r in rows) == 20
+    assert max(r["active"] for r in rows) == 10
+    assert max(s["ports_in_use"] for s in snat) == 10
+    assert {s["port_range"] for s in snat} == {10}
+    assert max(s["utilization"] for s in snat) == 1.0
+    assert {s["netns"] for s in snat} == {nat}
+    nat_ns = [n for rec in ivs for n in rec.get("conntrack_netns", []) if n["netns"] == nat]
+    assert sum(n["insert_failed"] for n in nat_ns) > 0
+    assert sum(s["insert_failed"] for s in snat) > 0
+    assert released, "ports_in_use never returned to 0 after the client closed"
