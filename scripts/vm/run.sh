@@ -20,7 +20,7 @@ export PATH="$here/.venv/bin:$PATH"
 # Inside the guest: the same kernel tier, results to the shared rw folder.
 guest_cmd="cd '$here' && export PYTHONDONTWRITEBYTECODE=1 ND_RESULTS_DIR='$results' ND_READY_TIMEOUT=600 ND_TRACE_MODES=auto,fentry,tracepoint \
  && uname -r > '$results/uname' \
- && '$here/.venv/bin/python' -m pytest tests/kernel -p no:cacheprovider -q -rs \
+ && '$here/.venv/bin/python' -m pytest tests/kernel -m 'not heavy' -p no:cacheprovider -q -rs \
     --junitxml='$results/junit.xml' > '$results/pytest.out' 2>&1; echo \$? > '$results/rc'"
 
 echo "vm lane: booting $kernel under qemu (TCG); this takes a few minutes" >&2

@@ -68,6 +68,17 @@ def test_counts_identical_to_host_lane(lane, mode):
     assert res[f"{mode}/summary"]["lost_events"] == 0
 
 
+def test_watch_counts_through_kprobes(lane):
+    res = lane["results"]
+    assert res["watch/23"]["modes"]["connect"] == "kprobe" and res["watch/23"]["modes"]["accept"] == "kprobe"
+    assert {k: res["watch/23"][k] for k in ("connects", "established", "accepts")} == \
+        {"connects": 23, "established": 23, "accepts": 23}
+    assert res["watch/refused"]["failed"] == 7 and res["watch/refused"]["errnos"] == {"ECONNREFUSED": 7}
+    assert res["watch/refused"]["resets_in"] == 7
+    assert res["watch/linger0"] == {"resets_out": 5, "resets_in": 5}
+    assert res["watch/overflow"]["overflows"] > 0 and res["watch/overflow"]["syn_retrans"] > 0
+
+
 def test_auto_mode_used_kprobes(lane):
     assert lane["results"]["auto/connect_accept"]["modes"] == {"connect": "kprobe", "accept": "kprobe"}
     assert lane["results"]["fentry/connect_accept"]["modes"] == {"connect": "fentry", "accept": "fentry"}
