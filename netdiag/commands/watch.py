@@ -69,7 +69,12 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     run = RunSummary()
     tty = sys.stdout.isatty() and not as_json
     try:
-        watcher.start()
+        try:
+            watcher.start()
+        except Exception:
+            if stop["flag"]:             # Ctrl-C while compiling: nothing attached, nothing to say
+                sys.exit(130)
+            raise
         modes = " ".join(f"{k}={v}" for k, v in watcher.plan.items())
         click.echo(f"netdiag: attached ({modes})", err=True)
         if ready_file:
