@@ -25,6 +25,8 @@ NUMBER = {"snat_port_exhaustion": "cap", "remote_connection_cap": "cap", "local_
           "idle_timeout_reset": "timeout_s", "connection_burst": "peak_per_ms",
           "connection_churn": "connects_per_active"}
 
+UNDECIDED = object()
+
 # connect() failures that say nothing about a cap beyond the node
 _NOT_CAP_ERRNOS = ("ECONNREFUSED", "EADDRNOTAVAIL", "ENETUNREACH", "EHOSTUNREACH", "ECANCELED")
 
@@ -331,9 +333,9 @@ class Diagnoser:
                 continue
             burst = None
             if short:
-                if span < t.burst_min_span_s:
-                    continue                     # not enough history yet to tell a burst from a flood
                 burst = self._burst(win, ns, listen, a, out_rows, in_rows)
+                if burst is UNDECIDED:
+                    continue                     # not enough history yet to tell a burst from a flood
             name = a["netns_name"]
             if burst:
                 found[("connection_burst", ns, listen)] = {
@@ -345,6 +347,8 @@ class Diagnoser:
                                "and net.core.somaxconn to hold a whole burst, accept in a tight loop / more workers, "
                                "and spread the clients' connects (jitter, connection pools warmed up front)"),
                 }
+            elif ("connection_burst", ns, listen) in self.verdicts:
+                continue                         # these overflows are the bursts' (one verdict, not two)
             elif total_ovf >= t.overflow_min:
                 found[("listen_overflow", ns, listen)] = {
                     "kind": "listen_overflow", "listener": listen, "dst": None, "netns": ns, "netns_name": name,
@@ -394,26 +398,28 @@ class Diagnoser:
     def _burst(self, win, ns, listen, a, out_rows, in_rows):
         t = self.t
         n = len(win)
+        # SYNs towards the listener per interval: from the clients' side when they are watched
+        # (connect() calls + SYN retransmissions: exact), else handshakes completed + overflows
         arrivals = [0] * n
         for (_, dst), rows in out_rows.items():
             if _listener_serves(listen, dst):
                 for i, r in enumerate(rows):
                     if r:
-                        arrivals[i] += r["connects"]
-        inbound = [0] * n
-        for (rns, dst), rows in in_rows.items():
-            if rns == ns and _listener_serves(listen, dst):
-                for i, r in enumerate(rows):
-                    if r:
-                        inbound[i] += r["established"]
-        arrivals = [max(arrivals[i], inbound[i] + a["overflows"][i]) for i in range(n)]
+                        arrivals[i] += r["connects"] + r["syn_retrans"]
+        if not any(arrivals):
+            for (rns, dst), rows in in_rows.items():
+                if rns == ns and _listener_serves(listen, dst):
+                    for i, r in enumerate(rows):
+                        if r:
+                            arrivals[i] += r["established"]
+            arrivals = [arrivals[i] + a["overflows"][i] for i in range(n)]
         first = next((i for i, x in enumerate(arrivals) if x), None)
         if first is None:
             return None
         seen = arrivals[first:]
         ivs = [w.get("interval_s") or 0 for w in win[first:]]
         if sum(ivs) < t.burst_min_span_s:
-            return None
+            return UNDECIDED
         mean = sum(seen) / len(seen)
         pi = max(range(len(seen)), key=lambda i: seen[i])
         peak = seen[pi]
