@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -34,9 +35,21 @@ def cleanup(all_nd: bool = False) -> list[str]:
     names = leftovers() if all_nd else lab_leftovers()
     removed = []
     for ns in names:
+        kill_inside(ns)
         if _ip("netns", "del", ns, check=False).returncode == 0:
             removed.append(ns)
     return removed
+
+
+def kill_inside(ns: str) -> None:
+    """End the processes a killed lab left running inside its namespace (its load generator)."""
+    p = _ip("netns", "pids", ns, check=False)
+    for pid in (int(x) for x in p.stdout.split() if x.isdigit()):
+        if pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def scope(record: dict, inodes: set) -> dict:
@@ -165,6 +178,8 @@ class LabRunner:
                 self.watcher.close()
             self._restore_ct_max()
             if self.topo is not None and not self.keep:
+                for ns in self.topo.namespaces:
+                    kill_inside(ns)
                 self.topo.close()
             shutil.rmtree(tmp, ignore_errors=True)
         verdicts = self.diag.all()
