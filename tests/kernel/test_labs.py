@@ -112,7 +112,7 @@ def test_healthy_has_no_verdict():
 
 
 def _start(tmp_args):
-    return subprocess.Popen([sys.executable, "-m", "netdiag", "lab", *tmp_args, "--json"],
+    return subprocess.Popen([sys.executable, "-m", "netdiag", "lab", *map(str, tmp_args), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
