@@ -214,3 +214,15 @@ def test_records_are_not_modified():
     before = copy.deepcopy(recs)
     replay(recs)
     assert recs == before
+
+
+def test_verdicts_fit_the_watch_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(__file__).resolve().parents[2] / "docs" / "schema" /
+                         "watch-interval.schema.json").read_text())["$defs"]["verdict"]
+    made = [v for name in EXPECTED for v in replay(load(name))]
+    made += kinds([rec(t, ct=[ctns(entries=1000, fill=1.0, drop=5)]) for t in range(1, 4)])
+    assert len({v["kind"] for v in made}) == 8
+    for v in made:
+        jsonschema.validate(v, schema)
+        assert v[NUMBER[v["kind"]]] is not None
