@@ -18,6 +18,7 @@ COMMANDS = {
     "load": "load",
     "watch": "watch",
     "conntrack": "conntrack",
+    "lab": "lab",
 }
 
 

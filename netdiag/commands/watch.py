@@ -48,6 +48,7 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     """
     from .. import netns as nsmod
     from ..features import require_privileges
+    from ..diagnose import Diagnoser
     from ..watch import Watcher
 
     netns_inode = nsmod.resolve(netns) if netns else None
@@ -59,7 +60,7 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
             raise click.BadParameter(f"{dst!r} is not a network (e.g. 10.0.0.0/8)", param_hint="--dst")
     require_privileges()
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
-                      syscall_tracepoints=count_accepts)
+                      syscall_tracepoints=count_accepts, diagnoser=Diagnoser())
     stop = {"flag": False}
 
     def on_signal(signum, _frame):
@@ -198,7 +199,16 @@ def print_plain(rec, top):
             out.write(f"  lst {l['listen']:<40} {str(l['netns_name'] or l['netns']):<16} "
                       f"queue={l['queue']}/{l['backlog']} max={l['max_queue']} est={l['established']} "
                       f"accepts={'-' if l['accepts'] is None else l['accepts']} overflows={l['overflows']}\n")
+    for v in rec.get("verdicts", []):
+        out.write(f"  verdict {verdict_text(v)}\n")
     out.flush()
+
+
+def verdict_text(v: dict) -> str:
+    from ..diagnose import NUMBER
+    num = NUMBER.get(v["kind"])
+    target = v.get("dst") or v.get("listener") or v.get("netns_name") or ""
+    return f"{v['kind']} {target} {num}={v.get(num)} ({v['where']}): {v['advice']}"
 
 
 def print_summary(s, top):
@@ -277,4 +287,16 @@ class LiveView:
                        str(l["max_queue"]), str(l["established"]),
                        "-" if l["accepts"] is None else str(l["accepts"]), str(l["overflows"]),
                        str(l["synack_retrans"]), style=style)
-        self._live.update(Group(head, totals, dt, lt))
+        parts = [head, totals, dt, lt]
+        if rec.get("verdicts"):
+            vt = Table(title="verdicts", title_justify="left", expand=True, title_style="bold red")
+            for col in ("verdict", "where", "number", "evidence", "fix"):
+                vt.add_column(col, overflow="fold")
+            from ..diagnose import NUMBER
+            for v in rec["verdicts"]:
+                num = NUMBER.get(v["kind"])
+                vt.add_row(f"{v['kind']} {v.get('dst') or v.get('listener') or ''}".strip(), v["where"],
+                           f"{num}={v.get(num)}", ", ".join(f"{k}={x}" for k, x in list(v["evidence"].items())[:6]),
+                           v["advice"], style="bold")
+            parts.insert(2, vt)
+        self._live.update(Group(*parts))

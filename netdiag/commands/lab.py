@@ -1,0 +1,177 @@
+"""`netdiag lab`: reproduce an incident in throw-away namespaces while netdiag watches it."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+import click
+
+from ..options import json_option
+
+EPILOG = "Run `netdiag lab list` for the scenarios and the incidents they reproduce."
+
+
+@click.group("lab", epilog=EPILOG)
+def command():
+    """Reproduce a connection incident in namespaces and show netdiag's verdict.
+
+    Each scenario builds namespaces (nd-l*, addresses in 198.18.0.0/15), runs the load
+    generator through them while watching, ends with the verdicts, and removes everything on
+    exit, error, Ctrl-C or SIGTERM (--keep leaves it for inspection).
+
+    \b
+    Example:
+      sudo netdiag lab snat-cap --ports 13
+      sudo netdiag lab idle-timeout --timeout 5 --json | jq 'select(.type=="lab").verdicts'
+      sudo netdiag lab list
+      sudo netdiag lab cleanup
+    """
+
+
+@command.command("list")
+@json_option
+def list_cmd(as_json):
+    """Describe each scenario, its verdict and the seed incident it reproduces.
+
+    \b
+    Example:
+      netdiag lab list
+    """
+    from ..labs.scenarios import SCENARIOS
+    rows = [{"scenario": s.name, "verdict": s.verdict, "seed": s.seed, "what": s.summary,
+             "options": {p.name.replace("_", "-"): {"default": p.default, "help": p.help} for p in s.params}}
+            for s in SCENARIOS.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        opts = " ".join(f"[--{k} {v['default']}]" for k, v in r["options"].items())
+        click.echo(f"{r['scenario']:<16} {opts}")
+        click.echo(f"    {r['what']}")
+        click.echo(f"    verdict: {r['verdict'] or 'none'}    seed: {r['seed']}")
+
+
+@command.command("cleanup")
+@click.option("--all", "all_nd", is_flag=True, help="Remove every nd- namespace, not only lab ones (nd-l*).")
+def cleanup_cmd(all_nd):
+    """Remove namespaces (and their veths and rules) a lab left behind.
+
+    \b
+    Example:
+      sudo netdiag lab cleanup
+    """
+    from ..features import require_privileges
+    from ..labs import cleanup
+    require_privileges()
+    removed = cleanup(all_nd)
+    click.echo(f"removed {len(removed)} namespace(s)" + (": " + " ".join(removed) if removed else ""))
+
+
+def _scenario_command(sc):
+    def run(as_json, keep, allow_host_sysctl=False, **params):
+        _run_lab(sc.name, params, as_json, keep, allow_host_sysctl)
+
+    run.__doc__ = (f"{sc.summary}.\n\n"
+                   f"Expected verdict: {sc.verdict or 'none'}. Seed: {sc.seed}.\n\n"
+                   f"\b\nExample:\n  sudo netdiag lab {sc.name}"
+                   + "".join(f" --{p.name.replace('_', '-')} {p.default}" for p in sc.params[:1]) + "\n")
+    cmd = run
+    for p in reversed(sc.params):
+        cmd = click.option(f"--{p.name.replace('_', '-')}", p.name, type=p.type, default=None, metavar="N",
+                           help=f"{p.help} (default {p.default}).")(cmd)
+    if sc.name == "conntrack-full":
+        cmd = click.option("--allow-host-sysctl", is_flag=True,
+                           help="Allow --max to change the node-wide nf_conntrack_max for the run (restored on exit).")(cmd)
+    cmd = click.option("--keep", is_flag=True, help="Leave the namespaces for inspection (remove with `netdiag lab cleanup`).")(cmd)
+    cmd = json_option(cmd)
+    return command.command(sc.name)(cmd)
+
+
+def _register():
+    from ..labs.scenarios import SCENARIOS
+    for sc in SCENARIOS.values():
+        _scenario_command(sc)
+
+
+_register()
+
+
+def _run_lab(name, params, as_json, keep, allow_host_sysctl):
+    from ..features import require_privileges
+    from ..labs import LabRunner
+    require_privileges()
+    tty = sys.stdout.isatty() and not as_json
+    view = None
+    if tty:
+        from .watch import LiveView
+        view = LiveView(12)
+
+    shown = set()
+
+    def on_record(rec):
+        if as_json:
+            sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+        elif view is not None:
+            view.update(rec)
+        else:
+            for v in rec["verdicts"]:
+                key = (v["kind"], v.get("netns"), v.get("dst") or v.get("listener"))
+                if key not in shown:
+                    shown.add(key)
+                    click.echo("verdict: " + verdict_line(v))
+
+    def on_status(msg):
+        click.echo(f"netdiag lab: {msg}", err=True)
+
+    runner = LabRunner(name, params, keep=keep, allow_host_sysctl=allow_host_sysctl,
+                       on_record=on_record, on_status=on_status)
+
+    def on_signal(signum, _frame):
+        runner.stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if view is not None:
+            with view.live():
+                result = runner.run()
+        else:
+            result = runner.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if as_json:
+        sys.stdout.write(json.dumps(result, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+    else:
+        print_result(result)
+    if result["error"]:
+        click.echo(f"netdiag lab: error: {result['error']}", err=True)
+        sys.exit(70)
+    if result["interrupted"]:
+        sys.exit(130)
+
+
+def verdict_line(v: dict) -> str:
+    from ..diagnose import NUMBER
+    num = NUMBER.get(v["kind"])
+    target = v.get("dst") or v.get("listener") or v.get("netns_name") or ""
+    return f"{v['kind']} {target} {num}={v.get(num)} — {v['where']}"
+
+
+def print_result(r: dict) -> None:
+    out = sys.stdout
+    out.write(f"\nlab {r['scenario']} ({' '.join(f'{k}={v}' for k, v in r['params'].items())}): "
+              f"{r['intervals']} intervals in {r['duration_s']} s; expected verdict: {r['expected'] or 'none'}\n")
+    if not r["verdicts"]:
+        out.write("verdicts: none\n")
+    for v in r["verdicts"]:
+        out.write("verdict: " + verdict_line(v) + "\n")
+        out.write("  evidence: " + ", ".join(f"{k}={val}" for k, val in v["evidence"].items()) + "\n")
+        out.write("  fix: " + v["advice"] + "\n")
+    for n in r["notes"]:
+        out.write(f"note: {n}\n")
+    if r["kept"]:
+        out.write("kept: " + " ".join(r["namespaces"]) + "  (remove with: netdiag lab cleanup)\n")
+    out.flush()

@@ -1,0 +1,197 @@
+"""Run one lab: namespaces, load generator and watcher together; verdicts at the end; everything
+removed on exit, error, Ctrl-C or SIGTERM (unless ``keep``)."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+
+from ..diagnose import Diagnoser
+from ..errors import EXIT_DATAERR, NetdiagError
+from ..topology import _ip
+from .scenarios import BUILD, RUN, SCENARIOS, Ctx
+
+LAB_MARK = "l"                      # lab namespaces are nd-l<hex>-<role>
+CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+
+
+def new_tag() -> str:
+    return LAB_MARK + secrets.token_hex(2)[:3]
+
+
+def lab_leftovers() -> list[str]:
+    p = _ip("netns", "list", check=False)
+    names = [line.split()[0] for line in p.stdout.splitlines()]
+    return [n for n in names if n.startswith("nd-" + LAB_MARK) and n.count("-") >= 2]
+
+
+def cleanup(all_nd: bool = False) -> list[str]:
+    """Remove lab namespaces left behind (their veths and rules go with them)."""
+    from ..topology import leftovers
+    names = leftovers() if all_nd else lab_leftovers()
+    removed = []
+    for ns in names:
+        kill_inside(ns)
+        if _ip("netns", "del", ns, check=False).returncode == 0:
+            removed.append(ns)
+    return removed
+
+
+def kill_inside(ns: str) -> None:
+    """End the processes a killed lab left running inside its namespace (its load generator)."""
+    p = _ip("netns", "pids", ns, check=False)
+    for pid in (int(x) for x in p.stdout.split() if x.isdigit()):
+        if pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def scope(record: dict, inodes: set) -> dict:
+    """Keep only what happened in the lab's own namespaces (other work on the node is not the lab's)."""
+    r = dict(record)
+    r["destinations"] = [d for d in record["destinations"] if d["netns"] in inodes]
+    r["listeners"] = [l for l in record.get("listeners", []) if l["netns"] in inodes]
+    if "nat" in record:
+        r["nat"] = [n for n in record["nat"] if n["netns"] in inodes]
+    if "conntrack_netns" in record:
+        r["conntrack_netns"] = [n for n in record["conntrack_netns"] if n["netns"] in inodes]
+    tot = dict(record["node_totals"])
+    outs = [d for d in r["destinations"] if d["direction"] == "out"]
+    for k in ("connects", "established", "failed", "active", "syn_retrans"):
+        tot[k] = sum(d[k] for d in outs)
+    for k in ("resets_in", "resets_out", "retrans"):
+        tot[k] = sum(d[k] for d in r["destinations"])
+    tot["listen_overflows"] = sum(l["overflows"] for l in r["listeners"] if not l.get("overflows_shared"))
+    r["node_totals"] = tot
+    return r
+
+
+class LabRunner:
+    def __init__(self, scenario: str, params: dict | None = None, keep: bool = False,
+                 allow_host_sysctl: bool = False, on_record=None, on_status=None):
+        self.sc = SCENARIOS[scenario]
+        self.params = {**self.sc.defaults(), **{k: v for k, v in (params or {}).items() if v is not None}}
+        self.keep = keep
+        self.allow_host_sysctl = allow_host_sysctl
+        self.on_record = on_record or (lambda rec: None)
+        self.on_status = on_status or (lambda msg: None)
+        self.stop_event = threading.Event()
+        self.procs: list = []
+        self.topo = None
+        self.watcher = None
+        self.diag = Diagnoser()
+        self.records = 0
+        self.error = None
+        self._ct_max_saved = None
+        self.tag = new_tag()
+
+    # -- host conntrack max (only with --allow-host-sysctl) -------------------------------------
+    def conntrack_max(self) -> int:
+        with open(CT_MAX) as f:
+            return int(f.read())
+
+    def _set_ct_max(self) -> None:
+        want = self.params.get("max") or 0
+        if self.sc.name != "conntrack-full" or not want:
+            return
+        if not self.allow_host_sysctl:
+            raise LabError("--max changes the node-wide net.netfilter.nf_conntrack_max: add --allow-host-sysctl "
+                           "(it is restored on exit)")
+        self._ct_max_saved = self.conntrack_max()
+        with open(CT_MAX, "w") as f:
+            f.write(str(want))
+
+    def _restore_ct_max(self) -> None:
+        if self._ct_max_saved is not None:
+            with open(CT_MAX, "w") as f:
+                f.write(str(self._ct_max_saved))
+            self._ct_max_saved = None
+
+    # -- run ------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> dict:
+        from ..watch import Watcher
+        tmp = tempfile.mkdtemp(prefix="netdiag-lab-")
+        ctx = Ctx(self, self.params, tmp)
+        t0 = time.time()
+        try:
+            self.on_status(f"building namespaces (nd-{self.tag}-*)")
+            self.topo = BUILD[self.sc.name](ctx, self.tag)
+            self._set_ct_max()
+            inodes = {os.stat(f"/run/netns/{ns}").st_ino for ns in self.topo.namespaces}
+            client_inode = os.stat(f"/run/netns/{self.topo.client}").st_ino
+            self.on_status("attaching probes (BPF compile takes a few seconds)")
+            self.watcher = Watcher(netns=client_inode if self.sc.watch_client_only else None)
+            self.watcher.start()
+            if self.sc.watch_client_only:
+                inodes = {client_inode}
+            if self.stop_event.is_set():
+                raise KeyboardInterrupt
+            done = threading.Event()
+
+            def drive():
+                try:
+                    RUN[self.sc.name](ctx, self.topo)
+                except Exception as e:          # reported with the result
+                    if not self.stop_event.is_set():
+                        self.error = f"{type(e).__name__}: {e}"
+                finally:
+                    done.set()
+            self.on_status(f"running {self.sc.name} {self._param_text()}")
+            threading.Thread(target=drive, name="lab-load", daemon=True).start()
+            interval = self.sc.interval
+            next_tick = time.monotonic() + interval
+            deadline = time.monotonic() + self.sc.max_s
+            tail_until = None
+            while not self.stop_event.is_set():
+                now = time.monotonic()
+                if now >= deadline or (tail_until is not None and now >= tail_until):
+                    break
+                if done.is_set() and tail_until is None:
+                    tail_until = now + self.sc.tail_s
+                if now < next_tick:
+                    time.sleep(min(0.02, next_tick - now))
+                    continue
+                next_tick += interval
+                if next_tick < now:
+                    next_tick = now + interval
+                rec = scope(self.watcher.sample(), inodes)
+                rec["verdicts"] = self.diag.update(rec)
+                self.records += 1
+                self.on_record(rec)
+            interrupted = self.stop_event.is_set()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self.stop_event.set()
+            for p in self.procs:
+                p.stop()
+            if self.watcher is not None:
+                self.watcher.close()
+            self._restore_ct_max()
+            if self.topo is not None and not self.keep:
+                for ns in self.topo.namespaces:
+                    kill_inside(ns)
+                self.topo.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+        verdicts = self.diag.all()
+        return {"type": "lab", "scenario": self.sc.name, "params": self.params, "expected": self.sc.verdict,
+                "seed": self.sc.seed, "namespaces": list(self.topo.namespaces) if self.keep and self.topo else [],
+                "kept": bool(self.keep), "intervals": self.records, "duration_s": round(time.time() - t0, 1),
+                "interrupted": interrupted, "error": self.error, "notes": ctx.notes, "load": ctx.load,
+                "verdicts": verdicts}
+
+    def _param_text(self) -> str:
+        return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in self.params.items())
+
+
+class LabError(NetdiagError):
+    exit_code = EXIT_DATAERR

@@ -1,0 +1,263 @@
+"""The lab scenarios: each builds its namespaces, runs the load through them, and names the
+verdict it must produce. ``run(ctx)`` runs in a thread beside the watcher and returns when the
+workload is over; everything it starts is ended and removed by the runner."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+from ..natlab import SnatLab
+from ..topology import Topology, ns_exec
+from .procs import LabProc, netdiag_argv, peer_argv
+
+SERVER_PORT = 8080
+
+
+@dataclass
+class Param:
+    name: str
+    type: type
+    default: object
+    help: str
+
+
+@dataclass
+class Scenario:
+    name: str
+    verdict: str | None
+    seed: str
+    summary: str
+    params: list = field(default_factory=list)
+    interval: float = 0.5          # watch interval inside the lab
+    tail_s: float = 2.0            # keep watching this long after the workload ends
+    max_s: float = 90.0            # hard bound on the whole lab
+    watch_client_only: bool = False
+
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.params}
+
+
+class Ctx:
+    """What a running scenario shares with the runner."""
+
+    def __init__(self, runner, params: dict, tmpdir: str):
+        self.runner = runner
+        self.p = params
+        self.tmp = tmpdir
+        self.stop = runner.stop_event
+        self.load: dict = {}        # summaries of the load processes, by name
+        self.notes: list = []
+
+    def proc(self, ns, argv, name) -> LabProc:
+        p = LabProc(ns, argv, name)
+        self.runner.procs.append(p)
+        return p
+
+    def server(self, ns, bind, *extra, name="server") -> LabProc:
+        ready = os.path.join(self.tmp, f"{name}.ready")
+        p = self.proc(ns, netdiag_argv("load", "server", "--bind", bind, "--port", SERVER_PORT, "--json",
+                                       "--duration", 600, "--ready-file", ready, *extra), name)
+        deadline = time.monotonic() + 15
+        while not os.path.exists(ready):
+            if not p.running():
+                raise RuntimeError(f"load server failed: {' '.join(p.err[-3:])}")
+            if time.monotonic() > deadline or self.stop.is_set():
+                raise RuntimeError("load server did not get ready")
+            time.sleep(0.05)
+        return p
+
+    def client(self, ns, argv, name="client", timeout=120.0) -> dict:
+        p = self.proc(ns, argv, name)
+        p.wait(timeout, self.stop)
+        s = p.last("summary") or {}
+        if not s and not self.stop.is_set() and p.proc.returncode not in (0, None):
+            self.notes.append(f"{name} exited {p.proc.returncode}: {' '.join(p.err[-2:])}")
+        self.load[name] = s
+        return s
+
+    def sleep(self, s: float) -> None:
+        self.stop.wait(s)
+
+
+# -- topologies ----------------------------------------------------------------------------------
+def pair(tag: str, net: int = 20):
+    """client 198.18.<net>.2 -- veth -- 198.18.<net>.1 server (two namespaces)."""
+    t = Topology(tag)
+    try:
+        t.client, t.server = t.add_ns("cli"), t.add_ns("srv")
+        t.client_ip, t.server_ip = f"198.18.{net}.2", f"198.18.{net}.1"
+        t.link(t.client, f"{t.client_ip}/24", t.server, f"{t.server_ip}/24")
+    except Exception:
+        t.close()
+        raise
+    return t
+
+
+class _NatTopo:
+    def __init__(self, lab: SnatLab):
+        self.lab = lab
+        self.client, self.nat, self.server = lab.client, lab.nat, lab.server
+        self.client_ip, self.server_ip = lab.client_ip, lab.server_ip
+        self.namespaces = lab.topo.namespaces
+
+    def close(self):
+        self.lab.close()
+
+
+def nat3(tag: str, ports: int, port_lo: int = 40000, net: int = 1) -> _NatTopo:
+    return _NatTopo(SnatLab(port_lo, port_lo + ports - 1, net=net, tag=tag))
+
+
+# -- scenarios -------------------------------------------------------------------------------------
+def build_snat(ctx, tag):
+    return nat3(tag, ctx.p["ports"])
+
+
+def run_cap(ctx, topo):
+    n = ctx.p["ports"]
+    ctx.server(topo.server, topo.server_ip)
+    attempts = n + max(10, n)
+    ctx.client(topo.client, netdiag_argv("load", "client", f"{topo.server_ip}:{SERVER_PORT}", "-n", attempts,
+                                        "--timeout", 2, "--hold", 2.5, "--json"))
+
+
+def build_ports(ctx, tag):
+    t = pair(tag)
+    n = ctx.p["ports"]
+    lo = 40000
+    ns_exec(t.client, "sysctl", "-qw", f"net.ipv4.ip_local_port_range={lo} {lo + n - 1}")
+    return t
+
+
+def run_ports(ctx, topo):
+    n = ctx.p["ports"]
+    ctx.server(topo.server, topo.server_ip)
+    p = ctx.proc(topo.client, peer_argv("ports", topo.server_ip, SERVER_PORT, n + 5, 3.0), "client")
+    p.wait(40, ctx.stop)
+    ctx.load["client"] = p.last("summary") or {}
+
+
+def build_pair(ctx, tag):
+    return pair(tag)
+
+
+def run_overflow(ctx, topo):
+    b = ctx.p["backlog"]
+    ctx.server(topo.server, topo.server_ip, "--backlog", b, "--accept-delay-ms", 100)
+    ctx.client(topo.client, netdiag_argv("load", "client", f"{topo.server_ip}:{SERVER_PORT}", "-n", 40,
+                                        "--rate", 20, "--timeout", 4, "--hold", 1, "--json"))
+
+
+def build_idle(ctx, tag):
+    t = nat3(tag, 1000)
+    timeout = ctx.p["timeout"]
+    # the NAT forgets established flows after `timeout` s and answers what it no longer knows with RST
+    ns_exec(t.nat, "sysctl", "-qw", f"net.netfilter.nf_conntrack_tcp_timeout_established={timeout}")
+    ns_exec(t.nat, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0")
+    ns_exec(t.nat, "iptables", "-I", "FORWARD", "-p", "tcp", "-m", "conntrack", "--ctstate", "INVALID",
+            "-j", "REJECT", "--reject-with", "tcp-reset")
+    return t
+
+
+def run_idle(ctx, topo):
+    timeout = ctx.p["timeout"]
+    step = max(0.25, round(timeout / 10, 2))
+    count = int(math.ceil(2 * timeout / step)) + 1
+    ctx.server(topo.server, topo.server_ip)
+    p = ctx.proc(topo.client, peer_argv("ladder", topo.server_ip, SERVER_PORT, count, step), "client")
+    p.wait(2 * timeout + count * 0.1 + 15, ctx.stop)
+    ctx.load["client"] = p.last("summary") or {}
+
+
+def run_burst(ctx, topo):
+    p = ctx.p
+    ctx.server(topo.server, topo.server_ip, "--backlog", p["backlog"], "--accept-delay-ms", 1)
+    ctx.client(topo.client, netdiag_argv("load", "client", f"{topo.server_ip}:{SERVER_PORT}",
+                                        "-n", p["burst"] * p["bursts"], "--burst", p["burst"],
+                                        "--burst-window-ms", p["window_ms"], "--burst-interval-ms", 1500,
+                                        "--timeout", 8, "--hold", 1, "--json"))
+
+
+def run_churn(ctx, topo):
+    k = ctx.p["requests_per_conn"]
+    ctx.server(topo.server, topo.server_ip, "--mode", "http")
+    ctx.client(topo.client, netdiag_argv("load", "client", f"{topo.server_ip}:{SERVER_PORT}", "-n", 4,
+                                        "--requests-per-conn", k, "--requests", 1_000_000, "--duration",
+                                        ctx.p["seconds"], "--timeout", 2, "--json"))
+
+
+def run_healthy(ctx, topo):
+    ctx.server(topo.server, topo.server_ip, "--mode", "http")
+    ctx.client(topo.client, netdiag_argv("load", "client", f"{topo.server_ip}:{SERVER_PORT}",
+                                        "-n", ctx.p["clients"], "--requests-per-conn", 1000, "--requests", 60, "--idle-ms", 50,
+                                        "--timeout", 2, "--json"))
+
+
+def build_ct_full(ctx, tag):
+    return nat3(tag, 60000, port_lo=2000)
+
+
+def run_ct_full(ctx, topo):
+    """Hold connections through the NAT until its conntrack table is full: the table's maximum
+    is the node-wide net.netfilter.nf_conntrack_max (read-only inside a netns)."""
+    mx = ctx.runner.conntrack_max()
+    target = mx + max(50, mx // 20)
+    ports = max(1, math.ceil(target / 25000))
+    workers = max(1, math.ceil(target / 18000))
+    ready = os.path.join(ctx.tmp, "server.ready")
+    srv = ctx.proc(topo.server, netdiag_argv("load", "server", "--bind", topo.server_ip, "--port",
+                                             f"{SERVER_PORT}-{SERVER_PORT + ports - 1}", "--workers", workers,
+                                             "--json", "--duration", 600, "--ready-file", ready), "server")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(ready) and time.monotonic() < deadline and srv.running() and not ctx.stop.is_set():
+        time.sleep(0.05)
+    ctx.client(topo.client, netdiag_argv("load", "client", f"{topo.server_ip}:{SERVER_PORT}-{SERVER_PORT + ports - 1}",
+                                        "-n", target, "--timeout", 2, "--hold", 3, "--json"),
+               timeout=target / 500 + 60)
+
+
+SCENARIOS = {s.name: s for s in [
+    Scenario("snat-cap", "snat_port_exhaustion", "000 (AKS outbound cap), 001 (60k through a load balancer)",
+             "client -> local NAT (MASQUERADE to N ports) -> server; more connections than ports",
+             [Param("ports", int, 10, "size of the NAT's MASQUERADE port range (the cap)")]),
+    Scenario("remote-cap", "remote_connection_cap", "000 (AKS outbound cap seen from the pod)",
+             "the snat-cap topology, but netdiag watches only the client namespace: the cap is beyond it",
+             [Param("ports", int, 10, "size of the (unwatched) NAT's port range (the cap)")],
+             watch_client_only=True),
+    Scenario("port-exhaustion", "local_port_exhaustion", "004 (ephemeral ports and the 5-tuple limit)",
+             "the client's ip_local_port_range holds N ports; it opens N+5 connections to one server",
+             [Param("ports", int, 8, "ports in the client's ip_local_port_range")]),
+    Scenario("listen-overflow", "listen_overflow", "003 (listen backlog and ListenOverflows)",
+             "a server with a small accept queue accepting 10/s; clients connect at 20/s",
+             [Param("backlog", int, 8, "the server's listen() backlog")]),
+    Scenario("idle-timeout", "idle_timeout_reset", "003 (NAT/NLB 350 s idle timeout), 002 (keep-alive)",
+             "client -> NAT that forgets established flows after S s and answers them with RST -> server; "
+             "connections opened one by one, then all send after idling",
+             [Param("timeout", int, 5, "the NAT's established-flow timeout in seconds")], interval=0.5),
+    Scenario("microburst", "connection_burst", "003 (microbursts, backlog sizing)",
+             "bursts of N connects within W ms every 1.5 s against a listener with a small backlog",
+             [Param("burst", int, 200, "connects per burst"), Param("window_ms", float, 20.0, "burst window (ms)"),
+              Param("backlog", int, 16, "the server's listen() backlog"), Param("bursts", int, 4, "number of bursts")],
+             interval=0.1),
+    Scenario("churn", "connection_churn", "002 (API gateway -> NLB -> nginx connection spikes)",
+             "4 HTTP clients doing K requests per connection, then a new connection",
+             [Param("requests_per_conn", int, 1, "HTTP requests per connection"),
+              Param("seconds", float, 5.0, "how long the clients run")]),
+    Scenario("conntrack-full", "conntrack_table_full", "004 (conntrack_max for 1M connections), 003 (sizing)",
+             "connections held through the NAT until its conntrack table is full",
+             [Param("max", int, 0, "with --allow-host-sysctl: set net.netfilter.nf_conntrack_max to this "
+                                   "for the run (restored on exit); 0 = fill the table at its current size")],
+             max_s=900.0),
+    Scenario("healthy", None, "-",
+             "20 keep-alive HTTP clients, plenty of ports, backlog and conntrack room: no verdict",
+             [Param("clients", int, 20, "keep-alive clients")]),
+]}
+
+BUILD = {"snat-cap": build_snat, "remote-cap": build_snat, "port-exhaustion": build_ports,
+         "listen-overflow": build_pair, "idle-timeout": build_idle, "microburst": build_pair,
+         "churn": build_pair, "conntrack-full": build_ct_full, "healthy": build_pair}
+RUN = {"snat-cap": run_cap, "remote-cap": run_cap, "port-exhaustion": run_ports, "listen-overflow": run_overflow,
+       "idle-timeout": run_idle, "microburst": run_burst, "churn": run_churn, "conntrack-full": run_ct_full,
+       "healthy": run_healthy}

@@ -1,0 +1,169 @@
+"""`netdiag lab` end to end on the real kernel: each scenario, run with non-default parameters,
+yields exactly its verdict with the right number; nothing is left behind, also when the lab is
+killed mid-run. Scenarios run one after another (each compiles its BPF program once)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+
+
+def run_lab(*args, timeout=150):
+    p = subprocess.run([sys.executable, "-m", "netdiag", "lab", *map(str, args), "--json"],
+                       capture_output=True, text=True, timeout=timeout)
+    lines = [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
+    assert lines and lines[-1]["type"] == "lab", f"exit {p.returncode}: {p.stderr[-2000:]}"
+    res = lines[-1]
+    res["_tag"] = lab_tag(p.stderr)
+    res["_records"] = [l for l in lines if l["type"] == "interval"]
+    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr[-2000:]}"
+    assert res["error"] is None and not res["interrupted"]
+    assert_gone(res["_tag"])
+    return res
+
+
+def lab_tag(stderr: str) -> str:
+    m = re.search(r"nd-(l[0-9a-f]+)-\*", stderr)
+    assert m, stderr
+    return m.group(1)
+
+
+def assert_gone(tag: str) -> None:
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"nd-{tag}-" not in ns, ns
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert f"nd{tag}" not in links
+    pids = subprocess.run(["pgrep", "-f", f"nd-{tag}-"], capture_output=True, text=True).stdout
+    assert not pids.strip(), f"processes left: {pids}"
+
+
+def only(res) -> dict:
+    kinds = [v["kind"] for v in res["verdicts"]]
+    assert len(kinds) == 1, res["verdicts"]
+    assert kinds[0] == res["expected"]
+    return res["verdicts"][0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def host_untouched(doctor):
+    before = open(CT_MAX).read()
+    yield
+    assert open(CT_MAX).read() == before
+
+
+def test_snat_cap_13():
+    v = only(run_lab("snat-cap", "--ports", 13))
+    assert v["cap"] == 13 and v["evidence"]["port_range"] == 13
+    assert v["evidence"]["nat_insert_failed"] > 0 and "nd-" in v["where"]
+
+
+def test_remote_cap_13_from_client_side_alone():
+    res = run_lab("remote-cap", "--ports", 13)
+    v = only(res)
+    assert v["kind"] == "remote_connection_cap" and v["cap"] == 13
+    assert "snat_port_exhaustion" not in {x["kind"] for x in res["verdicts"]}
+    assert all(not r.get("nat") for r in res["_records"])        # netdiag saw no NAT
+    assert v["where"].startswith("beyond this node")
+
+
+def test_port_exhaustion_6():
+    res = run_lab("port-exhaustion", "--ports", 6)
+    v = only(res)
+    assert v["cap"] == 6 == res["load"]["client"]["established"]
+    assert v["evidence"]["EADDRNOTAVAIL"] == res["load"]["client"]["failed_by_errno"]["EADDRNOTAVAIL"] == 5
+
+
+def test_listen_overflow_backlog_4():
+    v = only(run_lab("listen-overflow", "--backlog", 4))
+    assert v["backlog"] == 4 and v["evidence"]["overflows"] > 0
+
+
+def test_idle_timeout_5():
+    res = run_lab("idle-timeout", "--timeout", 5)
+    v = only(res)
+    assert abs(v["timeout_s"] - 5) <= 1, v
+    assert res["load"]["client"]["reset"] >= 2 and res["load"]["client"]["alive"] >= 2
+
+
+def test_microburst():
+    v = only(run_lab("microburst", "--burst", 150, "--window-ms", 10, "--backlog", 8))
+    assert v["peak_per_ms"] > 0 and v["evidence"]["peak_connects"] >= 20
+    assert v["evidence"]["drops_in_bursts"] > 0 and v["evidence"]["backlog"] == 8
+
+
+def test_churn_one_request_per_connection():
+    v = only(run_lab("churn", "--requests-per-conn", 1, "--seconds", 4))
+    assert v["connects_per_active"] >= 10
+
+
+def test_healthy_has_no_verdict():
+    res = run_lab("healthy", "--clients", 15)
+    assert res["verdicts"] == []
+    assert res["load"]["client"]["established"] == 15
+
+
+def _start(tmp_args):
+    return subprocess.Popen([sys.executable, "-m", "netdiag", "lab", *map(str, tmp_args), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_running(p) -> str:
+    """Until the first interval record (probes attached, load running); returns the lab's tag."""
+    deadline = time.monotonic() + 120
+    line = p.stdout.readline()
+    while line and '"type":"interval"' not in line and time.monotonic() < deadline:
+        line = p.stdout.readline()
+    assert line, p.stderr.read()
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    tags = set(re.findall(r"nd-(l[0-9a-f]+)-", ns))
+    return tags
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_lab_removes_everything(sig):
+    before = set(re.findall(r"nd-(l[0-9a-f]+)-", subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                                text=True).stdout))
+    p = _start(["snat-cap", "--ports", 11])
+    try:
+        tags = _wait_running(p) - before
+        assert len(tags) == 1
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130
+    assert json.loads(out.splitlines()[-1])["interrupted"] is True
+    assert_gone(tags.pop())
+
+
+def test_killed_lab_is_cleaned_by_lab_cleanup():
+    before = set(re.findall(r"nd-(l[0-9a-f]+)-", subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                                text=True).stdout))
+    p = _start(["churn", "--seconds", 30])
+    try:
+        tags = _wait_running(p) - before
+        assert len(tags) == 1
+        p.kill()                                  # no chance to clean up
+        p.wait(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    tag = tags.pop()
+    assert f"nd-{tag}-" in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    c = subprocess.run([sys.executable, "-m", "netdiag", "lab", "cleanup"], capture_output=True, text=True)
+    assert c.returncode == 0 and f"nd-{tag}-cli" in c.stdout
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pgrep", "-f", f"nd-{tag}-"], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert_gone(tag)
