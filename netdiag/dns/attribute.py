@@ -159,7 +159,7 @@ def _new_group(**keys) -> dict:
     g = dict(keys)
     g.update({c: 0 for c in COUNTERS})
     g.update({"accepts": None, "failed_by_errno": {}, "resets_out_by_reason": {}, "_ips": set(), "_ports": set(),
-              "_who": set(), "_chain": [], "_ms": 0.0, "_ms_n": 0, "dsts": 0})
+              "_who": set(), "_pods": set(), "_chain": [], "_ms": 0.0, "_ms_n": 0, "dsts": 0})
     return g
 
 
@@ -173,7 +173,9 @@ def _add_row(g: dict, row: dict) -> None:
     ip, port = split_dst(row["dst"])
     g["_ips"].add(ip)
     g["_ports"].add(port)
-    g["_who"].add(_who(row))
+    g["_who"].add(row.get("netns_name") or f"netns:{row.get('netns')}")
+    if row.get("pod"):
+        g["_pods"].add(row["pod"])
     g["dsts"] += 1
     for n in row.get("domain_chain") or []:
         if n not in g["_chain"]:
@@ -187,9 +189,11 @@ def _finish(g: dict, who_key: str | None) -> dict:
     g["ips"] = len(g["_ips"])
     g["addrs"] = sorted(g.pop("_ips"))
     g["ports"] = sorted(g.pop("_ports"))
-    who = sorted(g.pop("_who"))
+    who, pods = sorted(g.pop("_who")), sorted(g.pop("_pods"))
     if who_key:
-        g[who_key] = who
+        g["netns_names"] = who
+        if pods:
+            g["pods"] = pods
     chain = g.pop("_chain")
     if len(chain) > 1 or g.get("chain"):
         g["chain"] = g.get("chain") or chain

@@ -132,7 +132,7 @@ class ParseCache:
         self.hits = self.misses = 0
 
     def get(self, msg: bytes) -> Message | None:
-        body = msg[2:]
+        body = bytes(msg[2:])
         m = self._d.get(body)
         if m is not None:
             self.hits += 1
