@@ -259,7 +259,7 @@ def rollup_domains(record: dict, per_pod: bool = False) -> list[dict]:
             extra = {"pod": who} if per_pod else {}
             g = groups[key] = _new_group(name=name, domain=name, domain_source="dns", **extra)
         stats = {k: r.get(k) for k in ("queries", "answers", "nxdomain", "servfail", "timeouts", "packets",
-                                        "latency_ms", "pps")}
+                                        "tcp", "latency_ms", "pps")}
         g["dns"] = merge_dns(g.get("dns"), stats)
         if r.get("chain") and len(r["chain"]) > 1:
             g["chain"] = r["chain"]
@@ -291,7 +291,7 @@ def rollup_pods(record: dict) -> list[dict]:
             g = groups[who] = _new_group(pod=who)
             g["_domains"] = set()
         stats = {k: r.get(k) for k in ("queries", "answers", "nxdomain", "servfail", "timeouts", "packets",
-                                        "latency_ms", "pps")}
+                                        "tcp", "latency_ms", "pps")}
         g["dns"] = merge_dns(g.get("dns"), stats)
     out = []
     for g in groups.values():

@@ -94,7 +94,7 @@ class QueryStats:
         lat = sorted(self.lat)
         d = {"queries": self.queries, "answers": self.answers, "nxdomain": self.nxdomain,
              "servfail": self.servfail, "timeouts": self.timeouts, "packets": self.packets,
-             "latency_ms": {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99),
+             "tcp": self.tcp, "latency_ms": {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99),
                             "max": round(lat[-1], 3) if lat else None}}
         if interval_s:
             d["pps"] = round(self.packets / interval_s, 1)
@@ -108,8 +108,8 @@ def merge_dns(a: dict | None, b: dict | None) -> dict | None:
         return dict(b) if b else None
     if not b:
         return dict(a)
-    out = {k: a.get(k, 0) + b.get(k, 0) for k in ("queries", "answers", "nxdomain", "servfail", "timeouts",
-                                                   "packets")}
+    out = {k: (a.get(k) or 0) + (b.get(k) or 0) for k in ("queries", "answers", "nxdomain", "servfail",
+                                                           "timeouts", "packets", "tcp")}
     la, lb = a.get("latency_ms") or {}, b.get("latency_ms") or {}
     out["latency_ms"] = {k: max((v for v in (la.get(k), lb.get(k)) if v is not None), default=None)
                          for k in ("p50", "p99", "max")}
