@@ -88,9 +88,11 @@ class PodMap:
     Tables are re-read at most every ``refresh_s`` seconds (on a miss sooner).
     """
 
-    def __init__(self, root: str | Path = "/", crictl: str | None = "auto", refresh_s: float = 10.0):
+    def __init__(self, root: str | Path = "/", crictl: str | None = "auto", refresh_s: float = 10.0,
+                 proc: str | Path | None = None):
         self.root = Path(root)
-        self.proc = self.root / "proc"
+        # a debug pod sees the node's files under /host but its processes in /proc (hostPID)
+        self.proc = Path(proc) if proc is not None else self.root / "proc"
         self.crictl = shutil.which("crictl") if crictl == "auto" else crictl
         self.refresh_s = refresh_s
         self._t = None

@@ -15,7 +15,10 @@ from .attribute import LINK_LOCAL_PPS
 
 
 def dns_options(f):
-    """--dns/--no-dns, --per-domain, --per-pod, --resolve, --dns-share."""
+    """--dns/--no-dns, --per-domain, --per-pod, --resolve, --dns-share, --host-root."""
+    f = click.option("--host-root", type=click.Path(file_okay=False), default="/", show_default=True,
+                     help="Where the node's /var/log/pods, /run/netns, /sys/fs/cgroup and CRI socket are "
+                          "(/host in `kubectl debug node/... --profile=sysadmin`); processes are read from /proc.")(f)
     f = click.option("--dns-share", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
                      help=f"Verdict dns_rate_limit_risk when the node's DNS packets/s exceed this share of "
                           f"{LINK_LOCAL_PPS} (the link-local resolver limit per instance).")(f)
@@ -38,12 +41,12 @@ class Enricher:
 
     def __init__(self, dns: bool = True, per_domain: bool = False, per_pod: bool = False,
                  resolve: bool = False, dns_share: float = 0.5, netns: int | None = None,
-                 pod_root: str = "/", observer=None):
+                 host_root: str = "/", observer=None):
         self.dns = dns or per_domain
         self.per_domain, self.per_pod, self.resolve = per_domain, per_pod, resolve
         self.dns_share = dns_share
         self.netns = netns
-        self.pod_root = pod_root
+        self.host_root = host_root
         self.observer = observer
         self.pods = None
         self.reverse = None
@@ -57,12 +60,14 @@ class Enricher:
         if self.dns and self.observer is None:
             from .observer import DnsObserver
             try:
-                self.observer = DnsObserver(netns_filter=self.netns).start()
+                from pathlib import Path
+                self.observer = DnsObserver(netns_filter=self.netns,
+                                            run=Path(self.host_root, "run", "netns")).start()
             except OSError as e:             # no CAP_NET_RAW: connections stay unnamed, and we say so
                 self.observer, self.note = None, f"DNS capture unavailable: {e}"
         if self.per_pod or self.per_domain:
             from ..pods import PodMap
-            self.pods = PodMap(self.pod_root)
+            self.pods = PodMap(self.host_root, proc="/proc")
         if self.resolve:
             from .attribute import ReverseResolver
             self.reverse = ReverseResolver()

@@ -17,9 +17,10 @@ def test_options_parse():
     def cmd(**kw):
         seen.update(kw)
 
-    r = CliRunner().invoke(cmd, ["--per-domain", "--per-pod", "--resolve", "--dns-share", "0.25"])
+    r = CliRunner().invoke(cmd, ["--per-domain", "--per-pod", "--resolve", "--dns-share", "0.25", "--host-root", "/"])
     assert r.exit_code == 0, r.output
-    assert seen == {"dns": True, "per_domain": True, "per_pod": True, "resolve": True, "dns_share": 0.25}
+    assert seen == {"dns": True, "per_domain": True, "per_pod": True, "resolve": True, "dns_share": 0.25,
+                    "host_root": "/"}
     CliRunner().invoke(cmd, ["--no-dns"])
     assert seen["dns"] is False
 
