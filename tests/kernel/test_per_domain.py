@@ -1,0 +1,180 @@
+"""Per-domain and per-pod attribution on the real kernel: a dnslib DNS server in a server
+namespace, clients in two (then three) client namespaces resolving and connecting, `Watcher`
+and `DnsObserver` in this process doing what `watch --per-domain [--per-pod]` does per interval."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from netdiag.dns import annotate, rollup_domains, rollup_pods
+from netdiag.dns.observer import DnsObserver
+from netdiag.pods import PodMap
+from netdiag.topology import Topology
+
+pytestmark = pytest.mark.kernel
+ROOT = Path(__file__).resolve().parents[2]
+DNSPEER = ROOT / "tests" / "dnspeer.py"
+SCHEMA = json.loads((ROOT / "docs" / "schema" / "watch-interval.schema.json").read_text())
+API = ["198.18.7.1", "198.18.7.2"]
+
+
+class DnsPeer:
+    def __init__(self, ns: str, *args):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(DNSPEER), *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def line(self) -> dict:
+        out = self.proc.stdout.readline()
+        if not out:
+            raise AssertionError(f"dnspeer exited: {self.proc.stderr.read()}")
+        return json.loads(out)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.line()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def lab(doctor):
+    with Topology() as t:
+        t.srv = t.add_ns("dsrv")
+        t.cli1 = t.add_ns("dcli1")
+        t.cli2 = t.add_ns("dcli2")
+        t.link(t.srv, "198.18.5.1/24", t.cli1, "198.18.5.2/24")
+        t.link(t.srv, "198.18.6.1/24", t.cli2, "198.18.6.2/24")
+        from netdiag.topology import ns_exec
+        for ip in API:
+            ns_exec(t.srv, "ip", "addr", "add", f"{ip}/32", "dev", "lo")
+        ns_exec(t.cli1, "ip", "route", "add", "198.18.7.0/24", "via", "198.18.5.1")
+        ns_exec(t.cli2, "ip", "route", "add", "198.18.7.0/24", "via", "198.18.6.1")
+        server = DnsPeer(t.srv, "serve")
+        peers = []
+        try:
+            assert server.line() == {"ready": True}
+            t.c1 = DnsPeer(t.cli1, "client", "198.18.5.1")
+            t.c2 = DnsPeer(t.cli2, "client", "198.18.6.1")
+            peers += [t.c1, t.c2]
+            t.peers = peers
+            yield t
+        finally:
+            for p in peers:
+                p.close()
+            server.close()
+
+
+@pytest.fixture(scope="module")
+def observed(lab):
+    from netdiag.watch import Watcher
+    w = Watcher(conntrack=False)
+    w.start()
+    obs = DnsObserver().start()
+    try:
+        obs.poll()
+        assert {lab.inode(lab.cli1), lab.inode(lab.cli2), lab.inode(lab.srv)} <= set(obs.covered)
+        yield w, obs
+    finally:
+        obs.close()
+        w.close()
+
+
+def interval(lab, w, obs, pods=None) -> dict:
+    """One `watch --per-domain` interval, keeping only this lab's namespaces."""
+    obs.poll()
+    rec = w.sample()
+    annotate(rec, obs, pods=pods or PodMap())
+    mine = {lab.inode(n) for n in lab.namespaces}
+    rec["destinations"] = [r for r in rec["destinations"] if r["netns"] in mine]
+    for k in ("netns", "netns_domains"):
+        rec["dns"][k] = [r for r in rec["dns"][k] if r["netns"] in mine]
+    rec["dns"]["domains"] = [d for d in rec["dns"]["domains"] if d["domain"].endswith(".lab.test")]
+    return rec
+
+
+def test_per_domain_per_pod_and_late_namespace(lab, observed):
+    w, obs = observed
+    interval(lab, w, obs)                                 # whatever happened before: not ours
+    c1, c2 = lab.c1, lab.c2
+    # phase 1: cli1 resolves api over UDP, cli2 resolves alias over TCP; both connect to both addresses
+    r = c1.ask(resolve="api.lab.test")
+    assert sorted(r["addrs"]) == API
+    r = c2.ask(resolve="alias.lab.test", tcp=True)
+    assert sorted(r["addrs"]) == API and r["cnames"] == ["api.lab.test"]
+    assert c1.ask(resolve="gone.lab.test")["rcode"] == "NXDOMAIN"
+    assert c1.ask(connect=API[0], port=8080, n=3)["ok"] == 3
+    assert c1.ask(connect=API[1], port=8080, n=2)["ok"] == 2
+    assert c2.ask(connect=API[0], port=8080, n=5)["ok"] == 5
+    assert c2.ask(connect=API[1], port=8080, n=4)["ok"] == 4
+    rec1 = interval(lab, w, obs)
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(rec1, SCHEMA)
+
+    doms = {d["name"]: d for d in rollup_domains(rec1)}
+    api = doms["api.lab.test"]
+    assert api["connects"] == 14 and api["established"] == 14 and api["ips"] == 2
+    assert api["addrs"] == API and api["ports"] == [8080]
+    assert api["chain"] == ["alias.lab.test", "api.lab.test"]                  # cli2's lookup went through the alias
+    assert "alias.lab.test" not in doms
+    assert api["dns"]["queries"] == 2 and api["dns"]["answers"] == 2          # api (cli1, UDP) + alias (cli2, TCP)
+    assert api["dns"]["tcp"] >= 2                                              # the TCP query and its answer
+    assert api["dns"]["latency_ms"]["p50"] is not None
+    assert doms["gone.lab.test"]["dns"]["nxdomain"] == 1 and doms["gone.lab.test"]["connects"] == 0
+    rows = [d for d in rec1["destinations"] if d["direction"] == "out" and d["dst"].endswith(":8080")]
+    assert rows and all(d["domain"] == "api.lab.test" for d in rows)
+    assert all(d["domain_chain"] == ["alias.lab.test", "api.lab.test"] for d in rows
+               if d["netns"] == lab.inode(lab.cli2))
+
+    # --per-pod (off Kubernetes: the ip-netns names), and both
+    pods = {p["pod"]: p for p in rollup_pods(rec1)}
+    assert pods[lab.cli1]["connects"] == 5
+    assert pods[lab.cli2]["connects"] == 10                # 9 to api + the TCP connection of its DNS lookup
+    assert pods[lab.cli1]["dns"]["nxdomain"] == 1 and pods[lab.cli2]["dns"]["tcp"] >= 2
+    both = {(d["pod"], d["name"]): d for d in rollup_domains(rec1, per_pod=True)}
+    assert both[(lab.cli1, "api.lab.test")]["connects"] == 5
+    assert both[(lab.cli2, "api.lab.test")]["connects"] == 9
+    assert both[(lab.cli2, "api.lab.test")]["dns"]["queries"] == 1             # the alias lookup, folded in
+    assert both[(lab.cli1, "gone.lab.test")]["dns"]["nxdomain"] == 1
+
+    # phase 2: cli1 resolves other (same address as api's first) and connects there
+    assert c1.ask(resolve="other.lab.test")["addrs"] == [API[0]]
+    assert c1.ask(connect=API[0], port=8080, n=7)["ok"] == 7
+    assert c2.ask(connect=API[0], port=8080, n=1)["ok"] == 1                   # cli2 never resolved other
+    rec2 = interval(lab, w, obs)
+    doms2 = {d["name"]: d for d in rollup_domains(rec2)}
+    assert doms2["other.lab.test"]["connects"] == 7 and doms2["other.lab.test"]["ips"] == 1
+    assert doms2["api.lab.test"]["connects"] == 1
+    assert doms2["api.lab.test"]["netns_names"] == [lab.cli2]
+
+    # a namespace created after start is covered
+    lab.cli3 = lab.add_ns("dcli3")
+    lab.link(lab.srv, "198.18.8.1/24", lab.cli3, "198.18.8.2/24")
+    from netdiag.topology import ns_exec
+    ns_exec(lab.cli3, "ip", "route", "add", "198.18.7.0/24", "via", "198.18.8.1")
+    obs.poll()
+    assert lab.inode(lab.cli3) in obs.covered
+    c3 = DnsPeer(lab.cli3, "client", "198.18.8.1")
+    lab.peers.append(c3)
+    assert sorted(c3.ask(resolve="api.lab.test")["addrs"]) == API
+    assert c3.ask(connect=API[1], port=8080, n=3)["ok"] == 3
+    rec3 = interval(lab, w, obs)
+    both3 = {(d["pod"], d["name"]): d for d in rollup_domains(rec3, per_pod=True)}
+    assert both3[(lab.cli3, "api.lab.test")]["connects"] == 3
+    assert both3[(lab.cli3, "api.lab.test")]["dns"]["answers"] == 1
+    for rec in (rec1, rec2, rec3):
+        assert rec["dns"]["lost"] == 0
