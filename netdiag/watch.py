@@ -39,7 +39,7 @@ def _enum_namer(category: str, event: str, field: str):
 class Watcher:
     def __init__(self, mode: str = "auto", netns: int | None = None, port: int | None = None,
                  dst: str | None = None, max_dsts: int = 16384, syscall_tracepoints: bool = False,
-                 conntrack: bool = True, diagnoser=None):
+                 conntrack: bool = True, diagnoser=None, enrich=None):
         # Syscall tracepoints put every syscall of every task on the slow path: off by default.
         # Without them, EADDRNOTAVAIL is inferred from the state tracepoint, and accept() calls
         # are counted only where inet_csk_accept can be hooked (kprobe/fentry).
@@ -52,6 +52,8 @@ class Watcher:
         self.conntrack_note = None
         # anything with .update(interval_record) -> list of verdict dicts (netdiag/diagnose.py)
         self.diagnoser = diagnoser
+        # anything called with each record before diagnosis (DNS domains, pods: netdiag/dns)
+        self.enrich = enrich
         self.netns_filter = netns
         self.port = port
         self.dst_net = ipaddress.ip_network(dst, strict=False) if dst else None
@@ -227,8 +229,10 @@ class Watcher:
         }
         if self.conntrack is not None:
             merge_conntrack(record, self.conntrack.snapshot())
+        if self.enrich is not None:
+            self.enrich(record)
         if self.diagnoser is not None:
-            record["verdicts"] = self.diagnoser.update(record)
+            record["verdicts"] = self.diagnoser.update(record) + record["verdicts"]
         self.prev_vals, self.prev_codes, self.prev_drops, self.prev_hist = cur, codes, drops, hist
         self.prev_active = active
         self.prev_evictions = evictions

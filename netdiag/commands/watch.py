@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from ..dns.watchcli import Enricher, dns_options, print_plain_rollups, rich_rollup_tables
 from ..options import duration_option, interval_option, json_option
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -33,7 +34,9 @@ SPARK = "▁▂▃▄▅▆▇█"
                    "tracepoints, which slow every syscall a little).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Create this file once the probes are attached.")
-def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, count_accepts, ready_file):
+@dns_options
+def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, count_accepts, ready_file,
+            dns, per_domain, per_pod, resolve, dns_share, host_root):
     """Watch connections per destination and listener, counted in the kernel.
 
     Every interval: connects, established, failed (by errno), active (open now, including
@@ -61,6 +64,9 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     require_privileges()
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
                       syscall_tracepoints=count_accepts, diagnoser=Diagnoser())
+    enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
+                        dns_share=dns_share, netns=netns_inode, host_root=host_root)
+    watcher.enrich = enricher.apply
     stop = {"flag": False}
 
     def on_signal(signum, _frame):
@@ -71,6 +77,9 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     tty = sys.stdout.isatty() and not as_json
     try:
         try:
+            enricher.start()
+            if enricher.note:
+                click.echo(f"netdiag: {enricher.note}", err=True)
             watcher.start()
         except Exception:
             if stop["flag"]:             # Ctrl-C while compiling: nothing attached, nothing to say
@@ -102,6 +111,7 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
                     view.update(rec)
                 else:
                     print_plain(rec, top)
+                    print_plain_rollups(rec, top)
         if deadline is not None and not stop["flag"]:
             rec = watcher.sample()            # the partial last interval
             if rec["interval_s"] > 0.05:
@@ -110,7 +120,9 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
                     sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
                 elif not view:
                     print_plain(rec, top)
+                    print_plain_rollups(rec, top)
     finally:
+        enricher.close()
         watcher.close()
         for s, h in old.items():
             signal.signal(s, h)
@@ -287,7 +299,7 @@ class LiveView:
                        str(l["max_queue"]), str(l["established"]),
                        "-" if l["accepts"] is None else str(l["accepts"]), str(l["overflows"]),
                        str(l["synack_retrans"]), style=style)
-        parts = [head, totals, dt, lt]
+        parts = [head, totals, *rich_rollup_tables(rec, self.top), dt, lt]
         if rec.get("verdicts"):
             vt = Table(title="verdicts", title_justify="left", expand=True, title_style="bold red")
             for col in ("verdict", "where", "number", "evidence", "fix"):
