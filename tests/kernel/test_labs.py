@@ -13,11 +13,16 @@ import time
 
 import pytest
 
+from .conftest import record_result
+
 pytestmark = pytest.mark.kernel
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
 
 
-def run_lab(*args, timeout=150):
+LAB_TIMEOUT = float(os.environ.get("ND_LAB_TIMEOUT", "150"))   # the emulated VM lane raises it
+
+
+def run_lab(*args, timeout=LAB_TIMEOUT):
     p = subprocess.run([sys.executable, "-m", "netdiag", "lab", *map(str, args), "--json"],
                        capture_output=True, text=True, timeout=timeout)
     lines = [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
@@ -61,7 +66,10 @@ def host_untouched(doctor):
 
 
 def test_snat_cap_13():
-    v = only(run_lab("snat-cap", "--ports", 13))
+    res = run_lab("snat-cap", "--ports", 13)
+    v = only(res)
+    record_result("lab/snat-cap", {"kind": v["kind"], "cap": v["cap"],
+                                   "modes": res["_records"][-1]["modes"] if res["_records"] else {}})
     assert v["cap"] == 13 and v["evidence"]["port_range"] == 13
     assert v["evidence"]["nat_insert_failed"] > 0 and "nd-" in v["where"]
 
@@ -69,12 +77,16 @@ def test_snat_cap_13():
 def test_remote_cap_13_from_client_side_alone():
     res = run_lab("remote-cap", "--ports", 13)
     v = only(res)
+    record_result("lab/remote-cap", {"kind": v["kind"], "cap": v["cap"],
+                                     "kinds": sorted({x["kind"] for x in res["verdicts"]}),
+                                     "modes": res["_records"][-1]["modes"] if res["_records"] else {}})
     assert v["kind"] == "remote_connection_cap" and v["cap"] == 13
     assert "snat_port_exhaustion" not in {x["kind"] for x in res["verdicts"]}
     assert all(not r.get("nat") for r in res["_records"])        # netdiag saw no NAT
     assert v["where"].startswith("beyond this node")
 
 
+@pytest.mark.heavy   # host lane only: no kprobe signal of its own
 def test_port_exhaustion_6():
     res = run_lab("port-exhaustion", "--ports", 6)
     v = only(res)
@@ -82,11 +94,13 @@ def test_port_exhaustion_6():
     assert v["evidence"]["EADDRNOTAVAIL"] == res["load"]["client"]["failed_by_errno"]["EADDRNOTAVAIL"] == 5
 
 
+@pytest.mark.heavy   # host lane only: no kprobe signal of its own
 def test_listen_overflow_backlog_4():
     v = only(run_lab("listen-overflow", "--backlog", 4))
     assert v["backlog"] == 4 and v["evidence"]["overflows"] > 0
 
 
+@pytest.mark.heavy   # host lane only: no kprobe signal of its own
 def test_idle_timeout_5():
     res = run_lab("idle-timeout", "--timeout", 5)
     v = only(res)
@@ -94,17 +108,20 @@ def test_idle_timeout_5():
     assert res["load"]["client"]["reset"] >= 2 and res["load"]["client"]["alive"] >= 2
 
 
+@pytest.mark.heavy   # host lane only: no kprobe signal of its own
 def test_microburst():
     v = only(run_lab("microburst", "--burst", 150, "--window-ms", 10, "--backlog", 8))
     assert v["peak_per_ms"] > 0 and v["evidence"]["peak_connects"] >= 20
     assert v["evidence"]["drops_in_bursts"] > 0 and v["evidence"]["backlog"] == 8
 
 
+@pytest.mark.heavy   # host lane only: no kprobe signal of its own
 def test_churn_one_request_per_connection():
     v = only(run_lab("churn", "--requests-per-conn", 1, "--seconds", 4))
     assert v["connects_per_active"] >= 10
 
 
+@pytest.mark.heavy   # host lane only: no kprobe signal of its own
 def test_healthy_has_no_verdict():
     res = run_lab("healthy", "--clients", 15)
     assert res["verdicts"] == []
@@ -128,6 +145,7 @@ def _wait_running(p) -> str:
     return tags
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_lab_removes_everything(sig):
     before = set(re.findall(r"nd-(l[0-9a-f]+)-", subprocess.run(["ip", "netns", "list"], capture_output=True,
@@ -146,6 +164,7 @@ def test_interrupted_lab_removes_everything(sig):
     assert_gone(tags.pop())
 
 
+@pytest.mark.heavy   # host lane only: no kprobe signal of its own
 def test_killed_lab_is_cleaned_by_lab_cleanup():
     before = set(re.findall(r"nd-(l[0-9a-f]+)-", subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                                 text=True).stdout))

@@ -15,7 +15,7 @@ from netdiag.dns.observer import DnsObserver
 from netdiag.pods import PodMap
 from netdiag.topology import Topology
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.heavy]   # DNS capture has no kprobe path: host lane
 ROOT = Path(__file__).resolve().parents[2]
 DNSPEER = ROOT / "tests" / "dnspeer.py"
 SCHEMA = json.loads((ROOT / "docs" / "schema" / "watch-interval.schema.json").read_text())

@@ -79,6 +79,14 @@ def test_watch_counts_through_kprobes(lane):
     assert res["watch/overflow"]["overflows"] > 0 and res["watch/overflow"]["syn_retrans"] > 0
 
 
+def test_snat_labs_through_kprobes(lane):
+    res = lane["results"]
+    assert res["lab/snat-cap"]["kind"] == "snat_port_exhaustion" and res["lab/snat-cap"]["cap"] == 13
+    assert res["lab/remote-cap"]["kind"] == "remote_connection_cap" and res["lab/remote-cap"]["cap"] == 13
+    assert "snat_port_exhaustion" not in res["lab/remote-cap"]["kinds"]
+    assert res["lab/snat-cap"]["modes"]["connect"] == "kprobe"
+
+
 def test_auto_mode_used_kprobes(lane):
     assert lane["results"]["auto/connect_accept"]["modes"] == {"connect": "kprobe", "accept": "kprobe"}
     assert lane["results"]["fentry/connect_accept"]["modes"] == {"connect": "fentry", "accept": "fentry"}
