@@ -31,8 +31,9 @@ def dns_options(f):
     f = click.option("--per-domain", is_flag=True,
                      help="Roll destinations up by the domain each namespace resolved (all IPs and ports "
                           "merged), with DNS latency and failures per domain.")(f)
-    f = click.option("--dns/--no-dns", "dns", default=True, show_default=True,
-                     help="Watch DNS answers in every namespace to fill `domain` (--no-dns: leave it null).")(f)
+    f = click.option("--dns/--no-dns", "dns", default=False, show_default=True,
+                     help="Watch DNS answers in every namespace to fill `domain` (on with --per-domain). "
+                          "Off by default: a packet tap on every namespace costs every packet a clone.")(f)
     return f
 
 
