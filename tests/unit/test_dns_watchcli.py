@@ -19,8 +19,11 @@ def test_options_parse():
 
     r = CliRunner().invoke(cmd, ["--per-domain", "--per-pod", "--resolve", "--dns-share", "0.25", "--host-root", "/"])
     assert r.exit_code == 0, r.output
-    assert seen == {"dns": True, "per_domain": True, "per_pod": True, "resolve": True, "dns_share": 0.25,
+    # DNS capture is off unless asked: --per-domain turns it on in the Enricher, --dns alone too
+    assert seen == {"dns": False, "per_domain": True, "per_pod": True, "resolve": True, "dns_share": 0.25,
                     "host_root": "/"}
+    CliRunner().invoke(cmd, ["--dns"])
+    assert seen["dns"] is True
     CliRunner().invoke(cmd, ["--no-dns"])
     assert seen["dns"] is False
 
