@@ -63,7 +63,8 @@ struct nd_drop_key {
     u32 reason;
 };
 
-BPF_F_TABLE("lru_hash", struct nd_dst_key, struct nd_dst_val, nd_dsts, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
+/* per-CPU values: no atomic, no cache line bouncing between CPUs; userspace sums them */
+BPF_F_TABLE("lru_percpu_hash", struct nd_dst_key, struct nd_dst_val, nd_dsts, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
 BPF_F_TABLE("lru_hash", struct nd_code_key, u64, nd_codes, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
 /* outbound established sockets (by struct sock address) -> their destination row */
 BPF_F_TABLE("lru_hash", u64, struct nd_dst_key, nd_out_sk, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
@@ -78,7 +79,7 @@ BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_seeded, ND_MAX_SOCKS, BPF
 BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_seed_window, 65536, BPF_F_NO_COMMON_LRU);
 BPF_ARRAY(nd_seed_ctl, u32, 2);    /* [0] seeding done, [1] nd_out_seeded has entries */
 BPF_TABLE("lru_hash", struct nd_drop_key, u64, nd_drops, 4096);
-BPF_ARRAY(nd_lat_hist, u64, 32);      /* node-wide connect latency, log2(microseconds) */
+BPF_PERCPU_ARRAY(nd_lat_hist, u64, 32);   /* node-wide connect latency, log2(microseconds) */
 
 static __always_inline void nd_key_remote(struct nd_dst_key *k, u32 netns, struct nd_tuple *t)
 {
@@ -118,8 +119,7 @@ static __always_inline struct nd_dst_val *nd_dst(struct nd_dst_key *k, u32 dir)
         if (!v)
             return 0;
     }
-    if (!(v->dir & dir))
-        v->dir |= dir;
+    v->dir |= dir;                  /* this CPU's copy; userspace ORs them */
     return v;
 }
 
@@ -157,7 +157,7 @@ static __always_inline void nd_agg_connect(u32 netns, struct nd_tuple *t)
     nd_key_remote(&k, netns, t);
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_OUT);
     if (v)
-        __sync_fetch_and_add(&v->connects, 1);
+        v->connects += 1;
 }
 
 static __always_inline int nd_seed_flag(u32 idx)
@@ -180,19 +180,19 @@ static __always_inline void nd_agg_outcome(u64 sk, u32 netns, struct nd_tuple *t
     if (!v)
         return;
     if (err) {
-        __sync_fetch_and_add(&v->failed, 1);
+        v->failed += 1;
         nd_code_add(&k, ND_CODE_CONNECT_ERRNO, err);
         return;
     }
-    __sync_fetch_and_add(&v->established, 1);
-    __sync_fetch_and_add(&v->active, 1);
-    __sync_fetch_and_add(&v->lat_sum_ns, lat_ns);
-    __sync_fetch_and_add(&v->lat_count, 1);
+    v->established += 1;
+    v->active += 1;
+    v->lat_sum_ns += lat_ns;
+    v->lat_count += 1;
     u8 one = 1;
     u32 slot = nd_log2(lat_ns / 1000);
     u64 *h = nd_lat_hist.lookup(&slot);
     if (h)
-        __sync_fetch_and_add(h, 1);
+        (*h)++;
     nd_out_sk.update(&sk, &k);
     nd_out_closed.delete(&sk);
     if (!nd_seed_flag(0)) {
@@ -227,7 +227,7 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t)
      * there, userspace adds the seeded count) */
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_OUT);
     if (v)
-        __sync_fetch_and_add(&v->active, -1);
+        v->active += -1;
 }
 
 /* Which row does an event on this socket belong to? Outbound sockets (connecting, or in
@@ -257,7 +257,7 @@ static __always_inline void nd_agg_inbound_established(u64 sk, struct nd_tuple *
     nd_key_local(&k, nd_netns_of_sk((void *)sk), t);
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_IN);
     if (v)
-        __sync_fetch_and_add(&v->established, 1);
+        v->established += 1;
 }
 
 static __always_inline void nd_agg_accepted(u32 netns, struct nd_tuple *t)
@@ -266,5 +266,5 @@ static __always_inline void nd_agg_accepted(u32 netns, struct nd_tuple *t)
     nd_key_local(&k, netns, t);
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_IN);
     if (v)
-        __sync_fetch_and_add(&v->accepts, 1);
+        v->accepts += 1;
 }

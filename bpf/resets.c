@@ -26,12 +26,12 @@ static __always_inline void nd_rst_count(u64 sk, u32 netns, struct nd_tuple *t, 
     if (!v)
         return;
     if (out) {
-        __sync_fetch_and_add(&v->resets_out, 1);
+        v->resets_out += 1;
 #ifdef ND_RST_HAS_REASON
         nd_code_add(&k, ND_CODE_RST_OUT_REASON, reason);
 #endif
     } else {
-        __sync_fetch_and_add(&v->resets_in, 1);
+        v->resets_in += 1;
     }
 }
 

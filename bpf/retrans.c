@@ -25,9 +25,9 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
     if (!v)
         return 0;
     if (syn)
-        __sync_fetch_and_add(&v->syn_retrans, 1);
+        v->syn_retrans += 1;
     else
-        __sync_fetch_and_add(&v->retrans, 1);
+        v->retrans += 1;
     return 0;
 }
 
@@ -51,6 +51,6 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
     nd_key_local(&k, netns, &t);
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_IN);
     if (v)
-        __sync_fetch_and_add(&v->syn_retrans, 1);
+        v->syn_retrans += 1;
     return 0;
 }

@@ -94,10 +94,12 @@ class Map:
         _sys(BPF_MAP_UPDATE_ELEM, attr)
 
     def items(self, batch: int = 4096) -> list[tuple[bytes, bytes]]:
-        """Every (key, value) pair, in batches of ``batch`` (BPF_MAP_LOOKUP_BATCH, kernel ≥ 5.6)."""
+        """Every (key, value) pair, in batches of ``batch`` (BPF_MAP_LOOKUP_BATCH, kernel ≥ 5.6);
+        for per-CPU maps the value is a list of per-CPU byte strings."""
         out = []
+        vsize = self.stride * self.ncpus          # per-CPU maps: one value per possible CPU
         keys = ctypes.create_string_buffer(self.key_size * batch)
-        vals = ctypes.create_string_buffer(self.value_size * batch)
+        vals = ctypes.create_string_buffer(vsize * batch)
         in_batch = ctypes.create_string_buffer(max(self.key_size, 8))
         out_batch = ctypes.create_string_buffer(max(self.key_size, 8))
         first = True
@@ -119,8 +121,10 @@ class Map:
             count = ctypes.c_uint32.from_buffer(attr, 32).value
             kr, vr = keys.raw, vals.raw
             for i in range(count):
-                out.append((kr[i * self.key_size:(i + 1) * self.key_size],
-                            vr[i * self.value_size:(i + 1) * self.value_size]))
+                v = vr[i * vsize:(i + 1) * vsize]
+                if self.percpu:
+                    v = [v[c * self.stride: c * self.stride + self.value_size] for c in range(self.ncpus)]
+                out.append((kr[i * self.key_size:(i + 1) * self.key_size], v))
             if done:
                 return out
             ctypes.memmove(in_batch, out_batch, len(out_batch))

@@ -358,11 +358,3 @@ class ProbeEngine:
     def __exit__(self, *exc):
         self.close()
 
-
-def read_table(bpf, name: str) -> list:
-    """All (key, value) pairs of a BPF hash map; batched syscalls where the kernel has them."""
-    t = bpf[name]
-    try:
-        return list(t.items_lookup_batch())
-    except Exception:       # kernels < 5.6 or map types without batch ops
-        return list(t.items())

@@ -10,7 +10,7 @@ import threading
 import time
 
 from . import aggregate as agg
-from . import inetdiag, loader
+from . import inetdiag, loader, namespaces
 from . import netns as nsmod
 from . import tracefs
 from .decode import CODE_KEY, DROP_KEY, DST_KEY, DST_VAL, DST_VAL_FIELDS, SOCK_KEY, U64, format_addr
@@ -121,7 +121,7 @@ class Watcher:
 
     # -- seeding --------------------------------------------------------------------------------
     def _namespaces(self) -> dict[int, str]:
-        spaces = nsmod.all_namespaces()
+        spaces = {inode: ns.path for inode, ns in namespaces.discover().items()}
         if self.netns_filter is not None:
             spaces = {k: v for k, v in spaces.items() if k == self.netns_filter}
         return spaces
@@ -146,8 +146,8 @@ class Watcher:
         flagged = False
         for inode, path in self._namespaces().items():
             try:
-                socks = nsmod.run_in(path, inetdiag.dump, (1 << inetdiag.TCP_ESTABLISHED) | (1 << inetdiag.TCP_LISTEN))
-            except (OSError, RuntimeError):
+                socks = namespaces.run_in(path, inetdiag.dump, (1 << inetdiag.TCP_ESTABLISHED) | (1 << inetdiag.TCP_LISTEN))
+            except (OSError, namespaces.NetnsError):
                 continue        # the namespace went away
             for s in inetdiag.outbound_established(socks):
                 key = SOCK_KEY.pack(inode, AF_INET6 if s.family == 6 else 2, s.lport, s.rport, 0, 0,
@@ -171,7 +171,7 @@ class Watcher:
         for kb, vb in entries:
             netns, fam, port, addr = DST_KEY.unpack(kb)
             key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port)
-            v = dict(zip(DST_VAL_FIELDS, DST_VAL.unpack(vb)))
+            v = _sum_percpu(vb)
             cur[key] = {c: v[c] for c in agg.COUNTERS}
             dirs[key] = v["dir"]
             active[key] = v["active"] + seed.get(key, 0)
@@ -186,10 +186,13 @@ class Watcher:
             key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port)
             codes[(key, kind, code)] = U64.unpack(vb)[0]
         drops = {DROP_KEY.unpack(kb): U64.unpack(vb)[0] for kb, vb in self.maps["nd_drops"].items()}
-        hist = [U64.unpack(self.maps["nd_lat_hist"].lookup(struct.pack("<I", i)))[0] for i in range(32)]
+        hist = [sum(U64.unpack(c)[0] for c in self.maps["nd_lat_hist"].lookup(struct.pack("<I", i)))
+                for i in range(32)]
         stats = {i: sum(U64.unpack(v)[0] for v in self.maps["nd_stats"].lookup(struct.pack("<I", i)))
                  for i in (STAT_DST_NEW, STAT_LOST)}
-        evictions = max(stats[STAT_DST_NEW] - len(entries), 0)
+        # a batched dump taken while the probes update the map can repeat a key: count distinct ones
+        n_entries = len({kb for kb, _ in entries})
+        evictions = max(stats[STAT_DST_NEW] - n_entries, 0)
 
         code_d = agg.code_deltas(codes, self.prev_codes)
         rows = agg.build_rows(cur, self.prev_vals, dirs, active, code_d, {}, _errno_name, self.rst_reason,
@@ -219,7 +222,7 @@ class Watcher:
             "lost_events": stats[STAT_LOST],
             "evictions": evictions - self.prev_evictions,
             "evictions_total": evictions,
-            "map_entries": len(entries),
+            "map_entries": n_entries,
             "map_max": self.max_dsts,
             "seeding": self.seeding,
             "destinations": rows,
@@ -257,8 +260,8 @@ class Watcher:
         out = []
         for inode, path in self._namespaces().items():
             try:
-                socks, ns_stat = nsmod.run_in(path, _listen_snapshot)
-            except OSError:
+                socks, ns_stat = namespaces.run_in(path, _listen_snapshot)
+            except (OSError, namespaces.NetnsError):
                 continue
             mine = []
             for s in socks:
@@ -315,6 +318,18 @@ def merge_conntrack(record: dict, snap: dict) -> None:
                                  for ns in snap.get("netns", [])]
     record["node_totals"]["conntrack"] = snap.get("node_totals", {})
     record["lost_events"] += snap.get("lost_events", 0)
+
+
+def _sum_percpu(values) -> dict:
+    """nd_dsts values are per CPU: counters and the active gauge add up, direction bits OR."""
+    out = dict.fromkeys(DST_VAL_FIELDS, 0)
+    for raw in values if isinstance(values, list) else [values]:
+        for name, x in zip(DST_VAL_FIELDS, DST_VAL.unpack(raw)):
+            if name == "dir":
+                out["dir"] |= x
+            else:
+                out[name] += x
+    return out
 
 
 def _listen_snapshot():
