@@ -53,7 +53,9 @@ def test_guest_kernel_tier_passed(lane):
 
 
 def test_doctor_reports_kprobe_and_matching_headers(lane):
-    assert lane["doctor"]["modes"] == {"connect": "kprobe", "accept": "kprobe"}
+    modes = lane["doctor"]["modes"]
+    assert (modes["connect"], modes["accept"]) == ("kprobe", "kprobe")
+    assert {modes[s] for s in ("resets", "retrans", "drops")} == {"tracepoint"}   # tracepoint-only signals
     assert lane["doctor"]["headers"] == "matching"
 
 
