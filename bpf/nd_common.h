@@ -34,6 +34,22 @@ struct nd_tuple {
     u8 daddr[16];
 };
 
+/* Fill a struct nd_tuple from a tracepoint record with the usual family/sport/dport/saddr/daddr/
+ * saddr_v6/daddr_v6 fields (inet_sock_set_state, tcp_receive_reset, tcp_retransmit_*, …). */
+#define ND_TUPLE_FROM_ARGS(t, a)                                        \
+    do {                                                                \
+        (t).family = (a)->family;                                       \
+        (t).sport = (a)->sport;                                         \
+        (t).dport = (a)->dport;                                         \
+        if ((t).family == AF_INET6) {                                   \
+            __builtin_memcpy((t).saddr, (a)->saddr_v6, 16);             \
+            __builtin_memcpy((t).daddr, (a)->daddr_v6, 16);             \
+        } else {                                                        \
+            __builtin_memcpy((t).saddr, (a)->saddr, 4);                 \
+            __builtin_memcpy((t).daddr, (a)->daddr, 4);                 \
+        }                                                               \
+    } while (0)
+
 BPF_PERCPU_ARRAY(nd_stats, u64, ND_STAT_MAX);
 
 static __always_inline void nd_count(u32 idx)

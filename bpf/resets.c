@@ -55,16 +55,7 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
         __builtin_memcpy(t.daddr, args->daddr + 4, 4);
     }
 #else
-    t.family = args->family;
-    t.sport = args->sport;
-    t.dport = args->dport;
-    if (t.family == AF_INET6) {
-        __builtin_memcpy(t.saddr, args->saddr_v6, 16);
-        __builtin_memcpy(t.daddr, args->daddr_v6, 16);
-    } else {
-        __builtin_memcpy(t.saddr, args->saddr, 4);
-        __builtin_memcpy(t.daddr, args->daddr, 4);
-    }
+    ND_TUPLE_FROM_ARGS(t, args);
 #endif
     if (t.family != AF_INET && t.family != AF_INET6)
         return 0;
@@ -85,16 +76,7 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 {
     struct nd_tuple t = {};
     u64 sk = (u64)args->skaddr;
-    t.family = args->family;
-    t.sport = args->sport;
-    t.dport = args->dport;
-    if (t.family == AF_INET6) {
-        __builtin_memcpy(t.saddr, args->saddr_v6, 16);
-        __builtin_memcpy(t.daddr, args->daddr_v6, 16);
-    } else {
-        __builtin_memcpy(t.saddr, args->saddr, 4);
-        __builtin_memcpy(t.daddr, args->daddr, 4);
-    }
+    ND_TUPLE_FROM_ARGS(t, args);
     u32 netns = nd_netns_of_sk((void *)sk);
     if (!nd_netns_allowed(netns))
         return 0;

@@ -5,16 +5,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 {
     struct nd_tuple t = {};
     u64 sk = (u64)args->skaddr;
-    t.family = args->family;
-    t.sport = args->sport;
-    t.dport = args->dport;
-    if (t.family == AF_INET6) {
-        __builtin_memcpy(t.saddr, args->saddr_v6, 16);
-        __builtin_memcpy(t.daddr, args->daddr_v6, 16);
-    } else {
-        __builtin_memcpy(t.saddr, args->saddr, 4);
-        __builtin_memcpy(t.daddr, args->daddr, 4);
-    }
+    ND_TUPLE_FROM_ARGS(t, args);
     u32 netns = nd_netns_of_sk((void *)sk);
     if (!nd_netns_allowed(netns))
         return 0;
@@ -34,16 +25,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
 {
     struct nd_tuple t = {};
-    t.family = args->family;
-    t.sport = args->sport;
-    t.dport = args->dport;
-    if (t.family == AF_INET6) {
-        __builtin_memcpy(t.saddr, args->saddr_v6, 16);
-        __builtin_memcpy(t.daddr, args->daddr_v6, 16);
-    } else {
-        __builtin_memcpy(t.saddr, args->saddr, 4);
-        __builtin_memcpy(t.daddr, args->daddr, 4);
-    }
+    ND_TUPLE_FROM_ARGS(t, args);
     u32 netns = nd_netns_of_sk((void *)args->skaddr);
     if (!nd_netns_allowed(netns))
         return 0;

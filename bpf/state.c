@@ -9,16 +9,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     int oldstate = args->oldstate, newstate = args->newstate;
     u64 sk = (u64)args->skaddr;
     struct nd_tuple t = {};
-    t.family = args->family;
-    t.sport = args->sport;
-    t.dport = args->dport;
-    if (t.family == AF_INET6) {
-        __builtin_memcpy(t.saddr, args->saddr_v6, 16);
-        __builtin_memcpy(t.daddr, args->daddr_v6, 16);
-    } else {
-        __builtin_memcpy(t.saddr, args->saddr, 4);
-        __builtin_memcpy(t.daddr, args->daddr, 4);
-    }
+    ND_TUPLE_FROM_ARGS(t, args);
 
 #ifdef ND_CONNECT_MODE
     if (oldstate == ND_TCP_CLOSE && newstate == ND_TCP_SYN_SENT) {
