@@ -147,6 +147,10 @@ class Btf:
             raise KeyError(f"struct {struct_name}.{path} is a bitfield")
         return total // 8
 
+    def sizeof(self, struct_name: str) -> int:
+        """Byte size of ``struct struct_name`` (for indexing arrays of it by offset)."""
+        return self.types[self.find(STRUCT, struct_name)].size_or_type
+
     def func_nargs(self, func_name: str) -> int:
         fid = self.find(FUNC, func_name)
         proto = self.types[self.types[fid].size_or_type]
@@ -181,6 +185,31 @@ OFFSETS = {
 }
 
 
+# Conntrack walks of the "snat" signal (bpf/snat.c). A separate group: a kernel without
+# conntrack in its BTF loses the kprobe SNAT path (netlink remains), not the socket offsets.
+CT_OFFSETS = {
+    "ND_OFF_CT_TUPLEHASH": ("nf_conn", "tuplehash"),           # [IP_CT_DIR_MAX] nf_conntrack_tuple_hash
+    "ND_OFF_CT_NET": ("nf_conn", "ct_net"),                    # possible_net_t
+    "ND_OFF_CT_STATUS": ("nf_conn", "status"),                 # IPS_* bits (UAPI)
+    "ND_OFF_CTH_TUPLE": ("nf_conntrack_tuple_hash", "tuple"),
+    "ND_OFF_CTT_SRC_U3": ("nf_conntrack_tuple", "src.u3"),     # union nf_inet_addr (16 bytes)
+    "ND_OFF_CTT_SRC_PORT": ("nf_conntrack_tuple", "src.u.all"),
+    "ND_OFF_CTT_L3NUM": ("nf_conntrack_tuple", "src.l3num"),
+    "ND_OFF_CTT_DST_U3": ("nf_conntrack_tuple", "dst.u3"),
+    "ND_OFF_CTT_DST_PORT": ("nf_conntrack_tuple", "dst.u.all"),
+    "ND_OFF_CTT_PROTONUM": ("nf_conntrack_tuple", "dst.protonum"),
+    "ND_OFF_SKB_NFCT": ("sk_buff", "_nfct"),                   # struct nf_conntrack * | ctinfo (low 3 bits)
+}
+CT_SIZES = {"ND_SIZE_CT_TUPLE_HASH": "nf_conntrack_tuple_hash"}
+
+
 def probe_offsets(btf: Btf) -> dict[str, int]:
     """Compute every offset in OFFSETS; raises KeyError naming the first one the kernel lacks."""
     return {name: btf.offset(s, path) for name, (s, path) in OFFSETS.items()}
+
+
+def probe_ct_offsets(btf: Btf) -> dict[str, int]:
+    """CT_OFFSETS and CT_SIZES; raises KeyError naming the first one the kernel lacks."""
+    out = {name: btf.offset(s, path) for name, (s, path) in CT_OFFSETS.items()}
+    out.update({name: btf.sizeof(s) for name, s in CT_SIZES.items()})
+    return out

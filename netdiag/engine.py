@@ -40,6 +40,7 @@ class SignalSpec:
     common: tuple            # tracepoints every mode needs
     btf_needed: bool         # the tracepoint mode walks pointers through BTF offsets
     modes: tuple = MODES     # the modes this signal has at all
+    btf_group: str = ""      # BTF offsets the kprobe/fentry modes need beyond the socket ones
 
 
 SIGNALS = {
@@ -70,10 +71,24 @@ SIGNALS = {
                           btf_needed=False, modes=("tracepoint",)),
     "drops": SignalSpec("drops", "drops.c", (), (), ("skb:kfree_skb",), (), btf_needed=False,
                         modes=("tracepoint",)),
+    # kprobe-only: without kprobes, SNAT and conntrack come from ctnetlink (netdiag/conntrack/)
+    "snat": SignalSpec(
+        "snat", "snat.c",
+        kfuncs=("nf_nat_setup_info", "__nf_conntrack_confirm", "nf_ct_delete", "nf_conntrack_free"),
+        kprobes=(("nf_nat_setup_info", "nd_kp_nat_setup", False),
+                 ("nf_nat_setup_info", "nd_kretp_nat_setup", True),
+                 ("__nf_conntrack_confirm", "nd_kp_ct_confirm", False),
+                 ("__nf_conntrack_confirm", "nd_kretp_ct_confirm", True),
+                 ("nf_ct_delete", "nd_kp_ct_release", False),
+                 ("nf_conntrack_free", "nd_kp_ct_release", False)),
+        tracepoints=(), common=(), btf_needed=True, modes=("kprobe",), btf_group="conntrack",
+    ),
 }
 # pasted after nd_common.h (and agg.c when aggregating) in this order, then state.c (shared)
-SOURCE_ORDER = ("connect", "accept", "resets", "retrans", "drops")
-AGGREGATE_ONLY = ("resets", "retrans", "drops")     # these only count, they never stream
+SOURCE_ORDER = ("connect", "accept", "resets", "retrans", "drops", "snat")
+AGGREGATE_ONLY = ("resets", "retrans", "drops", "snat")     # these only count, they never stream
+# signals a caller may ask for that are left out (not an error) where the kernel cannot hook them
+OPTIONAL = ("snat",)
 
 
 def bpf_dir() -> Path:
@@ -99,6 +114,11 @@ def mode_available(spec: SignalSpec, mode: str, feats: Features) -> tuple[bool, 
     missing_tp = [tp for tp in spec.common if not _tp_exists(tp)]
     if missing_tp:
         return False, f"tracepoint {missing_tp[0]}"
+    if spec.btf_group == "conntrack" and mode in ("kprobe", "fentry"):
+        from .btf import CT_OFFSETS, CT_SIZES
+        absent = [n for n in (*CT_OFFSETS, *CT_SIZES) if n not in feats.btf_offsets]
+        if absent:
+            return False, f"BTF offsets of the conntrack structs ({absent[0]})"
     if mode == "kprobe":
         if not feats.kprobes:
             return False, "kprobes (CONFIG_KPROBES)"
@@ -190,7 +210,18 @@ class ProbeEngine:
         self.netns = netns
         self.features = features or Features.probe(want_fentry=mode in ("auto", "fentry"))
         self.syscall_tracepoints = syscall_tracepoints
-        plan = plan_modes(self.signals, mode, self.features)
+        plan = plan_modes([s for s in self.signals if s not in OPTIONAL], mode, self.features)
+        self.unavailable = {}
+        for s in self.signals:
+            if s not in OPTIONAL:
+                continue
+            if mode != "auto" and mode not in SIGNALS[s].modes:
+                self.unavailable[s] = f"no {mode} variant"
+                continue
+            try:
+                plan.update(plan_modes([s], mode, self.features))
+            except FeatureMissing as e:
+                self.unavailable[s] = str(e)
         if not syscall_tracepoints and plan.get("accept") == "tracepoint":
             # the tracepoint accept path needs syscalls:sys_exit_accept*; without it, handshakes
             # completed on listeners are still counted by the state tracepoint
@@ -213,7 +244,7 @@ class ProbeEngine:
             eng.signals, eng.requested_mode, eng.pid, eng.netns = tuple(signals), mode, pid, netns
             eng.features = Features.probe(want_fentry=False)
             eng.plan = {s: (mode if mode != "auto" else "tracepoint") for s in eng.signals}
-            eng.bpf, eng.buffer, eng._perf_lost = None, "ringbuf", 0
+            eng.bpf, eng.buffer, eng._perf_lost, eng.unavailable = None, "ringbuf", 0, {}
             eng.stream, eng.aggregate, eng.max_dsts = True, False, 16384
             return eng
 

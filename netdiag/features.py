@@ -219,5 +219,9 @@ class Features:
             offsets = btfmod.probe_offsets(btfmod.kernel_btf())
         except (FeatureMissing, KeyError):
             offsets = {}
+        try:
+            offsets.update(btfmod.probe_ct_offsets(btfmod.kernel_btf()) if offsets else {})
+        except KeyError:
+            pass                # no conntrack in BTF: the "snat" kprobe path is unavailable
         hdr, _ = headers()
         return cls(kp, fe, rb, offsets, hdr, {"kprobes": kp_note, "fentry": fe_note, "ringbuf": rb_note})

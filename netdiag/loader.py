@@ -58,15 +58,24 @@ def _remove_tracefs_kprobes(names: list[str]) -> None:
         pass
 
 
-def load(engine_kwargs: dict, maps: list[str]) -> Detached:
-    """Run the engine in a child with these arguments; return the maps and attachments."""
+def _has_table(b, name: str) -> bool:
+    try:
+        b[name]
+    except KeyError:
+        return False
+    return True
+
+
+def load(engine_kwargs: dict, maps: list[str], optional_maps: tuple = ()) -> Detached:
+    """Run the engine in a child with these arguments; return the maps and attachments.
+    ``optional_maps`` may be absent from the program (left out of ``Detached.maps``)."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "netdiag.loader", str(child.fileno())],
                             pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
     child.close()
     try:
-        parent.sendall(json.dumps({"engine": engine_kwargs, "maps": maps}).encode() + b"\n")
+        parent.sendall(json.dumps({"engine": engine_kwargs, "maps": maps, "optional_maps": list(optional_maps)}).encode() + b"\n")
         header, fds = _recv_all(parent)
     finally:
         parent.close()
@@ -110,14 +119,16 @@ def _child(fd: int) -> None:
         eng = ProbeEngine(**req["engine"])
         eng.start()
         b = eng.bpf
-        map_fds = [b[name].map_fd for name in req["maps"]]
+        # maps of optional signals (engine.OPTIONAL) exist only when the signal was planned
+        names = [n for n in req["maps"] if n not in req.get("optional_maps", ()) or _has_table(b, n)]
+        map_fds = [b[name].map_fd for name in names]
         attach, kp_names = [], []
         for evs in b.kprobe_fds.values():
             attach += list(evs.values())
         kp_names = [ev for ev in b.kprobe_fds if os.path.exists(f"/sys/kernel/tracing/events/kprobes/{ev}")]
         attach += list(b.tracepoint_fds.values()) + list(b.raw_tracepoint_fds.values())
         attach += list(b.kfunc_entry_fds.values()) + list(b.kfunc_exit_fds.values())
-        header = {"plan": eng.plan, "maps": list(req["maps"]), "tracefs_kprobes": kp_names}
+        header = {"plan": eng.plan, "maps": names, "tracefs_kprobes": kp_names}
         all_fds = map_fds + attach
         payload = json.dumps(header).encode()
         for i in range(0, max(len(all_fds), 1), MAX_FDS_PER_MSG):

@@ -16,9 +16,10 @@ from . import tracefs
 from .decode import CODE_KEY, DROP_KEY, DST_KEY, DST_VAL, DST_VAL_FIELDS, SOCK_KEY, U64, format_addr
 from .errors import FeatureMissing
 
-WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops")
+WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops", "snat")   # snat: kprobes only
 MAPS = ("nd_dsts", "nd_codes", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
         "nd_stats")
+OPTIONAL_MAPS = ("nd_snat",)        # the snat signal's, present when it runs (kprobe path)
 AF_INET6 = 10
 STAT_DST_NEW, STAT_LOST = 6, 4      # bpf/nd_events.h
 
@@ -72,6 +73,7 @@ class Watcher:
         self.prev_hist: list | None = None
         self.prev_netstat: dict = {}
         self.prev_evictions = 0
+        self.prev_snat: dict = {}
         self.max_queue: dict = {}
         self.t_prev = None
 
@@ -79,10 +81,14 @@ class Watcher:
     def modes(self) -> dict:
         m = {"connect": self.plan["connect"], "accept": self.plan.get("accept", "tracepoint")}
         m.update(self.conntrack.modes if self.conntrack else {"conntrack": "off", "snat": "off"})
+        if self.plan.get("snat") == "kprobe":
+            # SNAT allocations, ranges and insert failures from kprobes (bpf/snat.c); table fill
+            # and per-namespace stats stay on ctnetlink
+            m.update({"conntrack": "kprobe", "snat": "kprobe"})
         return m
 
     def start(self) -> None:
-        self.prog = loader.load(self.engine_kwargs, list(MAPS))
+        self.prog = loader.load(self.engine_kwargs, list(MAPS) + list(OPTIONAL_MAPS), OPTIONAL_MAPS)
         self.plan = self.prog.plan
         self.maps = self.prog.maps
         if self.want_conntrack:
@@ -230,8 +236,15 @@ class Watcher:
             "node_totals": totals,
             "verdicts": [],
         }
-        if self.conntrack is not None:
-            merge_conntrack(record, self.conntrack.snapshot())
+        snap = self.conntrack.snapshot() if self.conntrack is not None else None
+        if "nd_snat" in self.maps:
+            from .conntrack import kprobe as ksnat
+            cur_snat = ksnat.decode(self.maps["nd_snat"].items())
+            krows = ksnat.rows(cur_snat, self.prev_snat, (snap or {}).get("snat", []), self.labels.label)
+            self.prev_snat = cur_snat
+            snap = ksnat.merge_into_snapshot(snap or {}, krows)
+        if snap is not None:
+            merge_conntrack(record, snap)
         if self.enrich is not None:
             self.enrich(record)
         if self.diagnoser is not None:

@@ -88,7 +88,10 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
         modes = " ".join(f"{k}={v}" for k, v in watcher.plan.items())
         click.echo(f"netdiag: attached ({modes})", err=True)
         if ready_file:
-            ready_file.write_text(json.dumps({"modes": watcher.plan}) + "\n")
+            # whole or not at all: a waiter polls for the file and reads it as soon as it exists
+            tmp = ready_file.with_name(ready_file.name + ".tmp")
+            tmp.write_text(json.dumps({"modes": watcher.plan}) + "\n")
+            tmp.replace(ready_file)
         view = LiveView(top) if tty else None
         deadline = time.monotonic() + duration if duration else None
         next_tick = time.monotonic() + interval

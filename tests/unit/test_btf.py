@@ -58,3 +58,24 @@ def test_running_kernel_offsets_resolve():
     offs = B.probe_offsets(kb)
     assert set(offs) == set(B.OFFSETS)
     assert all(0 <= v < 8192 for v in offs.values())
+
+
+def test_sizeof_struct():
+    b = B.Btf(build_btf())
+    assert b.sizeof("outer") == 24
+    assert b.sizeof("inner_t") == 4
+    with pytest.raises(KeyError):
+        b.sizeof("nope")
+
+
+def test_running_kernel_conntrack_offsets():
+    try:
+        kb = B.kernel_btf()
+        offs = B.probe_ct_offsets(kb)
+    except B.FeatureMissing as e:
+        pytest.skip(f"no kernel BTF: {e}")
+    except KeyError as e:
+        pytest.skip(f"no conntrack in this kernel's BTF: {e}")
+    assert set(offs) == set(B.CT_OFFSETS) | set(B.CT_SIZES)
+    # the reply tuple lies inside struct nf_conn, after the original one
+    assert offs["ND_SIZE_CT_TUPLE_HASH"] > offs["ND_OFF_CTT_PROTONUM"]

@@ -55,3 +55,23 @@ def test_accept_tracepoint_mode_needs_btf(kernel_has):
         engine.plan_modes(["accept"], "auto", feats(btf=False))
     # connect still works without BTF (it loses only netns/errno-from-socket detail)
     assert engine.plan_modes(["connect"], "auto", feats(btf=False)) == {"connect": "tracepoint"}
+
+
+def test_snat_is_kprobe_only_and_needs_conntrack_offsets(kernel_has):
+    from netdiag.btf import CT_OFFSETS, CT_SIZES
+    kernel_has()
+    ct = {n: 8 for n in (*CT_OFFSETS, *CT_SIZES)}
+    with_ct = Features(kprobes=True, fentry=True, ringbuf=True, btf_offsets={"ND_OFF_SOCK_NET": 48, **ct})
+    assert engine.plan_modes(["snat"], "auto", with_ct) == {"snat": "kprobe"}
+    ok, missing = engine.mode_available(engine.SIGNALS["snat"], "kprobe", feats(kprobes=True))
+    assert not ok and "conntrack" in missing
+    with pytest.raises(FeatureMissing):
+        engine.plan_modes(["snat"], "auto", feats(fentry=True))
+
+
+def test_snat_left_out_where_unavailable(kernel_has):
+    kernel_has()
+    eng = engine.ProbeEngine(["connect", "snat"], features=feats())
+    assert eng.plan == {"connect": "tracepoint"} and "snat" in eng.unavailable
+    eng = engine.ProbeEngine(["connect", "snat"], mode="tracepoint", features=feats(kprobes=True))
+    assert "snat" not in eng.plan

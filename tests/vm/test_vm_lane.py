@@ -92,3 +92,13 @@ def test_snat_labs_through_kprobes(lane):
 def test_auto_mode_used_kprobes(lane):
     assert lane["results"]["auto/connect_accept"]["modes"] == {"connect": "kprobe", "accept": "kprobe"}
     assert lane["results"]["fentry/connect_accept"]["modes"] == {"connect": "fentry", "accept": "fentry"}
+
+
+def test_watch_snat_through_kprobes(lane):
+    """The SNAT lab under `watch` with nf_nat_setup_info/__nf_conntrack_confirm hooked: the same
+    numbers the host's ctnetlink path gives (tests/kernel/test_watch_snat.py)."""
+    got = lane["results"]["watch/snat"]
+    assert got["modes"]["snat"] == "kprobe" and got["snat_modes"] == ["kprobe"], got
+    assert {k: got[k] for k in ("ports_in_use", "port_range", "established", "failed")} == \
+        {"ports_in_use": 10, "port_range": 10, "established": 10, "failed": 20}, got
+    assert got["insert_failed"] > 0, got
