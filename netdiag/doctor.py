@@ -70,6 +70,8 @@ def run_checks() -> dict:
     else:
         checks.append(Check("conntrack netlink", "skipped", "needs root"))
 
+    # signals whose BPF path is optional: without it, netlink carries them
+    netlink_fallback = {"snat": any(c.name == "conntrack netlink" and c.status == "yes" for c in checks)}
     modes, available = {}, {}
     feats = F.Features.probe(want_fentry=priv) if priv else F.Features.probe(want_fentry=False)
     for sig, spec in SIGNALS.items():
@@ -77,9 +79,9 @@ def run_checks() -> dict:
         try:
             modes[sig] = plan_modes([sig], "auto", feats)[sig]
         except FeatureMissing:
-            modes[sig] = None
+            modes[sig] = "netlink" if netlink_fallback.get(sig) else None
     bpf_works = priv and all(c.status == "yes" for c in checks if c.name in ("bpf() syscall", "bcc")) \
-        and any(modes.values())
+        and all(modes[s] for s in ("connect", "accept"))
     return {
         "kernel": os.uname().release,
         "checks": [asdict(c) for c in checks],
