@@ -97,10 +97,13 @@ class Tracer:
 
 
 class Peer:
-    """A peers.py process inside a namespace; its JSON lines are read on demand."""
+    """A peer script (tests/peers.py unless told) inside a namespace; its JSON lines are read on
+    demand; closing stdin ends it."""
+
+    script = PEERS
 
     def __init__(self, ns: str, *args):
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(PEERS), *map(str, args)],
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(self.script), *map(str, args)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
 

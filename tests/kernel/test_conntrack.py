@@ -15,6 +15,8 @@ import pytest
 
 from netdiag.topology import leftovers
 
+from .conftest import Peer
+
 pytestmark = pytest.mark.kernel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,31 +24,10 @@ CTPEERS = ROOT / "tests" / "ctpeers.py"
 CONNECT_TIMEOUT = 2.0   # SYN at t=0 and its one retransmission at t=1 s (the next would be at t=3 s)
 
 
-class Proc:
-    """ctpeers.py inside a namespace; its JSON lines read on demand; ended by closing stdin."""
+class Proc(Peer):
+    """ctpeers.py inside a namespace."""
 
-    def __init__(self, ns, *args):
-        self.p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(CTPEERS), *map(str, args)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def line(self) -> dict:
-        import json
-        out = self.p.stdout.readline()
-        if not out:
-            raise AssertionError(f"peer exited: {self.p.stderr.read()}")
-        return json.loads(out)
-
-    def close(self):
-        if self.p.poll() is None:
-            try:
-                self.p.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+    script = CTPEERS
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from netdiag.dns.observer import DnsObserver
 from netdiag.pods import PodMap
 from netdiag.topology import Topology
 
+from .conftest import Peer
+
 pytestmark = [pytest.mark.kernel, pytest.mark.heavy]   # DNS capture has no kprobe path: host lane
 ROOT = Path(__file__).resolve().parents[2]
 DNSPEER = ROOT / "tests" / "dnspeer.py"
@@ -22,33 +24,15 @@ SCHEMA = json.loads((ROOT / "docs" / "schema" / "watch-interval.schema.json").re
 API = ["198.18.7.1", "198.18.7.2"]
 
 
-class DnsPeer:
-    def __init__(self, ns: str, *args):
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(DNSPEER), *args],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class DnsPeer(Peer):
+    """dnspeer.py inside a namespace; ask() sends it one JSON command."""
 
-    def line(self) -> dict:
-        out = self.proc.stdout.readline()
-        if not out:
-            raise AssertionError(f"dnspeer exited: {self.proc.stderr.read()}")
-        return json.loads(out)
+    script = DNSPEER
 
     def ask(self, **cmd) -> dict:
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         return self.line()
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")
