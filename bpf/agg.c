@@ -13,9 +13,6 @@
 #ifndef ND_MAX_DSTS
 #define ND_MAX_DSTS 16384
 #endif
-#ifndef ND_MAX_SOCKS
-#define ND_MAX_SOCKS 262144
-#endif
 
 struct nd_dst_key {
     u32 netns;
@@ -46,7 +43,7 @@ struct nd_code_key {
     u32 code;           /* errno, reset reason */
 };
 
-/* an outbound established socket: to decrement `active` when it leaves ESTABLISHED */
+/* an outbound connection by 4-tuple (inet_diag seeding has no socket addresses) */
 struct nd_sock_key {
     u32 netns;
     u16 family;
@@ -65,12 +62,15 @@ struct nd_drop_key {
 
 /* per-CPU values: no atomic, no cache line bouncing between CPUs; userspace sums them */
 BPF_F_TABLE("lru_percpu_hash", struct nd_dst_key, struct nd_dst_val, nd_dsts, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
-BPF_F_TABLE("lru_hash", struct nd_code_key, u64, nd_codes, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
-/* outbound established sockets (by struct sock address) -> their destination row */
-BPF_F_TABLE("lru_hash", u64, struct nd_dst_key, nd_out_sk, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
-/* outbound sockets that just left ESTABLISHED: an RST sent while closing (SO_LINGER 0, abort)
- * is traced after the state change and still belongs to the destination */
-BPF_F_TABLE("lru_hash", u64, u8, nd_out_closed, 16384, BPF_F_NO_COMMON_LRU);
+BPF_F_TABLE("lru_percpu_hash", struct nd_code_key, u64, nd_codes, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
+/* Outbound sockets live in nd_conns (nd_common.h) from connect() until they reach CLOSE. The RST
+ * an abort sends (SO_LINGER 0, unread data) is traced right after ESTABLISHED -> CLOSE, on the
+ * same CPU: this slot remembers the socket that just closed there and its destination. */
+struct nd_closed_slot {
+    u64 sk;
+    struct nd_dst_key k;
+};
+BPF_PERCPU_ARRAY(nd_last_closed, struct nd_closed_slot, 1);
 /* outbound connections that existed before netdiag attached, written by userspace from
  * inet_diag (by 4-tuple: it has no socket addresses); consulted only once nd_seeded[0] is set */
 BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_seeded, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
@@ -130,9 +130,9 @@ static __always_inline void nd_code_add(struct nd_dst_key *k, u32 kind, u32 code
     ck.kind = kind;
     ck.code = code;
     u64 one = 1;
-    u64 *v = nd_codes.lookup(&ck);
+    u64 *v = nd_codes.lookup(&ck);     /* this CPU's copy: userspace sums them */
     if (v)
-        __sync_fetch_and_add(v, 1);
+        *v += 1;
     else
         nd_codes.update(&ck, &one);
 }
@@ -171,7 +171,8 @@ static __always_inline int nd_any_seeded(void)
     return nd_seed_flag(1);
 }
 
-/* its outcome: err 0 = established (t is the full tuple then) */
+/* its outcome: err 0 = established (t is the full tuple then; the caller keeps the socket's
+ * nd_conns entry, now ND_CONN_ESTABLISHED) */
 static __always_inline void nd_agg_outcome(u64 sk, u32 netns, struct nd_tuple *t, int err, u64 lat_ns)
 {
     struct nd_dst_key k = {};
@@ -193,8 +194,6 @@ static __always_inline void nd_agg_outcome(u64 sk, u32 netns, struct nd_tuple *t
     u64 *h = nd_lat_hist.lookup(&slot);
     if (h)
         (*h)++;
-    nd_out_sk.update(&sk, &k);
-    nd_out_closed.delete(&sk);
     if (!nd_seed_flag(0)) {
         struct nd_sock_key s = {};
         nd_sock_key_of(&s, netns, t);
@@ -202,14 +201,29 @@ static __always_inline void nd_agg_outcome(u64 sk, u32 netns, struct nd_tuple *t
     }
 }
 
-/* a socket left ESTABLISHED: if it was one of ours outbound, `active` drops */
-static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t)
+static __always_inline void nd_note_closed(u64 sk, struct nd_dst_key *k)
+{
+    u32 zero = 0;
+    struct nd_closed_slot *slot = nd_last_closed.lookup(&zero);
+    if (slot) {
+        slot->sk = sk;
+        slot->k = *k;
+    }
+}
+
+/* a socket left ESTABLISHED for newstate: if it was one of ours outbound, `active` drops */
+static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t, int newstate)
 {
     struct nd_dst_key k = {};
-    struct nd_dst_key *kp = nd_out_sk.lookup(&sk);
-    if (kp) {
-        k = *kp;
-        nd_out_sk.delete(&sk);
+    struct nd_conn *c = nd_conns.lookup(&sk);
+    if (c) {
+        if (c->state != ND_CONN_ESTABLISHED)
+            return;
+        nd_key_remote(&k, c->netns, t);
+        if (newstate == ND_TCP_CLOSE)
+            nd_conns.delete(&sk);
+        else
+            c->state = ND_CONN_CLOSING;     /* its RSTs still count against the destination */
     } else {
         if (!nd_any_seeded())
             return;
@@ -220,9 +234,16 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t)
             return;
         nd_out_seeded.delete(&s);
         nd_key_remote(&k, netns, t);
+        if (newstate != ND_TCP_CLOSE) {
+            struct nd_conn closing = {};
+            closing.netns = netns;
+            closing.state = ND_CONN_CLOSING;
+            closing.t = *t;
+            nd_conns.update(&sk, &closing);
+        }
     }
-    u8 one = 1;
-    nd_out_closed.update(&sk, &one);
+    if (newstate == ND_TCP_CLOSE)
+        nd_note_closed(sk, &k);
     /* a seeded destination may have no row in the kernel yet: create it (active goes to -1
      * there, userspace adds the seeded count) */
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_OUT);
@@ -230,12 +251,34 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t)
         v->active += -1;
 }
 
+/* an outbound socket that had left ESTABLISHED reached CLOSE (FIN_WAIT*, CLOSE_WAIT, LAST_ACK,
+ * CLOSING -> CLOSE; TIME_WAIT is a separate socket): forget it */
+static __always_inline void nd_agg_closed(u64 sk, struct nd_tuple *t)
+{
+    struct nd_conn *c = nd_conns.lookup(&sk);
+    if (!c || c->state != ND_CONN_CLOSING)
+        return;
+    struct nd_dst_key k = {};
+    nd_key_remote(&k, c->netns, t);
+    nd_note_closed(sk, &k);         /* CLOSE_WAIT -> CLOSE by an abort sends an RST next */
+    nd_conns.delete(&sk);
+}
+
 /* Which row does an event on this socket belong to? Outbound sockets (connecting, or in
- * nd_out_socks) count against the remote endpoint, the rest against the local one. */
+ * nd_conns, or the one that just closed on this CPU) count against the remote endpoint, the
+ * rest against the local one. */
 static __always_inline u32 nd_classify(u64 sk, u32 netns, struct nd_tuple *t, int connecting,
                                        struct nd_dst_key *k)
 {
-    int out = connecting || (sk && (nd_out_sk.lookup(&sk) || nd_out_closed.lookup(&sk)));
+    int out = connecting || (sk && nd_conns.lookup(&sk));
+    if (!out && sk) {
+        u32 zero = 0;
+        struct nd_closed_slot *slot = nd_last_closed.lookup(&zero);
+        if (slot && slot->sk == sk) {
+            *k = slot->k;
+            return ND_DIR_OUT;
+        }
+    }
     if (!out && sk && nd_any_seeded()) {
         struct nd_sock_key s = {};
         nd_sock_key_of(&s, netns, t);
@@ -252,7 +295,6 @@ static __always_inline u32 nd_classify(u64 sk, u32 netns, struct nd_tuple *t, in
 /* a child socket completed its handshake on a local listener */
 static __always_inline void nd_agg_inbound_established(u64 sk, struct nd_tuple *t)
 {
-    nd_out_closed.delete(&sk);      /* the address of a freed outbound socket, reused */
     struct nd_dst_key k = {};
     nd_key_local(&k, nd_netns_of_sk((void *)sk), t);
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_IN);

@@ -10,18 +10,7 @@
  * tracepoint in state.c, with the errno read from sk->sk_err at that moment. */
 
 
-struct nd_conn {
-    u64 ts_ns;          /* attempt */
-    u32 pid;
-    u32 tid;
-    u32 netns;
-    u8 sync_done;       /* outcome already emitted */
-    u8 pad[3];
-    struct nd_tuple t;
-    char comm[16];
-};
-
-BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_CONNS, BPF_F_NO_COMMON_LRU);
+/* struct nd_conn and nd_conns: nd_common.h (watch's aggregation keeps using them) */
 /* thread inside connect() -> its socket (the synchronous part of the outcome) */
 BPF_TABLE("lru_hash", u32, u64, nd_inconnect, 16384);
 
@@ -110,7 +99,11 @@ static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, st
     __builtin_memcpy(c->t.saddr, t->saddr, 16);
     if (newstate == ND_TCP_ESTABLISHED) {
         nd_connect_emit(ctx, sk, c, 0);
+#ifdef ND_AGGREGATE
+        c->state = ND_CONN_ESTABLISHED;    /* kept: its close and resets find it (agg.c) */
+#else
         nd_conns.delete(&sk);
+#endif
         return;
     }
     int err = nd_sk_err((void *)sk);

@@ -52,6 +52,38 @@ struct nd_tuple {
 
 BPF_PERCPU_ARRAY(nd_stats, u64, ND_STAT_MAX);
 
+#if defined(ND_CONNECT_MODE) || defined(ND_AGGREGATE)
+#define ND_CONN_CONNECTING 0    /* CLOSE -> SYN_SENT seen, outcome pending */
+#define ND_CONN_ESTABLISHED 1   /* watch only: an outbound connection we counted in `active` */
+#define ND_CONN_CLOSING 2       /* watch only: outbound, left ESTABLISHED, not yet CLOSE */
+
+/* One entry per outbound socket, keyed by its struct sock address: a connect in flight (every
+ * command) and, when aggregating, the same entry kept while the connection is established and
+ * closing, so each transition costs one lookup and the socket one insert and one delete. */
+struct nd_conn {
+    u64 ts_ns;          /* attempt */
+    u32 pid;
+    u32 tid;
+    u32 netns;
+    u8 sync_done;       /* outcome already emitted */
+    u8 state;           /* ND_CONN_* */
+    u8 pad[2];
+    struct nd_tuple t;
+#ifdef ND_STREAM
+    char comm[16];
+#endif
+};
+
+#ifdef ND_AGGREGATE
+#ifndef ND_MAX_SOCKS
+#define ND_MAX_SOCKS 262144     /* outbound sockets connecting, established or closing */
+#endif
+BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
+#else
+BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_CONNS, BPF_F_NO_COMMON_LRU);
+#endif
+#endif
+
 static __always_inline void nd_count(u32 idx)
 {
     u64 *v = nd_stats.lookup(&idx);

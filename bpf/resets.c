@@ -8,15 +8,6 @@
  * defines it (values come from the format file), so it is declared here, as an int. */
 enum sk_rst_reason { ND_SK_RST_REASON_DECLARED_BY_NETDIAG };
 
-static __always_inline int nd_is_connecting(u64 sk)
-{
-#ifdef ND_CONNECT_MODE
-    return nd_conns.lookup(&sk) != 0;
-#else
-    return 0;
-#endif
-}
-
 static __always_inline void nd_rst_count(u64 sk, u32 netns, struct nd_tuple *t, int connecting,
                                          int out, u32 reason)
 {
@@ -62,7 +53,7 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
     u32 netns = sk ? nd_netns_of_sk((void *)sk) : nd_netns_of_skb(args->skbaddr);
     if (!nd_netns_allowed(netns))
         return 0;
-    int connecting = sk && (args->state == ND_TCP_SYN_SENT || nd_is_connecting(sk));
+    int connecting = sk && args->state == ND_TCP_SYN_SENT;
     u32 reason = 0;
 #ifdef ND_RST_HAS_REASON
     reason = args->reason;
@@ -80,7 +71,7 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
     u32 netns = nd_netns_of_sk((void *)sk);
     if (!nd_netns_allowed(netns))
         return 0;
-    nd_rst_count(sk, netns, &t, nd_is_connecting(sk), 0, 0);
+    nd_rst_count(sk, netns, &t, 0, 0, 0);
     nd_count(ND_STAT_RST_IN);
     return 0;
 }

@@ -34,7 +34,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     }
 #ifdef ND_AGGREGATE
     if (oldstate == ND_TCP_ESTABLISHED)
-        nd_agg_left_established(sk, &t);
+        nd_agg_left_established(sk, &t, newstate);
+    else if (newstate == ND_TCP_CLOSE)
+        nd_agg_closed(sk, &t);
 #endif
 #ifdef ND_ACCEPT_MODE
     if (newstate == ND_TCP_CLOSE)

@@ -6,6 +6,7 @@ checks the mirror field by field against the header.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import struct
 
@@ -32,6 +33,7 @@ EVENT_FIELDS = (
 EVENT = struct.Struct("<" + "".join(f for _, _, f in EVENT_FIELDS))
 
 
+@functools.lru_cache(maxsize=65536)
 def format_addr(family: int, raw: bytes) -> str:
     if family == AF_INET6:
         return str(ipaddress.IPv6Address(raw[:16]))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from .errors import BadInput
@@ -41,8 +42,11 @@ def resolve(spec: str) -> int:
 class NetnsNames:
     """Cached inode -> label lookup; refreshes on a miss (namespaces come and go)."""
 
+    REFRESH_S = 0.5      # a miss re-lists /run/netns at most this often
+
     def __init__(self):
         self._names = named_namespaces()
+        self._listed = time.monotonic()
         self._host = None
         try:
             self._host = os.stat("/proc/1/ns/net").st_ino
@@ -55,6 +59,9 @@ class NetnsNames:
         if inode == self._host:
             return "host"
         if inode not in self._names:
-            self._names = named_namespaces()
+            now = time.monotonic()
+            if now - self._listed < self.REFRESH_S:
+                return None                 # listed a moment ago: not a named namespace
+            self._names, self._listed = named_namespaces(), now
         return self._names.get(inode)
 

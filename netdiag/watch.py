@@ -67,6 +67,7 @@ class Watcher:
         self._seed_lock = threading.Lock()
         self._seeder = None
         self.prev_vals: dict = {}
+        self._decoded: dict = {}        # nd_dsts key bytes -> (value bytes, decoded row parts)
         self.prev_active: dict = {}
         self.prev_codes: dict = {}
         self.prev_drops: dict = {}
@@ -174,13 +175,21 @@ class Watcher:
             seed = dict(self.seed)
         cur, dirs, active = {}, {}, {}
         entries = self.maps["nd_dsts"].items()
+        decoded = {}
         for kb, vb in entries:
-            netns, fam, port, addr = DST_KEY.unpack(kb)
-            key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port)
-            v = _sum_percpu(vb)
-            cur[key] = {c: v[c] for c in agg.COUNTERS}
-            dirs[key] = v["dir"]
-            active[key] = v["active"] + seed.get(key, 0)
+            raw = b"".join(vb) if isinstance(vb, list) else vb
+            hit = self._decoded.get(kb)
+            if hit is None or hit[0] != raw:       # decode only the rows that changed
+                netns, fam, port, addr = DST_KEY.unpack(kb)
+                key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port)
+                v = _sum_percpu(vb)
+                hit = (raw, key, {c: v[c] for c in agg.COUNTERS}, v["dir"], v["active"])
+            decoded[kb] = hit
+            _, key, counters, bits, act = hit
+            cur[key] = counters
+            dirs[key] = bits
+            active[key] = act + seed.get(key, 0)
+        self._decoded = decoded
         for key, n in seed.items():
             if key not in cur:                      # seeded, never touched since attach
                 cur[key] = {c: 0 for c in agg.COUNTERS}
@@ -190,7 +199,7 @@ class Watcher:
         for kb, vb in self.maps["nd_codes"].items():
             netns, fam, port, addr, kind, code = CODE_KEY.unpack(kb)
             key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port)
-            codes[(key, kind, code)] = U64.unpack(vb)[0]
+            codes[(key, kind, code)] = sum(U64.unpack(c)[0] for c in (vb if isinstance(vb, list) else [vb]))
         drops = {DROP_KEY.unpack(kb): U64.unpack(vb)[0] for kb, vb in self.maps["nd_drops"].items()}
         hist = [sum(U64.unpack(c)[0] for c in self.maps["nd_lat_hist"].lookup(struct.pack("<I", i)))
                 for i in range(32)]
