@@ -219,13 +219,13 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t, 
     if (c) {
         if (c->state != ND_CONN_ESTABLISHED)
             return;
-        nd_key_remote(&k, c->netns, t);
+        nd_key_remote(&k, c->netns, &c->t);
         if (newstate == ND_TCP_CLOSE)
             nd_conns.delete(&sk);
         else
             c->state = ND_CONN_CLOSING;     /* its RSTs still count against the destination */
     } else {
-        if (!nd_any_seeded())
+        if (!nd_any_seeded() || !nd_tuple_load(t, sk, 1))
             return;
         u32 netns = nd_netns_of_sk((void *)sk);
         struct nd_sock_key s = {};
@@ -259,7 +259,7 @@ static __always_inline void nd_agg_closed(u64 sk, struct nd_tuple *t)
     if (!c || c->state != ND_CONN_CLOSING)
         return;
     struct nd_dst_key k = {};
-    nd_key_remote(&k, c->netns, t);
+    nd_key_remote(&k, c->netns, &c->t);
     nd_note_closed(sk, &k);         /* CLOSE_WAIT -> CLOSE by an abort sends an RST next */
     nd_conns.delete(&sk);
 }

@@ -95,6 +95,7 @@ static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, st
     struct nd_conn *c = nd_conns.lookup(&sk);
     if (!c)
         return;
+    nd_tuple_load(t, sk, 0);            /* ours: a TCP socket */
     c->t.sport = t->sport;
     __builtin_memcpy(c->t.saddr, t->saddr, 16);
     if (newstate == ND_TCP_ESTABLISHED) {
@@ -147,6 +148,7 @@ static __always_inline void nd_connect_enter(void *sk, void *uaddr)
     } else {
         return;
     }
+    t.pad = 1;                        /* filled (destination only: the source comes later) */
     u32 tid = (u32)bpf_get_current_pid_tgid();
     u64 key = (u64)sk;
     u64 *inconn = nd_inconnect.lookup(&tid);

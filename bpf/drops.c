@@ -4,13 +4,23 @@
 /* named by the tracepoint struct BCC generates; values come from the format file */
 enum skb_drop_reason { ND_SKB_DROP_REASON_DECLARED_BY_NETDIAG };
 
+#ifdef ND_RAW_TP
+/* raw arguments: (struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...) */
+RAW_TRACEPOINT_PROBE(kfree_skb)
+{
+    const void *skb = (const void *)ctx->args[0];
+    u32 reason = (u32)ctx->args[2];
+#else
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
+    const void *skb = args->skbaddr;
+    u32 reason = args->reason;
+#endif
     struct nd_drop_key k = {};
-    k.netns = nd_netns_of_skb(args->skbaddr);
+    k.netns = nd_netns_of_skb(skb);
     if (!nd_netns_allowed(k.netns))
         return 0;
-    k.reason = args->reason;
+    k.reason = reason;
     u64 one = 1;
     u64 *v = nd_drops.lookup(&k);
     if (v)

@@ -29,7 +29,7 @@ struct nd_tuple {
     u16 family;
     u16 sport;
     u16 dport;
-    u16 pad;
+    u16 pad;            /* raw tracepoints: 0 = not read yet, 1 = filled, 2 = not a TCP socket */
     u8 saddr[16];
     u8 daddr[16];
 };
@@ -41,6 +41,7 @@ struct nd_tuple {
         (t).family = (a)->family;                                       \
         (t).sport = (a)->sport;                                         \
         (t).dport = (a)->dport;                                         \
+        (t).pad = 1;                                                    \
         if ((t).family == AF_INET6) {                                   \
             __builtin_memcpy((t).saddr, (a)->saddr_v6, 16);             \
             __builtin_memcpy((t).daddr, (a)->daddr_v6, 16);             \
@@ -51,6 +52,81 @@ struct nd_tuple {
     } while (0)
 
 BPF_PERCPU_ARRAY(nd_stats, u64, ND_STAT_MAX);
+
+#ifdef ND_RAW_TP
+/* Raw tracepoints (-DND_RAW_TP) hand BPF the tracepoint's arguments (a struct sock *) instead of
+ * a record the kernel filled beforehand: cheaper per event, and the fields a classic record
+ * would carry are read here, only for the events that need them, at offsets from BTF. */
+static __always_inline int nd_sk_is_tcp(const void *sk)
+{
+    u16 proto = 0;
+    bpf_probe_read_kernel(&proto, sizeof(proto), (const char *)sk + ND_OFF_SK_PROTOCOL);
+    return proto == IPPROTO_TCP;
+}
+
+/* the tuple sock:inet_sock_set_state / tcp:tcp_receive_reset records carry (local = s*) */
+static __always_inline void nd_tuple_of_sk(struct nd_tuple *t, const void *sk)
+{
+    const char *p = (const char *)sk;
+    u16 family = 0, num = 0, dport = 0;
+#if ND_OFF_SKC_RCV_SADDR == ND_OFF_SKC_DADDR + 4 && ND_OFF_SKC_DPORT >= ND_OFF_SKC_DADDR && \
+    ND_OFF_SKC_NUM >= ND_OFF_SKC_DADDR && ND_OFF_SKC_FAMILY >= ND_OFF_SKC_DADDR && \
+    ND_OFF_SKC_DPORT + 2 <= ND_OFF_SKC_DADDR + 24 && ND_OFF_SKC_NUM + 2 <= ND_OFF_SKC_DADDR + 24 && \
+    ND_OFF_SKC_FAMILY + 2 <= ND_OFF_SKC_DADDR + 24
+    /* the usual layout: addresses, ports and family within 24 bytes of sock_common, one read */
+    u8 b[24] = {};
+    bpf_probe_read_kernel(b, sizeof(b), p + ND_OFF_SKC_DADDR);
+    __builtin_memcpy(&family, b + (ND_OFF_SKC_FAMILY - ND_OFF_SKC_DADDR), 2);
+    __builtin_memcpy(&num, b + (ND_OFF_SKC_NUM - ND_OFF_SKC_DADDR), 2);
+    __builtin_memcpy(&dport, b + (ND_OFF_SKC_DPORT - ND_OFF_SKC_DADDR), 2);
+    if (family != AF_INET6) {
+        __builtin_memcpy(t->daddr, b, 4);
+        __builtin_memcpy(t->saddr, b + 4, 4);
+    }
+#else
+    bpf_probe_read_kernel(&family, 2, p + ND_OFF_SKC_FAMILY);
+    bpf_probe_read_kernel(&num, 2, p + ND_OFF_SKC_NUM);
+    bpf_probe_read_kernel(&dport, 2, p + ND_OFF_SKC_DPORT);
+    if (family != AF_INET6) {
+        bpf_probe_read_kernel(t->daddr, 4, p + ND_OFF_SKC_DADDR);
+        bpf_probe_read_kernel(t->saddr, 4, p + ND_OFF_SKC_RCV_SADDR);
+    }
+#endif
+    if (family == AF_INET6) {
+        bpf_probe_read_kernel(t->daddr, 16, p + ND_OFF_SKC_V6_DADDR);
+        bpf_probe_read_kernel(t->saddr, 16, p + ND_OFF_SKC_V6_RCV_SADDR);
+    }
+    if (num == 0) {
+        /* CLOSE released the port (skc_num = 0) before the state change is traced */
+        u16 sport = 0;
+        bpf_probe_read_kernel(&sport, 2, p + ND_OFF_INET_SPORT);
+        num = ntohs(sport);
+    }
+    t->family = family;
+    t->sport = num;
+    t->dport = ntohs(dport);
+    t->pad = 1;                  /* filled */
+}
+
+/* Make sure t holds the socket's tuple (classic records come filled; raw tracepoints read it
+ * on first use). 0 when sk is not a TCP socket. check_proto = 0 when the caller already knows. */
+static __always_inline int nd_tuple_load(struct nd_tuple *t, u64 sk, int check_proto)
+{
+    if (t->pad)
+        return t->pad == 1;
+    if (check_proto && !nd_sk_is_tcp((const void *)sk)) {
+        t->pad = 2;
+        return 0;
+    }
+    nd_tuple_of_sk(t, (const void *)sk);
+    return 1;
+}
+#else
+static __always_inline int nd_tuple_load(struct nd_tuple *t, u64 sk, int check_proto)
+{
+    return 1;                    /* the tracepoint record filled it */
+}
+#endif
 
 #if defined(ND_CONNECT_MODE) || defined(ND_AGGREGATE)
 #define ND_CONN_CONNECTING 0    /* CLOSE -> SYN_SENT seen, outcome pending */

@@ -34,6 +34,7 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
     u16 fam = 0, port = 0;
     __builtin_memcpy(&fam, args->saddr, 2);
     t.family = fam;
+    t.pad = 1;
     __builtin_memcpy(&port, args->saddr + 2, 2);
     t.sport = ntohs(port);
     __builtin_memcpy(&port, args->daddr + 2, 2);
@@ -63,11 +64,20 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
     return 0;
 }
 
+#ifdef ND_RAW_TP
+RAW_TRACEPOINT_PROBE(tcp_receive_reset)
+{
+    const void *skp = (const void *)ctx->args[0];
+    u64 sk = (u64)skp;
+    struct nd_tuple t = {};
+    nd_tuple_of_sk(&t, skp);
+#else
 TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 {
     struct nd_tuple t = {};
     u64 sk = (u64)args->skaddr;
     ND_TUPLE_FROM_ARGS(t, args);
+#endif
     u32 netns = nd_netns_of_sk((void *)sk);
     if (!nd_netns_allowed(netns))
         return 0;

@@ -30,6 +30,7 @@ class Member:
     name: str
     type_id: int
     bit_offset: int
+    bitfield_size: int = 0      # bits, for a bitfield member of a kind_flag struct
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Btf:
                     m_name, m_type, m_off = struct.unpack_from("<III", buf, pos)
                     pos += 12
                     bit_off = (m_off & 0xFFFFFF) if kflag else m_off
-                    ms.append(Member(self._str(m_name), m_type, bit_off))
+                    ms.append(Member(self._str(m_name), m_type, bit_off, (m_off >> 24) if kflag else 0))
                 members = tuple(ms)
             elif kind == ENUM:
                 pos += 8 * vlen
@@ -124,6 +125,8 @@ class Btf:
         t = self.types[self.resolve(struct_id)]
         for m in t.members:
             if m.name == name:
+                if m.bitfield_size:
+                    raise KeyError(f"{name} is a bitfield")
                 return m.bit_offset, m.type_id
             if not m.name:
                 inner = self.types[self.resolve(m.type_id)]
@@ -146,6 +149,23 @@ class Btf:
         if total % 8:
             raise KeyError(f"struct {struct_name}.{path} is a bitfield")
         return total // 8
+
+    def member_size(self, struct_name: str, path: str) -> int:
+        """Byte size of the (integer, pointer, struct…) member at a dotted path."""
+        type_id = self.find(STRUCT, struct_name)
+        for part in path.split("."):
+            found = self._member(type_id, part)
+            if found is None:
+                raise KeyError(f"struct {struct_name}: no member {path!r} (at {part!r})")
+            type_id = found[1]
+        t = self.types[self.resolve(type_id)]
+        if t.kind == PTR:
+            return 8
+        if t.kind == ENUM:
+            return t.size_or_type
+        if t.kind in (INT, STRUCT, UNION):
+            return t.size_or_type
+        raise KeyError(f"struct {struct_name}.{path}: size of BTF kind {t.kind} unknown")
 
     def sizeof(self, struct_name: str) -> int:
         """Byte size of ``struct struct_name`` (for indexing arrays of it by offset)."""
@@ -185,6 +205,22 @@ OFFSETS = {
 }
 
 
+# What raw tracepoints read from the socket a classic tracepoint would have copied into its
+# record (bpf/nd_common.h nd_tuple_of_sk). A kernel lacking one keeps classic tracepoints.
+RAWTP_OFFSETS = {
+    "ND_OFF_SKC_DADDR": ("sock", "__sk_common.skc_daddr"),
+    "ND_OFF_SKC_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr"),
+    "ND_OFF_SKC_DPORT": ("sock", "__sk_common.skc_dport"),          # network order
+    "ND_OFF_SKC_NUM": ("sock", "__sk_common.skc_num"),              # host order
+    "ND_OFF_SKC_FAMILY": ("sock", "__sk_common.skc_family"),
+    "ND_OFF_SKC_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr"),
+    "ND_OFF_SKC_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
+    "ND_OFF_SK_PROTOCOL": ("sock", "sk_protocol"),                  # u16 since 5.6 (a bitfield before)
+    # the bound source port, network order: kept after CLOSE released skc_num (the classic
+    # record's sport is this one)
+    "ND_OFF_INET_SPORT": ("inet_sock", "inet_sport"),
+}
+
 # Conntrack walks of the "snat" signal (bpf/snat.c). A separate group: a kernel without
 # conntrack in its BTF loses the kprobe SNAT path (netlink remains), not the socket offsets.
 CT_OFFSETS = {
@@ -206,6 +242,14 @@ CT_SIZES = {"ND_SIZE_CT_TUPLE_HASH": "nf_conntrack_tuple_hash"}
 def probe_offsets(btf: Btf) -> dict[str, int]:
     """Compute every offset in OFFSETS; raises KeyError naming the first one the kernel lacks."""
     return {name: btf.offset(s, path) for name, (s, path) in OFFSETS.items()}
+
+
+def probe_rawtp_offsets(btf: Btf) -> dict[str, int]:
+    """RAWTP_OFFSETS; raises KeyError naming the first one the kernel lacks."""
+    out = {name: btf.offset(s, path) for name, (s, path) in RAWTP_OFFSETS.items()}
+    if btf.member_size("sock", "sk_protocol") != 2:
+        raise KeyError("sock.sk_protocol is not a u16")
+    return out
 
 
 def probe_ct_offsets(btf: Btf) -> dict[str, int]:

@@ -58,6 +58,8 @@ def run_checks() -> dict:
         ok = tracefs.tracepoint_exists(cat, ev)
         checks.append(Check(f"tracepoint {tp}", _yn(ok), "present" if ok else "absent",
                             "" if ok else "kernel too old or tracepoint compiled out"))
+    privileged("raw tracepoints", F.raw_tracepoint,
+               "kernel < 4.17 or BPF_PROG_TYPE_RAW_TRACEPOINT refused: classic tracepoints are used")
     privileged("ring buffer", F.ringbuf, "kernel < 5.8: netdiag uses the perf buffer instead")
     state, note = F.headers()
     checks.append(Check("kernel headers", {"matching": "yes", "stand-in": "stand-in", "missing": "no"}[state], note,

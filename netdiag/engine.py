@@ -201,7 +201,7 @@ class ProbeEngine:
     def __init__(self, signals: Iterable[str] = ("connect", "accept"), mode: str = "auto",
                  pid: int | None = None, netns: int | None = None, features: Features | None = None,
                  stream: bool = True, aggregate: bool = False, max_dsts: int = 16384,
-                 syscall_tracepoints: bool = True):
+                 syscall_tracepoints: bool = True, raw_tracepoints: bool | None = None):
         if mode != "auto" and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.signals = tuple(signals)
@@ -227,6 +227,11 @@ class ProbeEngine:
             # completed on listeners are still counted by the state tracepoint
             plan.pop("accept")
         self.plan = plan
+        # The tracepoints every mode shares (state, resets, drops) attach as raw tracepoints where
+        # the kernel allows it (cheaper per event); classic ones otherwise or when asked.
+        if raw_tracepoints and not self.features.raw_tp:
+            raise FeatureMissing("raw tracepoints", self.features.notes.get("raw_tracepoint", "unavailable"))
+        self.raw_tp = self.features.raw_tp if raw_tracepoints is None else bool(raw_tracepoints)
         self.bpf = None
         self.buffer = "ringbuf" if self.features.ringbuf else "perf"
         self._perf_lost = 0
@@ -245,7 +250,7 @@ class ProbeEngine:
             eng.features = Features.probe(want_fentry=False)
             eng.plan = {s: (mode if mode != "auto" else "tracepoint") for s in eng.signals}
             eng.bpf, eng.buffer, eng._perf_lost, eng.unavailable = None, "ringbuf", 0, {}
-            eng.stream, eng.aggregate, eng.max_dsts = True, False, 16384
+            eng.stream, eng.aggregate, eng.max_dsts, eng.raw_tp = True, False, 16384, False
             return eng
 
     # -- the program ----------------------------------------------------------------------------
@@ -266,6 +271,8 @@ class ProbeEngine:
         if self.plan.get("accept") == "fentry":
             from .btf import kernel_btf
             flags.append(f"-DND_ACCEPT_NARGS={kernel_btf().func_nargs('inet_csk_accept')}")
+        if getattr(self, "raw_tp", False):
+            flags.append("-DND_RAW_TP")
         if self.buffer == "ringbuf":
             flags.append("-DND_RINGBUF")
         if self.stream:
