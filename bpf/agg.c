@@ -16,7 +16,9 @@
 
 struct nd_dst_key {
     u32 netns;
-    u16 family;
+    u8 family;
+    u8 dir;             /* ND_DIR_OUT (remote endpoint) or ND_DIR_IN (local endpoint): on loopback
+                         * one ip:port is both, and the two rows must not merge */
     u16 port;           /* host order */
     u8 addr[16];
 };
@@ -85,6 +87,7 @@ static __always_inline void nd_key_remote(struct nd_dst_key *k, u32 netns, struc
 {
     k->netns = netns;
     k->family = t->family;
+    k->dir = ND_DIR_OUT;
     k->port = t->dport;
     __builtin_memcpy(k->addr, t->daddr, 16);
 }
@@ -93,6 +96,7 @@ static __always_inline void nd_key_local(struct nd_dst_key *k, u32 netns, struct
 {
     k->netns = netns;
     k->family = t->family;
+    k->dir = ND_DIR_IN;
     k->port = t->sport;
     __builtin_memcpy(k->addr, t->saddr, 16);
 }

@@ -51,6 +51,13 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
 #endif
     if (t.family != AF_INET && t.family != AF_INET6)
         return 0;
+#ifdef ND_EPHEMERAL_LO
+    /* A socket-less RST from a port in the ephemeral range answers a segment for a client
+     * socket that is gone (a FIN crossing an abort, say): one row per local address (port 0),
+     * not one per port, so they cannot crowd destinations out of the map. */
+    if (!sk && t.sport >= ND_EPHEMERAL_LO && t.sport <= ND_EPHEMERAL_HI)
+        t.sport = 0;
+#endif
     u32 netns = sk ? nd_netns_of_sk((void *)sk) : nd_netns_of_skb(args->skbaddr);
     if (!nd_netns_allowed(netns))
         return 0;

@@ -6,7 +6,7 @@ eviction) and came back starts from zero: its delta is its new value.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 COUNTERS = ("connects", "established", "failed", "resets_in", "resets_out", "syn_retrans", "retrans",
             "accepts", "lat_sum_ns", "lat_count")
@@ -14,12 +14,14 @@ DIR_OUT, DIR_IN = 1, 2
 CODE_CONNECT_ERRNO, CODE_RST_OUT_REASON = 1, 2
 
 
-@dataclass(frozen=True, order=True)
-class DstKey:
+class DstKey(NamedTuple):
+    """A destination row's identity (a tuple: hashed and compared in C, it keys every dict of
+    an interval)."""
     netns: int
     family: int       # 4 / 6
     addr: str
     port: int
+    out: bool = True  # remote endpoint of outbound connections (False: a local service endpoint)
 
     @property
     def endpoint(self) -> str:

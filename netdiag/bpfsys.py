@@ -93,9 +93,10 @@ class Map:
         attr, _k = self._elem_attr(key, vbuf, 0)
         _sys(BPF_MAP_UPDATE_ELEM, attr)
 
-    def items(self, batch: int = 4096) -> list[tuple[bytes, bytes]]:
+    def items(self, batch: int = 4096, split: bool = True) -> list[tuple[bytes, bytes]]:
         """Every (key, value) pair, in batches of ``batch`` (BPF_MAP_LOOKUP_BATCH, kernel ≥ 5.6);
-        for per-CPU maps the value is a list of per-CPU byte strings."""
+        for per-CPU maps the value is a list of per-CPU byte strings (with ``split=False``, all
+        CPUs' values in one byte string: see ``split_percpu``)."""
         out = []
         vsize = self.stride * self.ncpus          # per-CPU maps: one value per possible CPU
         keys = ctypes.create_string_buffer(self.key_size * batch)
@@ -122,13 +123,16 @@ class Map:
             kr, vr = keys.raw, vals.raw
             for i in range(count):
                 v = vr[i * vsize:(i + 1) * vsize]
-                if self.percpu:
-                    v = [v[c * self.stride: c * self.stride + self.value_size] for c in range(self.ncpus)]
+                if self.percpu and split:
+                    v = self.split_percpu(v)
                 out.append((kr[i * self.key_size:(i + 1) * self.key_size], v))
             if done:
                 return out
             ctypes.memmove(in_batch, out_batch, len(out_batch))
             first = False
+
+    def split_percpu(self, raw: bytes) -> list[bytes]:
+        return [raw[c * self.stride: c * self.stride + self.value_size] for c in range(self.ncpus)]
 
     def close(self) -> None:
         if self.fd >= 0:

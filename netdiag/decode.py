@@ -78,7 +78,7 @@ def decode_event(raw: bytes) -> dict:
 
 # Mirrors of bpf/agg.c's map keys and values (checked against the C by tests/unit/test_decode.py).
 AGG_STRUCTS = {
-    "nd_dst_key": (("netns", "u32"), ("family", "u16"), ("port", "u16"), ("addr", "u8[16]")),
+    "nd_dst_key": (("netns", "u32"), ("family", "u8"), ("dir", "u8"), ("port", "u16"), ("addr", "u8[16]")),
     "nd_dst_val": (("connects", "u64"), ("established", "u64"), ("failed", "u64"), ("resets_in", "u64"),
                    ("resets_out", "u64"), ("syn_retrans", "u64"), ("retrans", "u64"), ("accepts", "u64"),
                    ("lat_sum_ns", "u64"), ("lat_count", "u64"), ("active", "s64"), ("dir", "u32"), ("pad", "u32")),
@@ -87,7 +87,8 @@ AGG_STRUCTS = {
                     ("pad2", "u32"), ("laddr", "u8[16]"), ("raddr", "u8[16]")),
     "nd_drop_key": (("netns", "u32"), ("reason", "u32")),
 }
-_FMT = {"u64": "Q", "s64": "q", "u32": "I", "s32": "i", "u16": "H", "u8[16]": "16s", "struct nd_dst_key": "IHH16s"}
+_FMT = {"u64": "Q", "s64": "q", "u32": "I", "s32": "i", "u16": "H", "u8": "B", "u8[16]": "16s",
+        "struct nd_dst_key": "IBBH16s"}
 DST_KEY, DST_VAL, CODE_KEY, SOCK_KEY, DROP_KEY = (
     struct.Struct("<" + "".join(_FMT[t] for _, t in AGG_STRUCTS[n]))
     for n in ("nd_dst_key", "nd_dst_val", "nd_code_key", "nd_sock_key", "nd_drop_key"))

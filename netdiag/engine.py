@@ -91,6 +91,16 @@ AGGREGATE_ONLY = ("resets", "retrans", "drops", "snat")     # these only count, 
 OPTIONAL = ("snat",)
 
 
+def ephemeral_range() -> tuple[int, int] | None:
+    """net.ipv4.ip_local_port_range of netdiag's namespace (namespaces keep the default unless
+    changed): socket-less RSTs from these ports are counted per address, not per port."""
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return (lo, hi) if 0 < lo <= hi < 65536 else None
+
+
 def bpf_dir() -> Path:
     """bpf/ sources: package data of an installed netdiag, or the checkout's bpf/ folder."""
     try:
@@ -283,6 +293,9 @@ class ProbeEngine:
             flags += ["-DND_AGGREGATE", f"-DND_MAX_DSTS={int(self.max_dsts)}"]
         if "resets" in self.plan:
             flags += reset_format_flags(strict)
+            lo_hi = ephemeral_range()
+            if lo_hi:
+                flags += [f"-DND_EPHEMERAL_LO={lo_hi[0]}", f"-DND_EPHEMERAL_HI={lo_hi[1]}"]
         if self.pid is not None:
             flags.append(f"-DND_FILTER_PID={int(self.pid)}")
         if self.netns is not None:

@@ -68,6 +68,7 @@ class Watcher:
         self._seeder = None
         self.prev_vals: dict = {}
         self._decoded: dict = {}        # nd_dsts key bytes -> (value bytes, decoded row parts)
+        self._code_cache: dict = {}     # the same for nd_codes
         self.prev_active: dict = {}
         self.prev_codes: dict = {}
         self.prev_drops: dict = {}
@@ -174,16 +175,19 @@ class Watcher:
         with self._seed_lock:
             seed = dict(self.seed)
         cur, dirs, active = {}, {}, {}
-        entries = self.maps["nd_dsts"].items()
+        dsts = self.maps["nd_dsts"]
+        entries = dsts.items(split=False)
         decoded = {}
-        for kb, vb in entries:
-            raw = b"".join(vb) if isinstance(vb, list) else vb
+        changed = set()
+        for kb, raw in entries:
             hit = self._decoded.get(kb)
             if hit is None or hit[0] != raw:       # decode only the rows that changed
-                netns, fam, port, addr = DST_KEY.unpack(kb)
-                key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port)
-                v = _sum_percpu(vb)
+                netns, fam, kdir, port, addr = DST_KEY.unpack(kb)
+                key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port,
+                                 kdir != agg.DIR_IN)
+                v = _sum_percpu(dsts.split_percpu(raw) if dsts.percpu else raw)
                 hit = (raw, key, {c: v[c] for c in agg.COUNTERS}, v["dir"], v["active"])
+                changed.add(key)
             decoded[kb] = hit
             _, key, counters, bits, act = hit
             cur[key] = counters
@@ -195,22 +199,36 @@ class Watcher:
                 cur[key] = {c: 0 for c in agg.COUNTERS}
                 dirs[key] = agg.DIR_OUT
                 active[key] = n
+        # rows worth building: counters moved, or connections held now or a moment ago (an
+        # unchanged row with neither has nothing to report)
+        prev_active = self.prev_active
+        live = {k: cur[k] for k in cur
+                if k in changed or active.get(k, 0) > 0 or prev_active.get(k, 0) > 0}
         codes = {}
-        for kb, vb in self.maps["nd_codes"].items():
-            netns, fam, port, addr, kind, code = CODE_KEY.unpack(kb)
-            key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port)
-            codes[(key, kind, code)] = sum(U64.unpack(c)[0] for c in (vb if isinstance(vb, list) else [vb]))
+        cmap = self.maps["nd_codes"]
+        code_cache = {}
+        for kb, raw in cmap.items(split=False):
+            hit = self._code_cache.get(kb)
+            if hit is None or hit[0] != raw:
+                netns, fam, kdir, port, addr, kind, code = CODE_KEY.unpack(kb)
+                key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port,
+                                 kdir != agg.DIR_IN)
+                n = sum(U64.unpack(c)[0] for c in (cmap.split_percpu(raw) if cmap.percpu else [raw]))
+                hit = (raw, (key, kind, code), n)
+            code_cache[kb] = hit
+            codes[hit[1]] = hit[2]
+        self._code_cache = code_cache
         drops = {DROP_KEY.unpack(kb): U64.unpack(vb)[0] for kb, vb in self.maps["nd_drops"].items()}
         hist = [sum(U64.unpack(c)[0] for c in self.maps["nd_lat_hist"].lookup(struct.pack("<I", i)))
                 for i in range(32)]
         stats = {i: sum(U64.unpack(v)[0] for v in self.maps["nd_stats"].lookup(struct.pack("<I", i)))
                  for i in (STAT_DST_NEW, STAT_LOST)}
         # a batched dump taken while the probes update the map can repeat a key: count distinct ones
-        n_entries = len({kb for kb, _ in entries})
+        n_entries = len(decoded)
         evictions = max(stats[STAT_DST_NEW] - n_entries, 0)
 
         code_d = agg.code_deltas(codes, self.prev_codes)
-        rows = agg.build_rows(cur, self.prev_vals, dirs, active, code_d, {}, _errno_name, self.rst_reason,
+        rows = agg.build_rows(live, self.prev_vals, dirs, active, code_d, {}, _errno_name, self.rst_reason,
                               self.labels.label, self.prev_active)
         rows = [r for r in rows if self._wanted(r)]
         if not self.accepts_measured:
