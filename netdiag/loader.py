@@ -31,6 +31,7 @@ class Detached:
     maps: dict[str, Map]
     attach_fds: list[int]
     tracefs_kprobes: list[str] = field(default_factory=list)
+    raw_tp: bool = False            # the shared tracepoints attached as raw tracepoints
 
     def close(self) -> None:
         for fd in self.attach_fds:
@@ -89,7 +90,8 @@ def load(engine_kwargs: dict, maps: list[str], optional_maps: tuple = ()) -> Det
     names = header["maps"]
     map_fds, attach = fds[:len(names)], fds[len(names):]
     return Detached(plan=header["plan"], maps={n: Map(fd, n) for n, fd in zip(names, map_fds)},
-                    attach_fds=attach, tracefs_kprobes=header.get("tracefs_kprobes", []))
+                    attach_fds=attach, tracefs_kprobes=header.get("tracefs_kprobes", []),
+                    raw_tp=bool(header.get("raw_tp")))
 
 
 def _recv_all(sock: socket.socket) -> tuple[dict, list[int]]:
@@ -128,7 +130,7 @@ def _child(fd: int) -> None:
         kp_names = [ev for ev in b.kprobe_fds if os.path.exists(f"/sys/kernel/tracing/events/kprobes/{ev}")]
         attach += list(b.tracepoint_fds.values()) + list(b.raw_tracepoint_fds.values())
         attach += list(b.kfunc_entry_fds.values()) + list(b.kfunc_exit_fds.values())
-        header = {"plan": eng.plan, "maps": names, "tracefs_kprobes": kp_names}
+        header = {"plan": eng.plan, "maps": names, "tracefs_kprobes": kp_names, "raw_tp": eng.raw_tp}
         all_fds = map_fds + attach
         payload = json.dumps(header).encode()
         for i in range(0, max(len(all_fds), 1), MAX_FDS_PER_MSG):

@@ -16,6 +16,17 @@ def duration_option(default=None):
     return deco
 
 
+TRACEPOINT_FLAVOURS = {"auto": None, "raw": True, "classic": False}
+
+
+def tracepoints_option(f):
+    """How the shared tracepoints (socket state, resets, drops) attach."""
+    return click.option("--tracepoints", "tracepoints", type=click.Choice(list(TRACEPOINT_FLAVOURS)),
+                        default="auto", show_default=True,
+                        help="raw: arguments handed to BPF directly (cheaper per event; needs BTF); "
+                             "classic: the kernel fills a record first; auto: raw where possible.")(f)
+
+
 def interval_option(default=1.0):
     def deco(f):
         return click.option("--interval", type=click.FloatRange(min=0.05), default=default, show_default=True,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..options import duration_option, json_option
+from ..options import TRACEPOINT_FLAVOURS, duration_option, json_option, tracepoints_option
 
 WHAT = {"connect": ("connect",), "accept": ("accept",), "all": ("connect", "accept")}
 HEADER = f"{'TIME(s)':<9} {'EVENT':<7} {'PID':<7} {'COMM':<15} {'NETNS':<14} {'LOCAL':<28} {'REMOTE':<28} {'RESULT':<13} {'MS':>8}"
@@ -26,8 +26,9 @@ HEADER = f"{'TIME(s)':<9} {'EVENT':<7} {'PID':<7} {'COMM':<15} {'NETNS':<14} {'L
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Create this file once the probes are attached.")
 @click.option("--dump-bpf", is_flag=True, hidden=True, help="Print the BPF C program and exit (no root needed).")
+@tracepoints_option
 @click.pass_context
-def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf):
+def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf, tracepoints):
     """Trace TCP connects (with their outcome and errno) and accepts.
 
     One line per event, like bcc's tcpconnect and tcpaccept together, but with each connect's
@@ -52,7 +53,8 @@ def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf
 
     from ..features import require_privileges
     require_privileges()
-    engine = ProbeEngine(signals, mode=mode, pid=pid, netns=netns_inode)
+    engine = ProbeEngine(signals, mode=mode, pid=pid, netns=netns_inode,
+                         raw_tracepoints=TRACEPOINT_FLAVOURS[tracepoints])
     names = nsmod.NetnsNames()
     out = sys.stdout
     t0 = [None]
@@ -86,9 +88,11 @@ def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf
     try:
         engine.start(on_event)
         modes = " ".join(f"{s}={m}" for s, m in engine.plan.items())
-        click.echo(f"netdiag: attached ({modes}, {engine.buffer})", err=True)
+        flavour = "raw" if engine.raw_tp else "classic"
+        click.echo(f"netdiag: attached ({modes}, tracepoints={flavour}, {engine.buffer})", err=True)
         if ready_file:
-            ready_file.write_text(json.dumps({"modes": engine.plan, "buffer": engine.buffer}) + "\n")
+            ready_file.write_text(json.dumps({"modes": engine.plan, "buffer": engine.buffer,
+                                              "tracepoints": flavour}) + "\n")
         if not as_json:
             out.write(HEADER + "\n")
             out.flush()

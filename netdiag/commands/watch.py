@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..dns.watchcli import Enricher, dns_options, print_plain_rollups, rich_rollup_tables
-from ..options import duration_option, interval_option, json_option
+from ..options import TRACEPOINT_FLAVOURS, duration_option, interval_option, json_option, tracepoints_option
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -34,9 +34,10 @@ SPARK = "▁▂▃▄▅▆▇█"
                    "tracepoints, which slow every syscall a little).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Create this file once the probes are attached.")
+@tracepoints_option
 @dns_options
 def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, count_accepts, ready_file,
-            dns, per_domain, per_pod, resolve, dns_share, host_root):
+            tracepoints, dns, per_domain, per_pod, resolve, dns_share, host_root):
     """Watch connections per destination and listener, counted in the kernel.
 
     Every interval: connects, established, failed (by errno), active (open now, including
@@ -63,7 +64,8 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
             raise click.BadParameter(f"{dst!r} is not a network (e.g. 10.0.0.0/8)", param_hint="--dst")
     require_privileges()
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
-                      syscall_tracepoints=count_accepts, diagnoser=Diagnoser())
+                      syscall_tracepoints=count_accepts, diagnoser=Diagnoser(),
+                      raw_tracepoints=TRACEPOINT_FLAVOURS[tracepoints])
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root)
     watcher.enrich = enricher.apply
@@ -85,12 +87,13 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
             if stop["flag"]:             # Ctrl-C while compiling: nothing attached, nothing to say
                 sys.exit(130)
             raise
-        modes = " ".join(f"{k}={v}" for k, v in watcher.plan.items())
+        plan = dict(watcher.plan, tracepoints=watcher.modes["tracepoints"])
+        modes = " ".join(f"{k}={v}" for k, v in plan.items())
         click.echo(f"netdiag: attached ({modes})", err=True)
         if ready_file:
             # whole or not at all: a waiter polls for the file and reads it as soon as it exists
             tmp = ready_file.with_name(ready_file.name + ".tmp")
-            tmp.write_text(json.dumps({"modes": watcher.plan}) + "\n")
+            tmp.write_text(json.dumps({"modes": plan}) + "\n")
             tmp.replace(ready_file)
         view = LiveView(top) if tty else None
         deadline = time.monotonic() + duration if duration else None

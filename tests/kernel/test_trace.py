@@ -29,12 +29,18 @@ def topo(doctor):
 # ND_TRACE_MODES=auto,fentry,tracepoint runs the whole module once per forced mode (the VM lane
 # does, where all three hook paths exist).
 MODES = [m for m in os.environ.get("ND_TRACE_MODES", "auto").split(",") if m]
+# The shared tracepoints attach raw where the kernel allows it ("auto"); the classic fallback is
+# run once too, in tracepoint mode (results keyed "<mode>+classic/...").
+CLASSIC_MODES = [m for m in os.environ.get("ND_CLASSIC_MODES", "tracepoint").split(",") if m]
+RUNS = [(m, "auto") for m in MODES] + [(m, "classic") for m in CLASSIC_MODES]
 
 
-@pytest.fixture(scope="module", params=MODES)
+@pytest.fixture(scope="module", params=RUNS, ids=[f"{m}-{f}" for m, f in RUNS])
 def tracer(request, topo, tmp_path_factory):
-    tr = Tracer(tmp_path_factory.mktemp("trace"), "--mode", request.param)
-    tr.mode = request.param
+    mode, flavour = request.param
+    tr = Tracer(tmp_path_factory.mktemp("trace"), "--mode", mode, "--tracepoints", flavour)
+    tr.mode = mode if flavour == "auto" else f"{mode}+classic"
+    tr.flavour = flavour
     try:
         tr.ready_info = tr.wait_ready()
         yield tr

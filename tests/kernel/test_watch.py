@@ -80,9 +80,16 @@ def topo(doctor):
         yield t
 
 
-@pytest.fixture(scope="module")
-def watch(topo, tmp_path_factory):
-    w = Watch(tmp_path_factory.mktemp("watch"))
+# auto: raw tracepoints where the kernel allows them; classic: the fallback, run too
+FLAVOURS = [f for f in os.environ.get("ND_WATCH_FLAVOURS", "auto,classic").split(",") if f]
+
+
+@pytest.fixture(scope="module", params=FLAVOURS)
+def watch(request, topo, tmp_path_factory):
+    w = Watch(tmp_path_factory.mktemp("watch"), "--tracepoints", request.param)
+    w.prefix = "watch" if request.param == "auto" else "watch+classic"
+    if request.param == "classic":
+        assert w.info["modes"]["tracepoints"] == "classic"
     try:
         yield w
     finally:
@@ -113,7 +120,7 @@ def test_23_connects_active_then_closed(topo, watch):
         if client:
             client.close()
     rows = watch.rows(cli, dst, "out")
-    record_result("watch/23", {"connects": watch.total(cli, dst, "out", "connects"),
+    record_result(f"{watch.prefix}/23", {"connects": watch.total(cli, dst, "out", "connects"),
                                "established": watch.total(cli, dst, "out", "established"),
                                "accepts": watch.total(srv, dst, "in", "established"),
                                "modes": watch.info["modes"]})
@@ -152,7 +159,7 @@ def test_7_refused(topo, watch):
     for r in rows:
         for k, v in r["failed_by_errno"].items():
             errnos[k] = errnos.get(k, 0) + v
-    record_result("watch/refused", {"failed": watch.total(cli, dst, "out", "failed"), "errnos": errnos,
+    record_result(f"{watch.prefix}/refused", {"failed": watch.total(cli, dst, "out", "failed"), "errnos": errnos,
                                     "resets_in": watch.total(cli, dst, "out", "resets_in")})
     assert watch.total(cli, dst, "out", "connects") == 7
     assert watch.total(cli, dst, "out", "failed") == 7
@@ -184,7 +191,7 @@ def test_5_linger0_resets(topo, watch):
         server.close()
         if client:
             client.close()
-    record_result("watch/linger0", {"resets_out": watch.total(cli, dst, "out", "resets_out"),
+    record_result(f"{watch.prefix}/linger0", {"resets_out": watch.total(cli, dst, "out", "resets_out"),
                                     "resets_in": watch.total(srv, dst, "in", "resets_in")})
     assert watch.total(cli, dst, "out", "resets_out") == 5
     assert watch.total(srv, dst, "in", "resets_in") == 5
@@ -206,7 +213,7 @@ def test_listen_overflow_and_syn_retrans(topo, watch):
         if client:
             client.close()
     lst = [l for rec in watch.intervals() for l in rec["listeners"] if l["listen"] == dst and l["netns"] == srv]
-    record_result("watch/overflow", {"overflows": sum(l["overflows"] for l in lst),
+    record_result(f"{watch.prefix}/overflow", {"overflows": sum(l["overflows"] for l in lst),
                                      "syn_retrans": watch.total(cli, dst, "out", "syn_retrans")})
     assert lst and max(l["backlog"] for l in lst) == 1
     assert sum(l["overflows"] for l in lst) > 0

@@ -79,3 +79,34 @@ def test_running_kernel_conntrack_offsets():
     assert set(offs) == set(B.CT_OFFSETS) | set(B.CT_SIZES)
     # the reply tuple lies inside struct nf_conn, after the original one
     assert offs["ND_SIZE_CT_TUPLE_HASH"] > offs["ND_OFF_CTT_PROTONUM"]
+
+
+def build_btf_bitfield():
+    """struct bf { int x:8 at bit 8; int y at 32 } in a kind_flag struct."""
+    strings = b"\0int\0bf\0x\0y\0"
+    off = {s: strings.index(s.encode() + b"\0") for s in ("int", "bf", "x", "y")}
+    types = struct.pack("<III", off["int"], B.INT << 24, 4) + struct.pack("<I", 32)
+    types += struct.pack("<III", off["bf"], (1 << 31) | (B.STRUCT << 24) | 2, 8)
+    types += struct.pack("<III", off["x"], 1, (8 << 24) | 8)
+    types += struct.pack("<III", off["y"], 1, 32)
+    hdr = struct.pack("<HBBIIIII", B.BTF_MAGIC, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return hdr + types + strings
+
+
+def test_byte_aligned_bitfield_is_refused_and_sizes_known():
+    b = B.Btf(build_btf_bitfield())
+    with pytest.raises(KeyError, match="bitfield"):
+        b.offset("bf", "x")             # starts on a byte, still not a plain u8/u16 to read
+    assert b.offset("bf", "y") == 4 and b.member_size("bf", "y") == 4
+
+
+def test_running_kernel_raw_tracepoint_offsets():
+    try:
+        kb = B.kernel_btf()
+    except B.FeatureMissing as e:
+        pytest.skip(f"no kernel BTF: {e}")
+    offs = B.probe_rawtp_offsets(kb)
+    assert set(offs) == set(B.RAWTP_OFFSETS)
+    # struct sock_common starts struct sock: the addresses, ports and family sit in its first bytes
+    assert offs["ND_OFF_SKC_RCV_SADDR"] == offs["ND_OFF_SKC_DADDR"] + 4
+    assert kb.member_size("sock", "__sk_common.skc_v6_daddr") == 16

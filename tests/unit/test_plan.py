@@ -75,3 +75,26 @@ def test_snat_left_out_where_unavailable(kernel_has):
     assert eng.plan == {"connect": "tracepoint"} and "snat" in eng.unavailable
     eng = engine.ProbeEngine(["connect", "snat"], mode="tracepoint", features=feats(kprobes=True))
     assert "snat" not in eng.plan
+
+
+def test_raw_tracepoints_follow_the_kernel_and_can_be_refused(kernel_has):
+    base = dict(kprobes=False, fentry=False, ringbuf=True, btf_offsets={"ND_OFF_SOCK_NET": 48})
+    with_raw = Features(**base, raw_tp=True)
+    without = Features(**base, raw_tp=False)
+    auto = engine.ProbeEngine(("connect",), features=with_raw, stream=False, aggregate=True)
+    assert auto.raw_tp and "-DND_RAW_TP" in auto.cflags(strict=False)
+    classic = engine.ProbeEngine(("connect",), features=with_raw, raw_tracepoints=False)
+    assert not classic.raw_tp and "-DND_RAW_TP" not in classic.cflags(strict=False)
+    assert not engine.ProbeEngine(("connect",), features=without).raw_tp
+    with pytest.raises(FeatureMissing) as ei:
+        engine.ProbeEngine(("connect",), features=without, raw_tracepoints=True)
+    assert ei.value.exit_code == EXIT_UNAVAILABLE
+
+
+def test_ephemeral_range_flags_come_with_resets(kernel_has, monkeypatch):
+    monkeypatch.setattr(engine, "ephemeral_range", lambda: (32768, 60999))
+    f = Features(kprobes=False, fentry=False, ringbuf=True, btf_offsets={"ND_OFF_SOCK_NET": 48})
+    monkeypatch.setattr(engine, "reset_format_flags", lambda strict: [])
+    flags = engine.ProbeEngine(("connect", "resets"), features=f).cflags(strict=False)
+    assert "-DND_EPHEMERAL_LO=32768" in flags and "-DND_EPHEMERAL_HI=60999" in flags
+    assert not any("EPHEMERAL" in x for x in engine.ProbeEngine(("connect",), features=f).cflags(strict=False))

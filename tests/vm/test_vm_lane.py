@@ -59,7 +59,7 @@ def test_doctor_reports_kprobe_and_matching_headers(lane):
     assert lane["doctor"]["headers"] == "matching"
 
 
-@pytest.mark.parametrize("mode", ["auto", "fentry", "tracepoint"])
+@pytest.mark.parametrize("mode", ["auto", "fentry", "tracepoint", "auto+classic", "tracepoint+classic"])
 def test_counts_identical_to_host_lane(lane, mode):
     res = lane["results"]
     for scenario, expected in EXPECTED.items():
@@ -70,15 +70,18 @@ def test_counts_identical_to_host_lane(lane, mode):
     assert res[f"{mode}/summary"]["lost_events"] == 0
 
 
-def test_watch_counts_through_kprobes(lane):
+@pytest.mark.parametrize("prefix,flavour", [("watch", "raw"), ("watch+classic", "classic")])
+def test_watch_counts_through_kprobes(lane, prefix, flavour):
+    """watch with kprobes for connect/accept and the shared tracepoints raw (auto) or classic."""
     res = lane["results"]
-    assert res["watch/23"]["modes"]["connect"] == "kprobe" and res["watch/23"]["modes"]["accept"] == "kprobe"
-    assert {k: res["watch/23"][k] for k in ("connects", "established", "accepts")} == \
+    modes = res[f"{prefix}/23"]["modes"]
+    assert (modes["connect"], modes["accept"], modes["tracepoints"]) == ("kprobe", "kprobe", flavour)
+    assert {k: res[f"{prefix}/23"][k] for k in ("connects", "established", "accepts")} == \
         {"connects": 23, "established": 23, "accepts": 23}
-    assert res["watch/refused"]["failed"] == 7 and res["watch/refused"]["errnos"] == {"ECONNREFUSED": 7}
-    assert res["watch/refused"]["resets_in"] == 7
-    assert res["watch/linger0"] == {"resets_out": 5, "resets_in": 5}
-    assert res["watch/overflow"]["overflows"] > 0 and res["watch/overflow"]["syn_retrans"] > 0
+    assert res[f"{prefix}/refused"]["failed"] == 7 and res[f"{prefix}/refused"]["errnos"] == {"ECONNREFUSED": 7}
+    assert res[f"{prefix}/refused"]["resets_in"] == 7
+    assert res[f"{prefix}/linger0"] == {"resets_out": 5, "resets_in": 5}
+    assert res[f"{prefix}/overflow"]["overflows"] > 0 and res[f"{prefix}/overflow"]["syn_retrans"] > 0
 
 
 def test_snat_labs_through_kprobes(lane):
