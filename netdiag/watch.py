@@ -227,7 +227,9 @@ class Watcher:
                  for i in (STAT_DST_NEW, STAT_LOST)}
         # a batched dump taken while the probes update the map can repeat a key: count distinct ones
         n_entries = len(decoded)
-        evictions = max(stats[STAT_DST_NEW] - n_entries, 0)
+        # inserted - present; a key inserted between the dump and the counter read shows up as one
+        # eviction too many for an interval: the total never goes back, so the next one is not -1
+        evictions = max(stats[STAT_DST_NEW] - n_entries, self.prev_evictions)
 
         code_d = agg.code_deltas(codes, self.prev_codes)
         rows = agg.build_rows(live, self.prev_vals, dirs, active, code_d, {}, _errno_name, self.rst_reason,
