@@ -61,6 +61,37 @@ def ringbuf() -> tuple[bool, str]:
     return False, f"ring buffer map refused ({errno.errorcode.get(err, err)}): perf buffer is used"
 
 
+def _load_and_attach(prog_type: int, what: str, attach_type: int = 0, btf_id: int = 0,
+                     tp_name: str | None = None) -> tuple[bool, str]:
+    """Load a do-nothing program (r0 = 0; exit) and attach it with BPF_RAW_TRACEPOINT_OPEN (by
+    ``tp_name`` for a raw tracepoint, by the program's BTF target otherwise); detach at once."""
+    insns = (ctypes.c_uint8 * 16)(0xB7, 0, 0, 0, 0, 0, 0, 0,   # r0 = 0
+                                  0x95, 0, 0, 0, 0, 0, 0, 0)   # exit
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = (ctypes.c_uint8 * 128)()
+    for off, ctype, value in ((0, ctypes.c_uint32, prog_type), (4, ctypes.c_uint32, 2),
+                              (8, ctypes.c_uint64, ctypes.addressof(insns)),
+                              (16, ctypes.c_uint64, ctypes.addressof(lic)),
+                              (68, ctypes.c_uint32, attach_type), (108, ctypes.c_uint32, btf_id)):
+        ctype.from_buffer(attr, off).value = value
+    fd, err = _bpf(BPF_PROG_LOAD, attr)
+    if fd < 0:
+        return False, f"{what} program load refused ({errno.errorcode.get(err, err)})"
+    try:
+        name = ctypes.create_string_buffer(tp_name.encode()) if tp_name else None
+        attr2 = (ctypes.c_uint8 * 16)()
+        if name is not None:
+            ctypes.c_uint64.from_buffer(attr2, 0).value = ctypes.addressof(name)
+        ctypes.c_uint32.from_buffer(attr2, 8).value = fd
+        link, err = _bpf(BPF_RAW_TRACEPOINT_OPEN, attr2)
+        _close(link)
+        if link < 0:
+            return False, f"{what} attach refused ({errno.errorcode.get(err, err)})"
+        return True, ""
+    finally:
+        _close(fd)
+
+
 def fentry(func: str = "tcp_v4_connect") -> tuple[bool, str]:
     """Load and attach a do-nothing fentry program to ``func``: the only honest test."""
     try:
@@ -69,61 +100,15 @@ def fentry(func: str = "tcp_v4_connect") -> tuple[bool, str]:
         btf_id = b.find(FUNC, func)
     except (FeatureMissing, KeyError) as e:
         return False, f"no BTF for {func}: {e}"
-    insns = (ctypes.c_uint8 * 16)(0xB7, 0, 0, 0, 0, 0, 0, 0,   # r0 = 0
-                                  0x95, 0, 0, 0, 0, 0, 0, 0)   # exit
-    lic = ctypes.create_string_buffer(b"GPL")
-    attr = (ctypes.c_uint8 * 128)()
-
-    def put(off, ctype, value):
-        ctype.from_buffer(attr, off).value = value
-
-    put(0, ctypes.c_uint32, BPF_PROG_TYPE_TRACING)
-    put(4, ctypes.c_uint32, 2)
-    put(8, ctypes.c_uint64, ctypes.addressof(insns))
-    put(16, ctypes.c_uint64, ctypes.addressof(lic))
-    put(68, ctypes.c_uint32, BPF_TRACE_FENTRY)
-    put(108, ctypes.c_uint32, btf_id)
-    fd, err = _bpf(BPF_PROG_LOAD, attr)
-    if fd < 0:
-        return False, f"fentry program load refused ({errno.errorcode.get(err, err)})"
-    try:
-        attr2 = (ctypes.c_uint8 * 16)()
-        ctypes.c_uint32.from_buffer(attr2, 8).value = fd
-        link, err = _bpf(BPF_RAW_TRACEPOINT_OPEN, attr2)
-        _close(link)
-        if link < 0:
-            return False, f"fentry attach refused ({errno.errorcode.get(err, err)})"
-        return True, f"fentry on {func} loads and attaches"
-    finally:
-        _close(fd)
+    ok, note = _load_and_attach(BPF_PROG_TYPE_TRACING, "fentry", BPF_TRACE_FENTRY, btf_id)
+    return ok, note or f"fentry on {func} loads and attaches"
 
 
 def raw_tracepoint(event: str = "inet_sock_set_state") -> tuple[bool, str]:
     """Load a do-nothing raw tracepoint program and attach it to ``event``: BPF gets the
     tracepoint's arguments directly, without the record a classic tracepoint fills first."""
-    insns = (ctypes.c_uint8 * 16)(0xB7, 0, 0, 0, 0, 0, 0, 0,   # r0 = 0
-                                  0x95, 0, 0, 0, 0, 0, 0, 0)   # exit
-    lic = ctypes.create_string_buffer(b"GPL")
-    attr = (ctypes.c_uint8 * 128)()
-    ctypes.c_uint32.from_buffer(attr, 0).value = BPF_PROG_TYPE_RAW_TRACEPOINT
-    ctypes.c_uint32.from_buffer(attr, 4).value = 2
-    ctypes.c_uint64.from_buffer(attr, 8).value = ctypes.addressof(insns)
-    ctypes.c_uint64.from_buffer(attr, 16).value = ctypes.addressof(lic)
-    fd, err = _bpf(BPF_PROG_LOAD, attr)
-    if fd < 0:
-        return False, f"raw tracepoint program load refused ({errno.errorcode.get(err, err)})"
-    try:
-        name = ctypes.create_string_buffer(event.encode())
-        attr2 = (ctypes.c_uint8 * 16)()
-        ctypes.c_uint64.from_buffer(attr2, 0).value = ctypes.addressof(name)
-        ctypes.c_uint32.from_buffer(attr2, 8).value = fd
-        link, err = _bpf(BPF_RAW_TRACEPOINT_OPEN, attr2)
-        _close(link)
-        if link < 0:
-            return False, f"raw tracepoint attach refused ({errno.errorcode.get(err, err)})"
-        return True, f"raw tracepoint on {event} loads and attaches"
-    finally:
-        _close(fd)
+    ok, note = _load_and_attach(BPF_PROG_TYPE_RAW_TRACEPOINT, "raw tracepoint", tp_name=event)
+    return ok, note or f"raw tracepoint on {event} loads and attaches"
 
 
 @lru_cache(maxsize=1)

@@ -50,12 +50,16 @@ def test_bad_magic():
         B.Btf(bytes(blob))
 
 
-def test_running_kernel_offsets_resolve():
+@pytest.fixture
+def kernel_btf():
     try:
-        kb = B.kernel_btf()
+        return B.kernel_btf()
     except B.FeatureMissing as e:
         pytest.skip(f"no kernel BTF: {e}")
-    offs = B.probe_offsets(kb)
+
+
+def test_running_kernel_offsets_resolve(kernel_btf):
+    offs = B.probe_offsets(kernel_btf)
     assert set(offs) == set(B.OFFSETS)
     assert all(0 <= v < 8192 for v in offs.values())
 
@@ -100,13 +104,9 @@ def test_byte_aligned_bitfield_is_refused_and_sizes_known():
     assert b.offset("bf", "y") == 4 and b.member_size("bf", "y") == 4
 
 
-def test_running_kernel_raw_tracepoint_offsets():
-    try:
-        kb = B.kernel_btf()
-    except B.FeatureMissing as e:
-        pytest.skip(f"no kernel BTF: {e}")
-    offs = B.probe_rawtp_offsets(kb)
+def test_running_kernel_raw_tracepoint_offsets(kernel_btf):
+    offs = B.probe_rawtp_offsets(kernel_btf)
     assert set(offs) == set(B.RAWTP_OFFSETS)
     # struct sock_common starts struct sock: the addresses, ports and family sit in its first bytes
     assert offs["ND_OFF_SKC_RCV_SADDR"] == offs["ND_OFF_SKC_DADDR"] + 4
-    assert kb.member_size("sock", "__sk_common.skc_v6_daddr") == 16
+    assert kernel_btf.member_size("sock", "__sk_common.skc_v6_daddr") == 16
