@@ -226,7 +226,9 @@ class Watcher:
         stats = {i: sum(U64.unpack(v)[0] for v in self.maps["nd_stats"].lookup(struct.pack("<I", i)))
                  for i in (STAT_DST_NEW, STAT_LOST)}
         # a batched dump taken while the probes update the map can repeat a key: count distinct ones
-        n_entries = len(decoded)
+        # (a dump taken while keys are evicted and inserted can see one more key than the map
+        # holds at any moment; it never holds more than its size)
+        n_entries = min(len(decoded), self.max_dsts)
         # inserted - present; a key inserted between the dump and the counter read shows up as one
         # eviction too many for an interval: the total never goes back, so the next one is not -1
         evictions = max(stats[STAT_DST_NEW] - n_entries, self.prev_evictions)
