@@ -177,25 +177,12 @@ class Watcher:
         with self._seed_lock:
             seed = dict(self.seed)
         cur, dirs, active = {}, {}, {}
-        dsts = self.maps["nd_dsts"]
-        entries = dsts.items(split=False)
-        decoded = {}
-        changed = set()
-        for kb, raw in entries:
-            hit = self._decoded.get(kb)
-            if hit is None or hit[0] != raw:       # decode only the rows that changed
-                netns, fam, kdir, port, addr = DST_KEY.unpack(kb)
-                key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port,
-                                 kdir != agg.DIR_IN)
-                v = _sum_percpu(dsts.split_percpu(raw) if dsts.percpu else raw)
-                hit = (raw, key, {c: v[c] for c in agg.COUNTERS}, v["dir"], v["active"])
-                changed.add(key)
-            decoded[kb] = hit
-            _, key, counters, bits, act = hit
+        self._decoded, fresh = _decode_changed(self.maps["nd_dsts"], self._decoded, _dst_row)
+        changed = {self._decoded[kb][1][0] for kb in fresh}
+        for _, (key, counters, bits, act) in self._decoded.values():
             cur[key] = counters
             dirs[key] = bits
             active[key] = act + seed.get(key, 0)
-        self._decoded = decoded
         for key, n in seed.items():
             if key not in cur:                      # seeded, never touched since attach
                 cur[key] = {c: 0 for c in agg.COUNTERS}
@@ -206,29 +193,16 @@ class Watcher:
         prev_active = self.prev_active
         live = {k: cur[k] for k in cur
                 if k in changed or active.get(k, 0) > 0 or prev_active.get(k, 0) > 0}
-        codes = {}
-        cmap = self.maps["nd_codes"]
-        code_cache = {}
-        for kb, raw in cmap.items(split=False):
-            hit = self._code_cache.get(kb)
-            if hit is None or hit[0] != raw:
-                netns, fam, kdir, port, addr, kind, code = CODE_KEY.unpack(kb)
-                key = agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port,
-                                 kdir != agg.DIR_IN)
-                n = sum(U64.unpack(c)[0] for c in (cmap.split_percpu(raw) if cmap.percpu else [raw]))
-                hit = (raw, (key, kind, code), n)
-            code_cache[kb] = hit
-            codes[hit[1]] = hit[2]
-        self._code_cache = code_cache
+        self._code_cache, _ = _decode_changed(self.maps["nd_codes"], self._code_cache, _code_entry)
+        codes = dict(hit for _, hit in self._code_cache.values())
         drops = {DROP_KEY.unpack(kb): U64.unpack(vb)[0] for kb, vb in self.maps["nd_drops"].items()}
         hist = [sum(U64.unpack(c)[0] for c in self.maps["nd_lat_hist"].lookup(struct.pack("<I", i)))
                 for i in range(32)]
         stats = {i: sum(U64.unpack(v)[0] for v in self.maps["nd_stats"].lookup(struct.pack("<I", i)))
                  for i in (STAT_DST_NEW, STAT_LOST)}
-        # a batched dump taken while the probes update the map can repeat a key: count distinct ones
-        # (a dump taken while keys are evicted and inserted can see one more key than the map
-        # holds at any moment; it never holds more than its size)
-        n_entries = min(len(decoded), self.max_dsts)
+        # distinct keys of the dump; one taken while keys are evicted and inserted can see one
+        # more key than the map holds at any moment, and it never holds more than its size
+        n_entries = min(len(self._decoded), self.max_dsts)
         # inserted - present; a key inserted between the dump and the counter read shows up as one
         # eviction too many for an interval: the total never goes back, so the next one is not -1
         evictions = max(stats[STAT_DST_NEW] - n_entries, self.prev_evictions)
@@ -364,6 +338,37 @@ def merge_conntrack(record: dict, snap: dict) -> None:
                                  for ns in snap.get("netns", [])]
     record["node_totals"]["conntrack"] = snap.get("node_totals", {})
     record["lost_events"] += snap.get("lost_events", 0)
+
+
+def _dst_key(netns: int, fam: int, kdir: int, port: int, addr: bytes) -> agg.DstKey:
+    """A struct nd_dst_key's fields as the row key."""
+    return agg.DstKey(netns, 6 if fam == AF_INET6 else 4, format_addr(fam, addr), port, kdir != agg.DIR_IN)
+
+
+def _dst_row(kb: bytes, values: list) -> tuple:
+    """An nd_dsts entry: (row key, counters, direction bits, active)."""
+    v = _sum_percpu(values)
+    return _dst_key(*DST_KEY.unpack(kb)), {c: v[c] for c in agg.COUNTERS}, v["dir"], v["active"]
+
+
+def _code_entry(kb: bytes, values: list) -> tuple:
+    """An nd_codes entry: ((row key, kind, code), count)."""
+    *dk, kind, code = CODE_KEY.unpack(kb)
+    return (_dst_key(*dk), kind, code), sum(U64.unpack(c)[0] for c in values)
+
+
+def _decode_changed(m, cache: dict, decode) -> tuple[dict, list]:
+    """Every entry of map ``m`` as ``decode(key bytes, per-CPU value list)``, reusing the value
+    in ``cache`` for entries whose bytes did not change since. Returns the new cache ({key bytes:
+    (value bytes, decoded)}) and the key bytes decoded anew."""
+    out, fresh = {}, []
+    for kb, raw in m.items(split=False):
+        hit = cache.get(kb)
+        if hit is None or hit[0] != raw:
+            hit = (raw, decode(kb, m.split_percpu(raw) if m.percpu else [raw]))
+            fresh.append(kb)
+        out[kb] = hit
+    return out, fresh
 
 
 def _sum_percpu(values) -> dict:

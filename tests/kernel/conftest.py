@@ -124,3 +124,22 @@ class Peer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def snat_lab(**kw):
+    """A netdiag.natlab.SnatLab with a 10-port MASQUERADE range (40000-40009), for a module
+    fixture: yields it, removes it, and checks nothing of it is left. Skips where it cannot be
+    built."""
+    from netdiag.natlab import SnatLab
+    from netdiag.topology import TopologyError, leftovers
+    try:
+        lab = SnatLab(40000, 40009, **kw)
+    except TopologyError as e:
+        pytest.skip(f"cannot build the SNAT lab here: {e}")
+    try:
+        yield lab
+    finally:
+        tag = lab.tag
+        lab.close()
+        assert not [n for n in leftovers() if tag in n], "lab namespaces left behind"
+

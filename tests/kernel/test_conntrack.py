@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from netdiag.topology import leftovers
 
-from .conftest import Peer
+from .conftest import Peer, snat_lab
 
 pytestmark = pytest.mark.kernel
 
@@ -34,18 +33,7 @@ class Proc(Peer):
 def lab():
     if os.geteuid() != 0:
         pytest.skip("needs root: namespaces, iptables and ctnetlink")
-    from netdiag.natlab import SnatLab
-    from netdiag.topology import TopologyError
-    try:
-        lab = SnatLab(40000, 40009)
-    except TopologyError as e:
-        pytest.skip(f"cannot build the SNAT lab here: {e}")
-    try:
-        yield lab
-    finally:
-        tag = lab.tag
-        lab.close()
-        assert not [n for n in leftovers() if tag in n], "lab namespaces left behind"
+    yield from snat_lab()
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ import os
 
 import pytest
 
-from netdiag.topology import TopologyError, leftovers
 
-from .conftest import record_result
+from .conftest import record_result, snat_lab
 from .test_conntrack import Proc, _flush
 from .test_watch import Watch
 
@@ -24,17 +23,7 @@ def _expected_snat_mode() -> str:
 
 @pytest.fixture(scope="module")
 def lab(doctor):
-    from netdiag.natlab import SnatLab
-    try:
-        lab = SnatLab(40000, 40009, net=7)
-    except TopologyError as e:
-        pytest.skip(f"cannot build the SNAT lab here: {e}")
-    try:
-        yield lab
-    finally:
-        tag = lab.tag
-        lab.close()
-        assert not [n for n in leftovers() if tag in n]
+    yield from snat_lab(net=7)
 
 
 def test_watch_shows_snat_cap(lab, tmp_path):
