@@ -51,6 +51,14 @@ def code_deltas(cur: dict, prev: dict) -> dict:
     return out
 
 
+def codes_seen(cur: dict, prev: dict, shown: set) -> dict:
+    """The code counts to subtract next interval: advanced only for destinations that had a row
+    this interval. A code counted between the read of the destination counters and the read of
+    the codes belongs to a row that is not built until its counter moves; its delta waits for that
+    row instead of being lost."""
+    return {k: v if k[0] in shown else min(prev.get(k, 0), v) for k, v in cur.items()}
+
+
 def trouble_key(row: dict):
     """Sort order of the destinations table: failures, then resets, then active."""
     return (-(row["failed"]), -(row["resets_in"] + row["resets_out"]), -(row["syn_retrans"]),
@@ -58,12 +66,14 @@ def trouble_key(row: dict):
 
 
 def build_rows(cur: dict, prev: dict, dirs: dict, active: dict, codes: dict, names: dict,
-               errno_name, rst_reason_name, netns_label, prev_active: dict | None = None) -> list[dict]:
+               errno_name, rst_reason_name, netns_label, prev_active: dict | None = None,
+               shown: set | None = None) -> list[dict]:
     """Interval rows for every key that did something this interval, holds connections, or
     whose `active` changed (so a destination going back to 0 is reported once).
 
     cur/prev: {DstKey: counters}; dirs: {DstKey: dir bits}; active: {DstKey: current gauge};
-    codes: output of code_deltas; names: unused placeholder for domains (None for now)."""
+    codes: output of code_deltas; names: unused placeholder for domains (None for now);
+    shown: if given, the keys that got a row are added to it."""
     rows = []
     for key, vals in cur.items():
         d = delta(vals, prev.get(key))
@@ -71,6 +81,8 @@ def build_rows(cur: dict, prev: dict, dirs: dict, active: dict, codes: dict, nam
         busy = any(d[c] for c in COUNTERS if c not in ("lat_sum_ns", "lat_count"))
         if not busy and act <= 0 and (prev_active or {}).get(key, 0) <= 0:
             continue
+        if shown is not None:
+            shown.add(key)
         bits = dirs.get(key, DIR_OUT)
         row = {
             "dst": key.endpoint,

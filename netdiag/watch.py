@@ -208,8 +208,9 @@ class Watcher:
         evictions = max(stats[STAT_DST_NEW] - n_entries, self.prev_evictions)
 
         code_d = agg.code_deltas(codes, self.prev_codes)
+        shown: set = set()
         rows = agg.build_rows(live, self.prev_vals, dirs, active, code_d, {}, _errno_name, self.rst_reason,
-                              self.labels.label, self.prev_active)
+                              self.labels.label, self.prev_active, shown)
         rows = [r for r in rows if self._wanted(r)]
         if not self.accepts_measured:
             for r in rows:
@@ -256,7 +257,8 @@ class Watcher:
             self.enrich(record)
         if self.diagnoser is not None:
             record["verdicts"] = self.diagnoser.update(record) + record["verdicts"]
-        self.prev_vals, self.prev_codes, self.prev_drops, self.prev_hist = cur, codes, drops, hist
+        self.prev_vals, self.prev_drops, self.prev_hist = cur, drops, hist
+        self.prev_codes = agg.codes_seen(codes, self.prev_codes, shown)
         self.prev_active = active
         self.prev_evictions = evictions
         self.t_prev = now

@@ -28,6 +28,24 @@ def test_code_deltas():
     assert agg.code_deltas(cur, prev) == {(K, 1): {111: 3}, (K, 2): {3: 1}}
 
 
+def test_code_counted_before_its_row_moves_is_kept_for_that_row():
+    """A failure traced between the read of the counters and the read of the codes: the code
+    is in this interval's dump, the failed count only in the next one."""
+    prev_vals, prev_codes, errnos, failed = {K: vals()}, {}, {}, 0
+    for cur_vals, codes in (({K: vals()}, {(K, 1, 111): 4}),               # codes ahead of counters
+                            ({K: vals(failed=4)}, {(K, 1, 111): 4}),       # the counters catch up
+                            ({K: vals(failed=7)}, {(K, 1, 111): 7})):
+        shown = set()
+        rows = agg.build_rows(cur_vals, prev_vals, {K: 1}, {K: 0}, agg.code_deltas(codes, prev_codes), {},
+                              lambda c: f"E{c}", lambda c: f"R{c}", lambda ns: None, None, shown)
+        for r in rows:
+            failed += r["failed"]
+            for k, v in r["failed_by_errno"].items():
+                errnos[k] = errnos.get(k, 0) + v
+        prev_vals, prev_codes = cur_vals, agg.codes_seen(codes, prev_codes, shown)
+    assert failed == 7 and errnos == {"E111": 7}
+
+
 def build(cur, prev, active, prev_active=None, codes=None):
     return agg.build_rows(cur, prev, {K: 1, K2: 2}, active, codes or {}, {}, lambda c: f"E{c}",
                           lambda c: f"R{c}", lambda ns: None, prev_active)
