@@ -268,14 +268,20 @@ static __always_inline void nd_agg_closed(u64 sk, struct nd_tuple *t)
     nd_conns.delete(&sk);
 }
 
-/* Which row does an event on this socket belong to? Outbound sockets (connecting, or in
- * nd_conns, or the one that just closed on this CPU) count against the remote endpoint, the
- * rest against the local one. */
-static __always_inline u32 nd_classify(u64 sk, u32 netns, struct nd_tuple *t, int connecting,
-                                       struct nd_dst_key *k)
+/* Which row does an event on this socket belong to? Outbound sockets (in nd_conns, connecting,
+ * or the one that just closed on this CPU) count against the remote endpoint, the rest against
+ * the local one. netns: the event's namespace if the caller has read it (a --netns filter), else
+ * 0, and it is read here only when the row needs it (from sk, or from the device of skb for a
+ * socket-less segment): the RST an abort sends right after CLOSE takes its row from the slot. */
+static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struct nd_tuple *t,
+                                       int connecting, struct nd_dst_key *k)
 {
-    int out = connecting || (sk && nd_conns.lookup(&sk));
-    if (!out && sk) {
+    if (sk) {
+        struct nd_conn *c = nd_conns.lookup(&sk);
+        if (c) {
+            nd_key_remote(k, c->netns, t);
+            return ND_DIR_OUT;
+        }
         u32 zero = 0;
         struct nd_closed_slot *slot = nd_last_closed.lookup(&zero);
         if (slot && slot->sk == sk) {
@@ -283,6 +289,9 @@ static __always_inline u32 nd_classify(u64 sk, u32 netns, struct nd_tuple *t, in
             return ND_DIR_OUT;
         }
     }
+    if (!netns)
+        netns = sk ? nd_netns_of_sk((void *)sk) : nd_netns_of_skb(skb);
+    int out = connecting;
     if (!out && sk && nd_any_seeded()) {
         struct nd_sock_key s = {};
         nd_sock_key_of(&s, netns, t);

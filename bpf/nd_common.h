@@ -162,6 +162,12 @@ BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_CONNS, BPF_F_NO_CO
 
 static __always_inline void nd_count(u32 idx)
 {
+#if defined(ND_AGGREGATE) && !defined(ND_STREAM)
+    /* watch reads only these two (per-destination rows carry the rest); the other counters are
+     * trace's run summary. idx is a constant at every call: the rest compile to nothing. */
+    if (idx != ND_STAT_LOST && idx != ND_STAT_DST_NEW)
+        return;
+#endif
     u64 *v = nd_stats.lookup(&idx);
     if (v)
         (*v)++;
@@ -222,6 +228,17 @@ static __always_inline int nd_sk_err(const void *sk)
     bpf_probe_read_kernel(&err, sizeof(err), (const char *)sk + ND_OFF_SOCK_ERR);
 #endif
     return err;
+}
+
+/* The namespace an event needs before anything else: only with a --netns filter (0 otherwise,
+ * and whoever needs it reads it later, if at all). */
+static __always_inline u32 nd_netns_early(const void *sk, const void *skb)
+{
+#ifdef ND_FILTER_NETNS
+    return sk ? nd_netns_of_sk(sk) : nd_netns_of_skb(skb);
+#else
+    return 0;
+#endif
 }
 
 static __always_inline int nd_netns_allowed(u32 netns)

@@ -8,11 +8,11 @@
  * defines it (values come from the format file), so it is declared here, as an int. */
 enum sk_rst_reason { ND_SK_RST_REASON_DECLARED_BY_NETDIAG };
 
-static __always_inline void nd_rst_count(u64 sk, u32 netns, struct nd_tuple *t, int connecting,
-                                         int out, u32 reason)
+static __always_inline void nd_rst_count(u64 sk, const void *skb, u32 netns, struct nd_tuple *t,
+                                         int connecting, int out, u32 reason)
 {
     struct nd_dst_key k = {};
-    u32 dir = nd_classify(sk, netns, t, connecting, &k);
+    u32 dir = nd_classify(sk, skb, netns, t, connecting, &k);
     struct nd_dst_val *v = nd_dst(&k, dir);
     if (!v)
         return;
@@ -58,7 +58,7 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
     if (!sk && t.sport >= ND_EPHEMERAL_LO && t.sport <= ND_EPHEMERAL_HI)
         t.sport = 0;
 #endif
-    u32 netns = sk ? nd_netns_of_sk((void *)sk) : nd_netns_of_skb(args->skbaddr);
+    u32 netns = nd_netns_early((void *)sk, args->skbaddr);
     if (!nd_netns_allowed(netns))
         return 0;
     int connecting = sk && args->state == ND_TCP_SYN_SENT;
@@ -66,7 +66,7 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
 #ifdef ND_RST_HAS_REASON
     reason = args->reason;
 #endif
-    nd_rst_count(sk, netns, &t, connecting, 1, reason);
+    nd_rst_count(sk, args->skbaddr, netns, &t, connecting, 1, reason);
     nd_count(ND_STAT_RST_OUT);
     return 0;
 }
@@ -85,10 +85,10 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
     u64 sk = (u64)args->skaddr;
     ND_TUPLE_FROM_ARGS(t, args);
 #endif
-    u32 netns = nd_netns_of_sk((void *)sk);
+    u32 netns = nd_netns_early((void *)sk, 0);
     if (!nd_netns_allowed(netns))
         return 0;
-    nd_rst_count(sk, netns, &t, 0, 0, 0);
+    nd_rst_count(sk, 0, netns, &t, 0, 0, 0);
     nd_count(ND_STAT_RST_IN);
     return 0;
 }
