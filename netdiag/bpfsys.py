@@ -138,3 +138,51 @@ class Map:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class RingBuffer:
+    """A BPF ring buffer map (BPF_MAP_TYPE_RINGBUF) read through mmap, without libbpf.
+
+    The kernel maps one writable page with the consumer position, then, read-only, one page with
+    the producer position followed by the data area twice over (a record that wraps reads as one
+    slice). Each record: a u32 length whose top two bits are BUSY (not committed yet) and DISCARD,
+    a u32 page offset, then the data, padded to 8 bytes. ``fileno()`` is pollable (readable when
+    records wait)."""
+
+    BUSY, DISCARD, HDR = 1 << 31, 1 << 30, 8
+
+    def __init__(self, m: "Map"):
+        import mmap
+        self.map = m
+        self.size = m.max_entries
+        page = mmap.PAGESIZE
+        self._cons = mmap.mmap(m.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._prod = mmap.mmap(m.fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._data = memoryview(self._prod)[page:]
+        self._mask = self.size - 1
+
+    def fileno(self) -> int:
+        return self.map.fd
+
+    def consume(self, limit: int | None = None) -> list[bytes]:
+        """The committed records waiting, oldest first (at most ``limit``); they are released."""
+        import struct
+        cons = struct.unpack_from("<Q", self._cons, 0)[0]
+        prod = struct.unpack_from("<Q", self._prod, 0)[0]
+        out: list[bytes] = []
+        while cons < prod and (limit is None or len(out) < limit):
+            off = cons & self._mask
+            hdr = struct.unpack_from("<I", self._data, off)[0]
+            if hdr & self.BUSY:
+                break
+            n = hdr & ~(self.BUSY | self.DISCARD)
+            if not hdr & self.DISCARD:
+                out.append(bytes(self._data[off + self.HDR:off + self.HDR + n]))
+            cons += (n + self.HDR + 7) & ~7
+        struct.pack_into("<Q", self._cons, 0, cons)
+        return out
+
+    def close(self) -> None:
+        self._data.release()
+        self._prod.close()
+        self._cons.close()

@@ -70,13 +70,23 @@ def _has_table(b, name: str) -> bool:
 def load(engine_kwargs: dict, maps: list[str], optional_maps: tuple = ()) -> Detached:
     """Run the engine in a child with these arguments; return the maps and attachments.
     ``optional_maps`` may be absent from the program (left out of ``Detached.maps``)."""
+    return _run_child({"engine": engine_kwargs, "maps": maps, "optional_maps": list(optional_maps)})
+
+
+def load_dns_capture(cgroup: str) -> Detached:
+    """Compile bpf/dns.c in a child and link its cgroup_skb programs to ``cgroup``
+    (netdiag/dns/cgcapture.py); maps nd_dns_events and nd_dns_lost, the links as attachments."""
+    return _run_child({"dns_capture": {"cgroup": cgroup}})
+
+
+def _run_child(request: dict) -> Detached:
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "netdiag.loader", str(child.fileno())],
                             pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
     child.close()
     try:
-        parent.sendall(json.dumps({"engine": engine_kwargs, "maps": maps, "optional_maps": list(optional_maps)}).encode() + b"\n")
+        parent.sendall(json.dumps(request).encode() + b"\n")
         header, fds = _recv_all(parent)
     finally:
         parent.close()
@@ -117,6 +127,9 @@ def _child(fd: int) -> None:
         buf += chunk
     req = json.loads(buf.decode())
     try:
+        if "dns_capture" in req:
+            _child_dns(sock, req["dns_capture"])
+            os._exit(0)
         from .engine import ProbeEngine
         eng = ProbeEngine(**req["engine"])
         eng.start()
@@ -137,16 +150,34 @@ def _child(fd: int) -> None:
             part = all_fds[i:i + MAX_FDS_PER_MSG]
             socket.send_fds(sock, [payload if i == 0 else b" "], part)
     except errors.NetdiagError as e:
-        err = {"type": type(e).__name__, "message": str(e), "detail": e.detail,
-               "feature": getattr(e, "feature", None)}
-        socket.send_fds(sock, [json.dumps({"error": err}).encode()], [])
+        _send_error(sock, e)
     except Exception as e:   # anything unexpected still reaches the parent as one line
-        err = {"type": "BpfLoadError", "message": f"probe loader failed: {e}", "detail": None}
-        socket.send_fds(sock, [json.dumps({"error": err}).encode()], [])
+        _send_error(sock, errors.BpfLoadError(f"probe loader failed: {e}"))
     sock.shutdown(socket.SHUT_WR)
     sock.close()
     # no interpreter shutdown: BCC's atexit cleanup would detach what the parent now holds
     os._exit(0)
+
+
+def _child_dns(sock: socket.socket, req: dict) -> None:
+    from .dns.cgcapture import child_attach
+    try:
+        maps, links = child_attach(req["cgroup"])
+    except OSError as e:
+        raise errors.FeatureMissing("cgroup_skb", f"DNS capture on cgroup_skb unavailable: {e.strerror or e}") from e
+    except Exception as e:   # BCC compile or load: the kernel refused a helper, say
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise errors.FeatureMissing("cgroup_skb", f"DNS capture on cgroup_skb unavailable: {first}") from e
+    header = {"plan": {"dns": "cgroup_skb"}, "maps": list(maps)}
+    socket.send_fds(sock, [json.dumps(header).encode()], list(maps.values()) + links)
+    sock.shutdown(socket.SHUT_WR)
+    sock.close()
+
+
+def _send_error(sock: socket.socket, e: Exception) -> None:
+    err = {"type": type(e).__name__, "message": str(e), "detail": getattr(e, "detail", None),
+           "feature": getattr(e, "feature", None)}
+    socket.send_fds(sock, [json.dumps({"error": err}).encode()], [])
 
 
 if __name__ == "__main__":

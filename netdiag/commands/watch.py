@@ -37,7 +37,7 @@ SPARK = "▁▂▃▄▅▆▇█"
 @tracepoints_option
 @dns_options
 def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, count_accepts, ready_file,
-            tracepoints, dns, per_domain, per_pod, resolve, dns_share, host_root):
+            tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share, host_root):
     """Watch connections per destination and listener, counted in the kernel.
 
     Every interval: connects, established, failed (by errno), active (open now, including
@@ -67,7 +67,7 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
                       syscall_tracepoints=count_accepts, diagnoser=Diagnoser(),
                       raw_tracepoints=TRACEPOINT_FLAVOURS[tracepoints])
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
-                        dns_share=dns_share, netns=netns_inode, host_root=host_root)
+                        dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)
     watcher.enrich = enricher.apply
     stop = {"flag": False}
 

@@ -1,11 +1,20 @@
 """DNS on the wire in every network namespace of the node.
 
-One ``AF_PACKET``/``SOCK_DGRAM`` socket per namespace (opened inside it through
+Two capture paths (``capture=``). ``cgroup``: cgroup_skb programs on the root cgroup copy the DNS
+packets of local sockets into a ring buffer with their namespace's cookie (``cgcapture.py``;
+nothing is cloned and nothing else reaches userspace). ``packet``, the fallback: one
+``AF_PACKET``/``SOCK_DGRAM`` socket per namespace (opened inside it through
 ``namespaces.NetnsExecutor``), carrying the classic BPF filter of ``filter.py`` so only port-53
 packets (UDP and TCP, IPv4 and IPv6) reach userspace; all sockets are read non-blocking by one
 thread through ``selectors``. Namespaces that appear later (a new pod, a lab) are picked up by a
 rescan every ``rescan_s`` seconds, and those that go away are closed (an open packet socket
-would otherwise keep a deleted namespace alive).
+would otherwise keep a deleted namespace alive). ``auto`` takes the cgroup path where the kernel
+allows it (cgroup v2 mounted and visible whole, bpf_get_netns_cookie() in cgroup_skb programs)
+and packet sockets otherwise; ``mode`` and ``fallback`` say which and why.
+
+With the cgroup path, a namespace's cookie is read once (``SO_NETNS_COOKIE`` on a socket opened
+in it); a packet from a namespace not known yet makes the observer rescan at once, so a new
+namespace's first lookup is kept.
 
 Each namespace counts the DNS traffic *it* originates as a client, each packet once:
 
@@ -37,6 +46,8 @@ from pathlib import Path
 from .. import namespaces as nsx
 from . import filter as bpf
 from .cache import NameCache, QueryStats
+from .cgcapture import DIR_EGRESS, netns_cookie
+from .cgcapture import decode as decode_record
 from .wire import TCP, UDP, ParseCache, decode_ip, msg_id, tcp_messages
 
 ETH_P_ALL = 0x0003
@@ -47,6 +58,9 @@ SO_RCVBUFFORCE = 33
 SO_TIMESTAMPNS = 35
 DNS_PORT = 53
 DRAIN_BATCH = 1024            # packets per socket per round, so one busy namespace starves no other
+CAPTURES = ("auto", "cgroup", "packet")
+UNMAPPED_MAX = 10_000         # packets held while their namespace is being looked up
+UNMAPPED_AGE_S = 1.0
 
 
 def _open_capture(rcvbuf: int) -> socket.socket:
@@ -92,7 +106,7 @@ def local_addresses(proc_net: str = "/proc/thread-self/net") -> set[str]:
 class _Capture:
     __slots__ = ("ns", "inode", "name", "sock", "local")
 
-    def __init__(self, ns: nsx.Namespace, sock: socket.socket, local: set):
+    def __init__(self, ns: nsx.Namespace, sock: socket.socket | None, local: set):
         self.ns, self.inode, self.name, self.sock, self.local = ns, ns.inode, ns.name, sock, local
 
 
@@ -104,7 +118,10 @@ class DnsObserver:
 
     def __init__(self, netns_filter=None, timeout_s: float = 5.0, rescan_s: float = 2.0,
                  rcvbuf: int = 4 << 20, threaded: bool = True, max_addrs: int = 200_000,
-                 max_pending: int = 200_000, proc: Path = nsx.PROC, run: Path = nsx.NETNS_RUN):
+                 max_pending: int = 200_000, proc: Path = nsx.PROC, run: Path = nsx.NETNS_RUN,
+                 capture: str = "auto"):
+        if capture not in CAPTURES:
+            raise ValueError(f"capture must be one of {', '.join(CAPTURES)}")
         if isinstance(netns_filter, int):
             netns_filter = {netns_filter}
         self.netns_filter = set(netns_filter) if netns_filter is not None else None
@@ -120,7 +137,7 @@ class DnsObserver:
         self._pending: OrderedDict = OrderedDict()    # key -> (ts, netns, qname)
         self._stats: dict = {}                         # (netns, qname|None) -> QueryStats
         self._chains: dict = {}                        # (netns, qname) -> chain, this interval
-        self._skipped = {"tcp_partial": 0, "malformed": 0, "pending_evicted": 0, "forwarded": 0}
+        self._skipped = {"tcp_partial": 0, "malformed": 0, "pending_evicted": 0, "forwarded": 0, "unknown_netns": 0}
         self._lost = 0
         self._lost_total = 0
         self._open_errors: dict[int, str] = {}
@@ -130,9 +147,31 @@ class DnsObserver:
         self._last_scan = 0.0
         self._last_expire = 0.0
         self._t_snap = None
+        self.capture = capture
+        self.mode = None                 # "cgroup_skb" or "packet" once started
+        self.fallback = None             # why auto did not take the cgroup path
+        self._ring = None
+        self._cookies: dict[int, int] = {}     # netns cookie -> inode (cgroup path)
+        self._unmapped: list = []              # records from a namespace not known yet
+        self._last_forced = 0.0
+        self._foreign: set[int] = set()        # cookies a rescan could not place
+        self._mono_off = 0.0
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> "DnsObserver":
+        if self.capture in ("auto", "cgroup"):
+            from ..errors import NetdiagError
+            from .cgcapture import CgroupCapture
+            try:
+                self._ring = CgroupCapture()
+            except NetdiagError as e:
+                if self.capture == "cgroup":
+                    raise
+                self.fallback = str(e)
+        self.mode = "cgroup_skb" if self._ring is not None else "packet"
+        self._mono_off = time.time() - time.monotonic()
+        if self._ring is not None:
+            self._sel.register(self._ring, selectors.EVENT_READ, None)
         self._exec = nsx.NetnsExecutor(name="dns-capture")
         with self._lock:
             self._rescan()
@@ -153,6 +192,13 @@ class DnsObserver:
         if self._exec is not None:
             self._exec.close()
             self._exec = None
+        if self._ring is not None:
+            try:
+                self._sel.unregister(self._ring)
+            except (KeyError, ValueError):
+                pass
+            self._ring.close()
+            self._ring = None
         self._sel.close()
 
     def __enter__(self):
@@ -168,20 +214,34 @@ class DnsObserver:
             return {i: c.name for i, c in self._caps.items()}
 
     # -- namespaces -----------------------------------------------------------------------------
-    def _rescan(self) -> None:
+    def _rescan(self, periodic: bool = True) -> None:
+        if periodic:
+            self._foreign.clear()
         added, removed = self._ns_watch.poll()
         for ns in removed:
             self._drop(ns.inode)
         for ns in added:
             self._add(ns)
         for cap in self._caps.values():                # addresses come and go (pod IPs, labs)
+            if cap.sock is None:
+                continue                               # cgroup path: every packet is a local socket's
             try:
                 cap.local = self._exec.call(cap.ns, local_addresses, timeout=5)
             except (OSError, nsx.NetnsError):
                 pass
-        self._last_scan = time.monotonic()
+        if periodic:
+            self._last_scan = time.monotonic()
 
     def _add(self, ns: nsx.Namespace) -> None:
+        if self._ring is not None:
+            try:
+                cookie = self._exec.call(ns, netns_cookie, timeout=5)
+            except (OSError, nsx.NetnsError) as e:
+                self._open_errors[ns.inode] = str(e)
+                return
+            self._cookies[cookie] = ns.inode
+            self._caps[ns.inode] = _Capture(ns, None, set())
+            return
         try:
             sock = self._exec.call(ns, _open_capture, self.rcvbuf, timeout=5)
             local = self._exec.call(ns, local_addresses, timeout=5)
@@ -196,6 +256,10 @@ class DnsObserver:
     def _drop(self, inode: int) -> None:
         cap = self._caps.pop(inode, None)
         if cap is None:
+            return
+        if cap.sock is None:
+            self._drain_ring(limit=None)
+            self._cookies = {c: i for c, i in self._cookies.items() if i != inode}
             return
         self._drain(cap, limit=None)
         self._lost += self._read_drops(cap)
@@ -226,7 +290,9 @@ class DnsObserver:
             with self._lock:
                 for key, _ in events:
                     cap = key.data
-                    if cap.inode in self._caps:
+                    if cap is None:
+                        self._drain_ring()
+                    elif cap.inode in self._caps:
                         self._drain(cap)
                 self._housekeeping()
 
@@ -243,10 +309,15 @@ class DnsObserver:
         captured from now on) and expire unanswered queries; returns when done."""
         with self._lock:
             for cap in list(self._caps.values()):
-                self._drain(cap, limit=None)
+                if cap.sock is not None:
+                    self._drain(cap, limit=None)
+            self._drain_ring(limit=None)
             self._housekeeping(force=True)
             for cap in list(self._caps.values()):
-                self._drain(cap, limit=None)
+                if cap.sock is not None:
+                    self._drain(cap, limit=None)
+            self._drain_ring(limit=None)
+            self._retry_unmapped(final=True)
 
     def _drain(self, cap: _Capture, limit: int | None = DRAIN_BATCH) -> None:
         sock = cap.sock
@@ -265,6 +336,56 @@ class DnsObserver:
                     sec, nsec = struct.unpack_from("qq", val)
                     ts = sec + nsec * 1e-9
             self._handle(cap, data, addr[2], ts or time.time())
+
+    def _drain_ring(self, limit: int | None = DRAIN_BATCH) -> None:
+        if self._ring is None:
+            return
+        for rec in self._ring.records(limit):
+            d = decode_record(rec)
+            if d is None:
+                self._skipped["malformed"] += 1
+                continue
+            ts_ns, cookie, direction, data = d
+            self._ring_packet(cookie, direction, ts_ns / 1e9 + self._mono_off, data)
+        self._retry_unmapped()
+
+    def _ring_packet(self, cookie: int, direction: int, ts: float, data: bytes, retry: bool = False) -> bool:
+        inode = self._cookies.get(cookie)
+        cap = self._caps.get(inode) if inode is not None else None
+        if cap is None:
+            if cookie in self._foreign:
+                self._skipped["unknown_netns"] += 1
+            elif not retry:
+                self._unmapped.append((time.monotonic(), cookie, direction, ts, data))
+                if len(self._unmapped) > UNMAPPED_MAX:
+                    self._unmapped.pop(0)
+                    self._skipped["unknown_netns"] += 1
+            return False
+        self._handle(cap, data, PACKET_OUTGOING if direction == DIR_EGRESS else 0, ts)
+        return True
+
+    def _retry_unmapped(self, final: bool = False) -> None:
+        """Packets from a namespace that had no cookie mapped yet: rescan (at most every 0.1 s)
+        and place them; those still unplaced after a few rescans belong to a namespace the
+        observer does not watch (a --netns filter) or one already gone."""
+        if not self._unmapped:
+            return
+        now = time.monotonic()
+        rescanned = now - self._last_forced >= 0.1
+        if rescanned:
+            self._last_forced = now
+            self._rescan(periodic=False)
+        keep = []
+        for item in self._unmapped:
+            if item[1] not in self._foreign and self._ring_packet(item[1], item[2], item[3], item[4], retry=True):
+                continue
+            if rescanned or final or now - item[0] > UNMAPPED_AGE_S:
+                self._skipped["unknown_netns"] += 1
+                if rescanned:
+                    self._foreign.add(item[1])     # until the next periodic rescan
+            else:
+                keep.append(item)
+        self._unmapped = keep
 
     def _handle(self, cap: _Capture, data: bytes, pkttype: int, ts: float) -> None:
         p = decode_ip(data)
@@ -367,7 +488,10 @@ class DnsObserver:
         with self._lock:
             self._expire(time.time())
             for cap in self._caps.values():
-                self._lost += self._read_drops(cap)
+                if cap.sock is not None:
+                    self._lost += self._read_drops(cap)
+            if self._ring is not None:
+                self._lost += self._ring.lost()
             now = time.time()
             interval = max(now - (self._t_snap or now), 1e-6)
             stats, self._stats = self._stats, {}

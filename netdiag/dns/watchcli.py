@@ -15,7 +15,7 @@ from .attribute import LINK_LOCAL_PPS
 
 
 def dns_options(f):
-    """--dns/--no-dns, --per-domain, --per-pod, --resolve, --dns-share, --host-root."""
+    """--dns/--no-dns, --dns-capture, --per-domain, --per-pod, --resolve, --dns-share, --host-root."""
     f = click.option("--host-root", type=click.Path(file_okay=False), default="/", show_default=True,
                      help="Where the node's /var/log/pods, /run/netns, /sys/fs/cgroup and CRI socket are "
                           "(/host in `kubectl debug node/... --profile=sysadmin`); processes are read from /proc.")(f)
@@ -31,9 +31,14 @@ def dns_options(f):
     f = click.option("--per-domain", is_flag=True,
                      help="Roll destinations up by the domain each namespace resolved (all IPs and ports "
                           "merged), with DNS latency and failures per domain.")(f)
+    f = click.option("--dns-capture", type=click.Choice(["auto", "cgroup", "packet"]), default="auto",
+                     show_default=True,
+                     help="cgroup: cgroup_skb programs on the root cgroup copy local sockets' DNS packets "
+                          "(nothing cloned); packet: a packet socket in every namespace; auto: cgroup where "
+                          "the kernel allows it.")(f)
     f = click.option("--dns/--no-dns", "dns", default=False, show_default=True,
                      help="Watch DNS answers in every namespace to fill `domain` (on with --per-domain). "
-                          "Off by default: a packet tap on every namespace costs every packet a clone.")(f)
+                          "Off by default: capturing costs every packet of every local socket a little.")(f)
     return f
 
 
@@ -42,13 +47,14 @@ class Enricher:
 
     def __init__(self, dns: bool = True, per_domain: bool = False, per_pod: bool = False,
                  resolve: bool = False, dns_share: float = 0.5, netns: int | None = None,
-                 host_root: str = "/", observer=None):
+                 host_root: str = "/", observer=None, dns_capture: str = "auto"):
         self.dns = dns or per_domain
         self.per_domain, self.per_pod, self.resolve = per_domain, per_pod, resolve
         self.dns_share = dns_share
         self.netns = netns
         self.host_root = host_root
         self.observer = observer
+        self.dns_capture = dns_capture
         self.pods = None
         self.reverse = None
         self.note = None
@@ -62,10 +68,13 @@ class Enricher:
             from .observer import DnsObserver
             try:
                 from pathlib import Path
-                self.observer = DnsObserver(netns_filter=self.netns,
+                self.observer = DnsObserver(netns_filter=self.netns, capture=self.dns_capture,
                                             run=Path(self.host_root, "run", "netns")).start()
             except OSError as e:             # no CAP_NET_RAW: connections stay unnamed, and we say so
                 self.observer, self.note = None, f"DNS capture unavailable: {e}"
+            else:
+                if self.observer.fallback:
+                    self.note = f"DNS capture on packet sockets ({self.observer.fallback})"
         if self.per_pod or self.per_domain:
             from ..pods import PodMap
             self.pods = PodMap(self.host_root, proc="/proc")
@@ -77,7 +86,7 @@ class Enricher:
     def apply(self, rec: dict) -> dict:
         from .attribute import annotate, dns_rate_limit_verdict, rollup_domains, rollup_pods
         annotate(rec, self.observer, pods=self.pods, reverse=self.reverse)
-        rec.setdefault("modes", {})["dns"] = "packet" if self.observer is not None else "off"
+        rec.setdefault("modes", {})["dns"] = self.observer.mode if self.observer is not None else "off"
         if self.per_domain:
             rec["domains"] = rollup_domains(rec, per_pod=self.per_pod)
         if self.per_pod:

@@ -1,0 +1,97 @@
+/* DNS capture for `watch --per-domain` on the cgroup socket-buffer hooks (cgroup_skb), attached
+ * through bpf_links to the root of the cgroup v2 hierarchy: it runs for the packets of local
+ * sockets only, in every network namespace, and clones nothing. A packet a local socket sends to
+ * port 53 (a query, or its TCP handshake) or receives from port 53 (an answer) is copied, from
+ * its IP header on, up to ND_DNS_SNAP bytes, into a ring buffer with the socket's namespace
+ * cookie; userspace (netdiag/dns/cgcapture.py) decodes it as it decodes a packet socket's.
+ * Every program returns 1: the packet always goes on. Needs bpf_get_netns_cookie() in
+ * cgroup_skb programs; without it netdiag falls back to packet sockets. */
+
+#ifndef ND_DNS_SNAP
+#define ND_DNS_SNAP 2048
+#endif
+#ifndef ND_DNS_RB_PAGES
+#define ND_DNS_RB_PAGES 1024
+#endif
+
+#define ND_DNS_EGRESS 1
+#define ND_DNS_INGRESS 2
+
+struct nd_dns_rec {
+    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u64 netns_cookie;
+    u32 len;            /* the packet's length; data holds min(len, ND_DNS_SNAP) bytes */
+    u8 dir;             /* ND_DNS_EGRESS / ND_DNS_INGRESS */
+    u8 pad[3];
+    u8 data[ND_DNS_SNAP];
+};
+
+BPF_RINGBUF_OUTPUT(nd_dns_events, ND_DNS_RB_PAGES);
+BPF_PERCPU_ARRAY(nd_dns_scratch, struct nd_dns_rec, 1);
+BPF_PERCPU_ARRAY(nd_dns_lost, u64, 1);
+
+static __always_inline int nd_dns_packet(struct __sk_buff *skb, u8 dir)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    u8 *p = data;
+    u32 off;
+    u8 proto;
+    if (skb->protocol == bpf_htons(0x0800)) {
+        if (p + 20 > (u8 *)end)
+            return 1;
+        if ((p[6] & 0x1f) || p[7])
+            return 1;                     /* a later fragment: no ports */
+        proto = p[9];
+        off = (p[0] & 0x0f) * 4;
+    } else if (skb->protocol == bpf_htons(0x86DD)) {
+        if (p + 40 > (u8 *)end)
+            return 1;
+        proto = p[6];                     /* extension headers: not DNS as far as this goes */
+        off = 40;
+    } else {
+        return 1;
+    }
+    if (proto != 17 && proto != 6)     /* UDP, TCP */
+        return 1;
+    if (off < 20 || off > 60)
+        return 1;
+    u8 *l4 = p + off;
+    if (l4 + 4 > (u8 *)end)
+        return 1;
+    /* egress: destination port 53 (the client's query); ingress: source port 53 (its answer) */
+    u8 *port = dir == ND_DNS_EGRESS ? l4 + 2 : l4;
+    if (port[0] != 0 || port[1] != 53)
+        return 1;
+    u32 zero = 0;
+    struct nd_dns_rec *r = nd_dns_scratch.lookup(&zero);
+    if (!r)
+        return 1;
+    u32 len = skb->len;
+    r->ts_ns = bpf_ktime_get_ns();
+    r->netns_cookie = bpf_get_netns_cookie(skb);
+    r->len = len;
+    r->dir = dir;
+    if (len > ND_DNS_SNAP)
+        len = ND_DNS_SNAP;
+    if (len < 20)
+        return 1;
+    if (bpf_skb_load_bytes(skb, 0, r->data, len) < 0)
+        return 1;
+    if (nd_dns_events.ringbuf_output(r, offsetof(struct nd_dns_rec, data) + len, 0) != 0) {
+        u64 *lost = nd_dns_lost.lookup(&zero);
+        if (lost)
+            (*lost)++;
+    }
+    return 1;
+}
+
+int nd_dns_egress(struct __sk_buff *skb)
+{
+    return nd_dns_packet(skb, ND_DNS_EGRESS);
+}
+
+int nd_dns_ingress(struct __sk_buff *skb)
+{
+    return nd_dns_packet(skb, ND_DNS_INGRESS);
+}
