@@ -12,6 +12,7 @@ class FakeObserver:
         self.cache = NameCache()
         self.snap = snap or {}
         self.snaps = 0
+        self.mode = "packet"        # what DnsObserver.mode says once started
 
     def entries(self, netns, ip, at=None):
         return self.cache.entries(netns, ip, at)

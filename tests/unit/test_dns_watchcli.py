@@ -21,7 +21,11 @@ def test_options_parse():
     assert r.exit_code == 0, r.output
     # DNS capture is off unless asked: --per-domain turns it on in the Enricher, --dns alone too
     assert seen == {"dns": False, "per_domain": True, "per_pod": True, "resolve": True, "dns_share": 0.25,
-                    "host_root": "/"}
+                    "host_root": "/", "dns_capture": "auto"}
+    CliRunner().invoke(cmd, ["--dns-capture", "packet"])
+    assert seen["dns_capture"] == "packet"
+    r = CliRunner().invoke(cmd, ["--dns-capture", "tap"])
+    assert r.exit_code == 2 and "tap" in r.output
     CliRunner().invoke(cmd, ["--dns"])
     assert seen["dns"] is True
     CliRunner().invoke(cmd, ["--no-dns"])
