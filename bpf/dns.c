@@ -2,7 +2,8 @@
  * through bpf_links to the root of the cgroup v2 hierarchy: it runs for the packets of local
  * sockets only, in every network namespace, and clones nothing. A packet a local socket sends to
  * port 53 (a query, or its TCP handshake) or receives from port 53 (an answer) is copied, from
- * its IP header on, up to ND_DNS_SNAP bytes, into a ring buffer with the socket's namespace
+ * its IP header on, up to ND_DNS_SNAP bytes (the record has the packet's length: userspace
+ * reads the captured part as min(len, the record's room)), into a ring buffer with the socket's namespace
  * cookie; userspace (netdiag/dns/cgcapture.py) decodes it as it decodes a packet socket's.
  * Every program returns 1: the packet always goes on. Needs bpf_get_netns_cookie() in
  * cgroup_skb programs; without it netdiag falls back to packet sockets. */
@@ -12,6 +13,9 @@
 #endif
 #ifndef ND_DNS_RB_PAGES
 #define ND_DNS_RB_PAGES 1024
+#endif
+#ifndef ND_DNS_MAX_CPUS
+#define ND_DNS_MAX_CPUS 1024
 #endif
 
 #define ND_DNS_EGRESS 1
@@ -26,9 +30,79 @@ struct nd_dns_rec {
     u8 data[ND_DNS_SNAP];
 };
 
-BPF_RINGBUF_OUTPUT(nd_dns_events, ND_DNS_RB_PAGES);
-BPF_PERCPU_ARRAY(nd_dns_scratch, struct nd_dns_rec, 1);
+/* most lookups fit a small record; bigger packets (EDNS, DNS over TCP) take a full one */
+#define ND_DNS_SMALL 512
+struct nd_dns_small {
+    u64 ts_ns;
+    u64 netns_cookie;
+    u32 len;
+    u8 dir;
+    u8 pad[3];
+    u8 data[ND_DNS_SMALL];
+};
+
+/* One ring buffer per CPU (netdiag fills nd_dns_rings[cpu]; nd_dns_ring0 is the template and
+ * CPU 0's): producers on different CPUs never wait on one ring's lock. Userspace merges the
+ * rings in time order. */
+BPF_RINGBUF_OUTPUT(nd_dns_ring0, ND_DNS_RB_PAGES);
+BPF_ARRAY_OF_MAPS(nd_dns_rings, "nd_dns_ring0", ND_DNS_MAX_CPUS);
 BPF_PERCPU_ARRAY(nd_dns_lost, u64, 1);
+
+static __always_inline void nd_dns_lost_one(void)
+{
+    u32 zero = 0;
+    u64 *lost = nd_dns_lost.lookup(&zero);
+    if (lost)
+        (*lost)++;
+}
+
+/* Records are reserved in the ring and filled there, never staged in a per-CPU buffer: an
+ * ingress program run from a softirq can interrupt an egress one on the same CPU. The header
+ * is the same in both sizes; `len` says how much of data is the packet. */
+static __always_inline void nd_dns_small(struct __sk_buff *skb, u8 dir, u32 len)
+{
+    struct nd_dns_small *r = 0;
+    u32 cpu = bpf_get_smp_processor_id();
+    void *ring = nd_dns_rings.lookup(&cpu);
+    if (ring)
+        r = bpf_ringbuf_reserve(ring, sizeof(struct nd_dns_small), 0);
+    if (!r) {
+        nd_dns_lost_one();
+        return;
+    }
+    r->ts_ns = bpf_ktime_get_ns();
+    r->netns_cookie = bpf_get_netns_cookie(skb);
+    r->len = len;
+    r->dir = dir;
+    if (len < 20 || len > ND_DNS_SMALL || bpf_skb_load_bytes(skb, 0, r->data, len) < 0) {
+        bpf_ringbuf_discard(r, 0);
+        return;
+    }
+    bpf_ringbuf_submit(r, 0);
+}
+
+static __always_inline void nd_dns_full(struct __sk_buff *skb, u8 dir, u32 len)
+{
+    struct nd_dns_rec *r = 0;
+    u32 cpu = bpf_get_smp_processor_id();
+    void *ring = nd_dns_rings.lookup(&cpu);
+    if (ring)
+        r = bpf_ringbuf_reserve(ring, sizeof(struct nd_dns_rec), 0);
+    if (!r) {
+        nd_dns_lost_one();
+        return;
+    }
+    r->ts_ns = bpf_ktime_get_ns();
+    r->netns_cookie = bpf_get_netns_cookie(skb);
+    r->len = len;
+    r->dir = dir;
+    u32 n = len > ND_DNS_SNAP ? ND_DNS_SNAP : len;
+    if (n < 20 || bpf_skb_load_bytes(skb, 0, r->data, n) < 0) {
+        bpf_ringbuf_discard(r, 0);
+        return;
+    }
+    bpf_ringbuf_submit(r, 0);
+}
 
 static __always_inline int nd_dns_packet(struct __sk_buff *skb, u8 dir)
 {
@@ -63,26 +137,11 @@ static __always_inline int nd_dns_packet(struct __sk_buff *skb, u8 dir)
     u8 *port = dir == ND_DNS_EGRESS ? l4 + 2 : l4;
     if (port[0] != 0 || port[1] != 53)
         return 1;
-    u32 zero = 0;
-    struct nd_dns_rec *r = nd_dns_scratch.lookup(&zero);
-    if (!r)
-        return 1;
     u32 len = skb->len;
-    r->ts_ns = bpf_ktime_get_ns();
-    r->netns_cookie = bpf_get_netns_cookie(skb);
-    r->len = len;
-    r->dir = dir;
-    if (len > ND_DNS_SNAP)
-        len = ND_DNS_SNAP;
-    if (len < 20)
-        return 1;
-    if (bpf_skb_load_bytes(skb, 0, r->data, len) < 0)
-        return 1;
-    if (nd_dns_events.ringbuf_output(r, offsetof(struct nd_dns_rec, data) + len, 0) != 0) {
-        u64 *lost = nd_dns_lost.lookup(&zero);
-        if (lost)
-            (*lost)++;
-    }
+    if (len <= ND_DNS_SMALL)
+        nd_dns_small(skb, dir, len);
+    else
+        nd_dns_full(skb, dir, len);
     return 1;
 }
 

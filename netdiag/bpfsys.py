@@ -146,8 +146,10 @@ class RingBuffer:
     The kernel maps one writable page with the consumer position, then, read-only, one page with
     the producer position followed by the data area twice over (a record that wraps reads as one
     slice). Each record: a u32 length whose top two bits are BUSY (not committed yet) and DISCARD,
-    a u32 page offset, then the data, padded to 8 bytes. ``fileno()`` is pollable (readable when
-    records wait)."""
+    a u32 page offset, then the data, padded to 8 bytes. Both positions are read and written as
+    whole aligned u64s, one load or store each: the kernel reads the consumer position while
+    producing, and a torn value would make the ring look full. ``fileno()`` is pollable (readable
+    when records wait)."""
 
     BUSY, DISCARD, HDR = 1 << 31, 1 << 30, 8
 
@@ -155,34 +157,60 @@ class RingBuffer:
         import mmap
         self.map = m
         self.size = m.max_entries
-        page = mmap.PAGESIZE
-        self._cons = mmap.mmap(m.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._prod = mmap.mmap(m.fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        self._data = memoryview(self._prod)[page:]
+        self._page = mmap.PAGESIZE
+        self._maps: list[tuple[int, int]] = []
+        cons = self._mmap(m.fd, self._page, mmap.PROT_READ | mmap.PROT_WRITE, 0)
+        prod = self._mmap(m.fd, self._page + 2 * self.size, mmap.PROT_READ, self._page)
+        self._cpos = ctypes.c_uint64.from_address(cons)
+        self._ppos = ctypes.c_uint64.from_address(prod)
+        self._data = memoryview((ctypes.c_char * (2 * self.size)).from_address(prod + self._page)).cast("B")
         self._mask = self.size - 1
+
+    def _mmap(self, fd: int, length: int, prot: int, offset: int) -> int:
+        import mmap
+        mm = _libc.mmap
+        mm.restype = ctypes.c_void_p
+        mm.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+        addr = mm(None, length, prot, mmap.MAP_SHARED, fd, offset)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            e = ctypes.get_errno()
+            self.close()
+            raise OSError(e, f"mmap of ring buffer {self.map.name}: {os.strerror(e)}")
+        self._maps.append((addr, length))
+        return addr
 
     def fileno(self) -> int:
         return self.map.fd
 
-    def consume(self, limit: int | None = None) -> list[bytes]:
-        """The committed records waiting, oldest first (at most ``limit``); they are released."""
+    def producer(self) -> int:
+        return self._ppos.value
+
+    def consume(self, limit: int | None = None, upto: int | None = None) -> list[bytes]:
+        """The committed records waiting, oldest first (at most ``limit``, none at or past the
+        producer position ``upto`` if given); they are released."""
         import struct
-        cons = struct.unpack_from("<Q", self._cons, 0)[0]
-        prod = struct.unpack_from("<Q", self._prod, 0)[0]
+        cons = self._cpos.value
+        prod = self._ppos.value if upto is None else upto
+        data = self._data
         out: list[bytes] = []
         while cons < prod and (limit is None or len(out) < limit):
             off = cons & self._mask
-            hdr = struct.unpack_from("<I", self._data, off)[0]
+            hdr = struct.unpack_from("<I", data, off)[0]
             if hdr & self.BUSY:
                 break
             n = hdr & ~(self.BUSY | self.DISCARD)
             if not hdr & self.DISCARD:
-                out.append(bytes(self._data[off + self.HDR:off + self.HDR + n]))
+                out.append(bytes(data[off + self.HDR:off + self.HDR + n]))
             cons += (n + self.HDR + 7) & ~7
-        struct.pack_into("<Q", self._cons, 0, cons)
+        self._cpos.value = cons
         return out
 
     def close(self) -> None:
-        self._data.release()
-        self._prod.close()
-        self._cons.close()
+        if getattr(self, "_data", None) is not None:
+            self._data.release()
+            self._data = None
+        munmap = _libc.munmap
+        munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+        for addr, length in self._maps:
+            munmap(addr, length)
+        self._maps = []

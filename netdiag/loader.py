@@ -75,7 +75,7 @@ def load(engine_kwargs: dict, maps: list[str], optional_maps: tuple = ()) -> Det
 
 def load_dns_capture(cgroup: str) -> Detached:
     """Compile bpf/dns.c in a child and link its cgroup_skb programs to ``cgroup``
-    (netdiag/dns/cgcapture.py); maps nd_dns_events and nd_dns_lost, the links as attachments."""
+    (netdiag/dns/cgcapture.py); maps nd_dns_lost and nd_dns_ring<cpu> (one ring buffer per CPU), the links as attachments."""
     return _run_child({"dns_capture": {"cgroup": cgroup}})
 
 

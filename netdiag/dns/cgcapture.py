@@ -22,6 +22,7 @@ from pathlib import Path
 from ..errors import FeatureMissing
 
 BPF_LINK_CREATE = 28
+BPF_MAP_TYPE_RINGBUF = 27
 BPF_CGROUP_INET_INGRESS, BPF_CGROUP_INET_EGRESS = 0, 1
 SO_NETNS_COOKIE = 71
 DIR_EGRESS, DIR_INGRESS = 1, 2
@@ -66,13 +67,38 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
     return fd
 
 
+def ring_bytes(ncpus: int) -> int:
+    """Bytes per CPU's ring: 16 MiB over all CPUs, each between 256 KiB and 4 MiB (a power of 2)."""
+    per = max(256 << 10, min(4 << 20, (16 << 20) // max(ncpus, 1)))
+    return 1 << (per.bit_length() - 1)
+
+
+def _ringbuf_create(size: int) -> int:
+    from ..features import _bpf
+    attr = (ctypes.c_uint8 * 72)()
+    ctypes.memmove(attr, (ctypes.c_uint32 * 4)(BPF_MAP_TYPE_RINGBUF, 0, 0, size), 16)
+    fd, err = _bpf(0, attr)            # BPF_MAP_CREATE
+    if fd < 0:
+        raise OSError(err, f"ring buffer of {size} bytes refused ({errno.errorcode.get(err, err)})")
+    return fd
+
+
 def child_attach(cgroup: str) -> tuple[dict, list[int]]:
-    """In the loader child: compile bpf/dns.c, load both programs, link them to ``cgroup``.
-    Returns ({map name: fd}, [link fds])."""
+    """In the loader child: compile bpf/dns.c, make one ring buffer per CPU, load both programs,
+    link them to ``cgroup``. Returns ({map name: fd}, [link fds]); the rings are nd_dns_ring<cpu>."""
     from bcc import BPF
+    from ..bpfsys import _ncpus
     from ..engine import bpf_dir
-    b = BPF(src_file=str(bpf_dir() / "dns.c").encode())
-    maps = {n: b[n].map_fd for n in ("nd_dns_events", "nd_dns_lost")}
+    ncpus = _ncpus()
+    size = ring_bytes(ncpus)
+    b = BPF(src_file=str(bpf_dir() / "dns.c").encode(),
+            cflags=[f"-DND_DNS_RB_PAGES={size // 4096}", f"-DND_DNS_MAX_CPUS={ncpus}"])
+    maps = {"nd_dns_lost": b["nd_dns_lost"].map_fd, "nd_dns_ring0": b["nd_dns_ring0"].map_fd}
+    outer = b["nd_dns_rings"]
+    for cpu in range(ncpus):
+        fd = maps["nd_dns_ring0"] if cpu == 0 else _ringbuf_create(size)
+        maps[f"nd_dns_ring{cpu}"] = fd
+        outer[ctypes.c_int(cpu)] = ctypes.c_int(fd)
     links = []
     cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -101,8 +127,9 @@ def decode(rec: bytes) -> tuple[int, int, int, bytes] | None:
     """A ring buffer record -> (monotonic ns, netns cookie, direction, packet from the IP header)."""
     if len(rec) < REC_HDR.size:
         return None
-    ts, cookie, _len, direction = REC_HDR.unpack_from(rec)
-    return ts, cookie, direction, rec[REC_HDR.size:]
+    ts, cookie, length, direction = REC_HDR.unpack_from(rec)
+    # a fixed-size record: the packet is its first `length` bytes (cut at the record's room)
+    return ts, cookie, direction, rec[REC_HDR.size:REC_HDR.size + length]
 
 
 class CgroupCapture:
@@ -114,19 +141,28 @@ class CgroupCapture:
         cgroup = cgroup2_root()
         self.cgroup = cgroup
         self.det = loader.load_dns_capture(cgroup)
+        self.rings = []
         try:
-            self.ring = RingBuffer(self.det.maps["nd_dns_events"])
+            for name in sorted((n for n in self.det.maps if n.startswith("nd_dns_ring")),
+                               key=lambda n: int(n[len("nd_dns_ring"):])):
+                self.rings.append(RingBuffer(self.det.maps[name]))
         except BaseException:
-            self.det.close()
+            self.close()
             raise
         self._lost = self.det.maps["nd_dns_lost"]
         self._lost_seen = 0
 
-    def fileno(self) -> int:
-        return self.ring.fileno()
-
     def records(self, limit: int | None = None) -> list[bytes]:
-        return self.ring.consume(limit)
+        """What every CPU's ring holds up to one instant, oldest first across CPUs (a query and
+        its answer can land in two CPUs' rings; the producer positions are read together first,
+        so an answer is never taken before a query committed ahead of it)."""
+        ups = [r.producer() for r in self.rings]
+        out: list[bytes] = []
+        for r, up in zip(self.rings, ups):
+            out += r.consume(limit, upto=up)
+        if len(self.rings) > 1:
+            out.sort(key=lambda rec: rec[:8][::-1])      # ts_ns, little-endian u64
+        return out
 
     def lost(self) -> int:
         """Records the ring buffer had no room for since the previous call."""
@@ -136,5 +172,7 @@ class CgroupCapture:
         return new
 
     def close(self) -> None:
-        self.ring.close()
+        for r in self.rings:
+            r.close()
+        self.rings = []
         self.det.close()         # closing the links detaches the programs

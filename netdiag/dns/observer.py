@@ -171,7 +171,8 @@ class DnsObserver:
         self.mode = "cgroup_skb" if self._ring is not None else "packet"
         self._mono_off = time.time() - time.monotonic()
         if self._ring is not None:
-            self._sel.register(self._ring, selectors.EVENT_READ, None)
+            for r in self._ring.rings:
+                self._sel.register(r, selectors.EVENT_READ, None)
         self._exec = nsx.NetnsExecutor(name="dns-capture")
         with self._lock:
             self._rescan()
@@ -193,10 +194,11 @@ class DnsObserver:
             self._exec.close()
             self._exec = None
         if self._ring is not None:
-            try:
-                self._sel.unregister(self._ring)
-            except (KeyError, ValueError):
-                pass
+            for r in self._ring.rings:
+                try:
+                    self._sel.unregister(r)
+                except (KeyError, ValueError):
+                    pass
             self._ring.close()
             self._ring = None
         self._sel.close()
@@ -288,11 +290,11 @@ class DnsObserver:
                 time.sleep(0.05)
                 continue
             with self._lock:
+                if any(key.data is None for key, _ in events):
+                    self._drain_ring()                  # every CPU's ring at once, in time order
                 for key, _ in events:
                     cap = key.data
-                    if cap is None:
-                        self._drain_ring()
-                    elif cap.inode in self._caps:
+                    if cap is not None and cap.inode in self._caps:
                         self._drain(cap)
                 self._housekeeping()
 
