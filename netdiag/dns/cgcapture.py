@@ -30,29 +30,38 @@ REC_HDR = struct.Struct("<QQIB3x")        # struct nd_dns_rec up to data
 
 
 def cgroup2_root(mountinfo: str = "/proc/self/mountinfo", proc1_cgroup: str = "/proc/1/cgroup") -> str:
-    """The cgroup v2 mount to attach at; FeatureMissing when there is none, or when it is the root
-    of a cgroup namespace that does not hold the node's init (a container's view: attaching there
-    would cover the container only)."""
-    root = None
+    """The directory of the cgroup v2 hierarchy's root, to attach at; FeatureMissing when no
+    mount shows it.
+
+    In a container with its own cgroup namespace, ``/sys/fs/cgroup`` is the container's cgroup,
+    and a program attached there would see the container alone. The node's init (PID 1 with the
+    node's PID namespace) tells how far up the real root is: its cgroup path reads
+    ``/../../x.scope`` from inside such a namespace. A mount of the node's hierarchy (a hostPath of
+    the node's ``/sys/fs/cgroup``) shows that many ``..`` as its root in mountinfo: that one is
+    taken; without it, FeatureMissing."""
+    up = 0
+    try:
+        for line in Path(proc1_cgroup).read_text().splitlines():
+            if line.startswith("0::"):
+                parts = [x for x in line[3:].split("/") if x]
+                while up < len(parts) and parts[up] == "..":
+                    up += 1
+    except OSError:
+        pass
+    want = "/" + "/".join([".."] * up)
     try:
         with open(mountinfo) as f:
             for line in f:
                 left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2" and left.split()[3] == "/":
-                    root = left.split()[4]
-                    break
+                fields = left.split()
+                if right.split(" ", 1)[0] == "cgroup2" and fields[3] == want:
+                    return fields[4].replace("\\040", " ")
     except OSError as e:
         raise FeatureMissing("cgroup2", f"cannot read {mountinfo}: {e.strerror}") from e
-    if root is None:
-        raise FeatureMissing("cgroup2", "no cgroup v2 hierarchy is mounted")
-    try:
-        for line in Path(proc1_cgroup).read_text().splitlines():
-            if line.startswith("0::") and line[3:].startswith("/.."):
-                raise FeatureMissing("cgroup2", "this process is in a cgroup namespace that does not hold "
-                                                "the node's init: a cgroup program here would not see the node")
-    except OSError:
-        pass
-    return root
+    if up:
+        raise FeatureMissing("cgroup2", "this process is in a cgroup namespace below the node's root and no mount "
+                                        "shows the node's cgroup v2 root (mount the node's /sys/fs/cgroup)")
+    raise FeatureMissing("cgroup2", "no cgroup v2 hierarchy is mounted")
 
 
 def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:

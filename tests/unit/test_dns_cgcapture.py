@@ -33,6 +33,9 @@ def test_cgroup2_root_refuses_what_would_not_cover_the_node(tmp_path):
     outside = write(tmp_path, "cg2", "0::/../../../init.scope\n")
     with pytest.raises(FeatureMissing, match="cgroup namespace"):
         cgroup2_root(write(tmp_path, "mi2", UNIFIED), outside)
+    # ... unless the node's hierarchy is mounted too (a hostPath of the node's /sys/fs/cgroup)
+    host = UNIFIED + "41 30 0:26 /../../.. /host/sys/fs/cgroup ro,relatime - cgroup2 cgroup2 rw\n"
+    assert cgroup2_root(write(tmp_path, "mi4", host), outside) == "/host/sys/fs/cgroup"
     # a cgroup2 mount of a subtree (not "/" of the hierarchy) is not the root
     sub = UNIFIED.replace(" / /sys/fs/cgroup ", " /kubepods /sys/fs/cgroup ")
     with pytest.raises(FeatureMissing):
