@@ -19,7 +19,7 @@ BPF_F_TABLE("lru_hash", u64, struct nd_pending, nd_pending_accept, ND_MAX_CONNS,
 static __always_inline void nd_accept_established(u64 sk, struct nd_tuple *t)
 {
     struct nd_pending p = {};
-    p.netns = nd_netns_of_sk((void *)sk);
+    p.netns = nd_netns_sk((void *)sk, ND_TP_TYPED);   /* from the state tracepoint */
     if (!nd_netns_allowed(p.netns))
         return;
     p.ts_ns = bpf_ktime_get_ns();

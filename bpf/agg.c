@@ -231,7 +231,7 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t, 
     } else {
         if (!nd_any_seeded() || !nd_tuple_load(t, sk, 1))
             return;
-        u32 netns = nd_netns_of_sk((void *)sk);
+        u32 netns = nd_netns_sk((void *)sk, ND_TP_TYPED);
         struct nd_sock_key s = {};
         nd_sock_key_of(&s, netns, t);
         if (!nd_out_seeded.lookup(&s))
@@ -272,9 +272,10 @@ static __always_inline void nd_agg_closed(u64 sk, struct nd_tuple *t)
  * or the one that just closed on this CPU) count against the remote endpoint, the rest against
  * the local one. netns: the event's namespace if the caller has read it (a --netns filter), else
  * 0, and it is read here only when the row needs it (from sk, or from the device of skb for a
- * socket-less segment): the RST an abort sends right after CLOSE takes its row from the slot. */
+ * socket-less segment): the RST an abort sends right after CLOSE takes its row from the slot.
+ * typed: sk is BTF-typed (ND_TP_TYPED from the RST-received program), 0 from classic ones. */
 static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struct nd_tuple *t,
-                                       int connecting, struct nd_dst_key *k)
+                                       int connecting, struct nd_dst_key *k, int typed)
 {
     if (sk) {
         struct nd_conn *c = nd_conns.lookup(&sk);
@@ -290,7 +291,7 @@ static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struc
         }
     }
     if (!netns)
-        netns = sk ? nd_netns_of_sk((void *)sk) : nd_netns_of_skb(skb);
+        netns = sk ? nd_netns_sk((void *)sk, typed) : nd_netns_of_skb(skb);
     int out = connecting;
     if (!out && sk && nd_any_seeded()) {
         struct nd_sock_key s = {};
@@ -309,7 +310,7 @@ static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struc
 static __always_inline void nd_agg_inbound_established(u64 sk, struct nd_tuple *t)
 {
     struct nd_dst_key k = {};
-    nd_key_local(&k, nd_netns_of_sk((void *)sk), t);
+    nd_key_local(&k, nd_netns_sk((void *)sk, ND_TP_TYPED), t);
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_IN);
     if (v)
         v->established += 1;

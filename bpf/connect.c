@@ -48,7 +48,7 @@ static __always_inline void nd_connect_begin(u64 sk, struct nd_tuple *t)
     u32 pid = id >> 32, tid = (u32)id;
     if (!nd_pid_allowed(pid))
         return;
-    u32 netns = nd_netns_of_sk((void *)sk);
+    u32 netns = nd_netns_sk((void *)sk, ND_TP_TYPED);  /* state tracepoint or fentry: typed */
     if (!nd_netns_allowed(netns))
         return;
     struct nd_conn c = {};

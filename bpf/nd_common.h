@@ -53,7 +53,50 @@ struct nd_tuple {
 
 BPF_PERCPU_ARRAY(nd_stats, u64, ND_STAT_MAX);
 
-#ifdef ND_RAW_TP
+#ifdef ND_BTF_TP
+/* BTF-typed tracepoints (tp_btf, -DND_BTF_TP): the state and RST-received programs get a struct
+ * sock * the verifier knows the type of, so its fields are plain loads (one instruction each,
+ * checked against the running kernel's BTF at load time) instead of bpf_probe_read_kernel()
+ * calls. Each load has the size of the member it reads: the verifier refuses anything else. */
+#define ND_TP_TYPED 1
+#define ND_LD(T, p, off) (*(const T *)((const char *)(p) + (off)))
+
+static __always_inline int nd_sk_is_tcp(const void *sk)
+{
+    return ND_LD(u16, sk, ND_OFF_SK_PROTOCOL) == IPPROTO_TCP;
+}
+
+static __always_inline void nd_tuple_of_sk(struct nd_tuple *t, const void *sk)
+{
+    u16 family = ND_LD(u16, sk, ND_OFF_SKC_FAMILY);
+    u16 num = ND_LD(u16, sk, ND_OFF_SKC_NUM);
+    u16 dport = ND_LD(u16, sk, ND_OFF_SKC_DPORT);
+    if (family == AF_INET6) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 d = ND_LD(u32, sk, ND_OFF_SKC_V6_DADDR + 4 * i);
+            u32 s = ND_LD(u32, sk, ND_OFF_SKC_V6_RCV_SADDR + 4 * i);
+            __builtin_memcpy(t->daddr + 4 * i, &d, 4);
+            __builtin_memcpy(t->saddr + 4 * i, &s, 4);
+        }
+    } else {
+        u32 d = ND_LD(u32, sk, ND_OFF_SKC_DADDR);
+        u32 s = ND_LD(u32, sk, ND_OFF_SKC_RCV_SADDR);
+        __builtin_memcpy(t->daddr, &d, 4);
+        __builtin_memcpy(t->saddr, &s, 4);
+    }
+    if (num == 0) {     /* CLOSE released the port (skc_num = 0) before the state change is traced */
+        u16 sport = 0;  /* inet_sock's, past struct sock: the verifier allows no plain load there */
+        bpf_probe_read_kernel(&sport, 2, (const char *)sk + ND_OFF_INET_SPORT);
+        num = ntohs(sport);
+    }
+    t->family = family;
+    t->sport = num;
+    t->dport = ntohs(dport);
+    t->pad = 1;
+}
+#elif defined(ND_RAW_TP)
+#define ND_TP_TYPED 0
 /* Raw tracepoints (-DND_RAW_TP) hand BPF the tracepoint's arguments (a struct sock *) instead of
  * a record the kernel filled beforehand: cheaper per event, and the fields a classic record
  * would carry are read here, only for the events that need them, at offsets from BTF. */
@@ -107,7 +150,11 @@ static __always_inline void nd_tuple_of_sk(struct nd_tuple *t, const void *sk)
     t->dport = ntohs(dport);
     t->pad = 1;                  /* filled */
 }
+#else
+#define ND_TP_TYPED 0
+#endif
 
+#ifdef ND_RAW_TP
 /* Make sure t holds the socket's tuple (classic records come filled; raw tracepoints read it
  * on first use). 0 when sk is not a TCP socket. check_proto = 0 when the caller already knows. */
 static __always_inline int nd_tuple_load(struct nd_tuple *t, u64 sk, int check_proto)
@@ -204,6 +251,19 @@ static __always_inline u32 nd_netns_of_sk(const void *sk)
     return inum;
 }
 
+/* The same, from a programme whose socket pointer is BTF-typed (typed = ND_TP_TYPED at call
+ * sites on the state and RST-received tracepoints, and in fentry programs): plain loads. */
+static __always_inline u32 nd_netns_sk(const void *sk, int typed)
+{
+#if defined(ND_BTF_TP) && defined(ND_OFF_SOCK_NET)
+    if (typed) {
+        const void *net = ND_LD(void *, sk, ND_OFF_SOCK_NET);
+        return net ? ND_LD(u32, net, ND_OFF_NET_INUM) : 0;
+    }
+#endif
+    return nd_netns_of_sk(sk);
+}
+
 /* network namespace inode of the device a struct sk_buff * arrived on / leaves by */
 static __always_inline u32 nd_netns_of_skb(const void *skb)
 {
@@ -224,7 +284,9 @@ static __always_inline u32 nd_netns_of_skb(const void *skb)
 static __always_inline int nd_sk_err(const void *sk)
 {
     int err = 0;
-#ifdef ND_OFF_SOCK_ERR
+#if defined(ND_BTF_TP) && defined(ND_OFF_SOCK_ERR)
+    err = ND_LD(int, sk, ND_OFF_SOCK_ERR);        /* only the state tracepoint asks */
+#elif defined(ND_OFF_SOCK_ERR)
     bpf_probe_read_kernel(&err, sizeof(err), (const char *)sk + ND_OFF_SOCK_ERR);
 #endif
     return err;
@@ -232,10 +294,10 @@ static __always_inline int nd_sk_err(const void *sk)
 
 /* The namespace an event needs before anything else: only with a --netns filter (0 otherwise,
  * and whoever needs it reads it later, if at all). */
-static __always_inline u32 nd_netns_early(const void *sk, const void *skb)
+static __always_inline u32 nd_netns_early(const void *sk, const void *skb, int typed)
 {
 #ifdef ND_FILTER_NETNS
-    return sk ? nd_netns_of_sk(sk) : nd_netns_of_skb(skb);
+    return sk ? nd_netns_sk(sk, typed) : nd_netns_of_skb(skb);
 #else
     return 0;
 #endif

@@ -9,10 +9,10 @@
 enum sk_rst_reason { ND_SK_RST_REASON_DECLARED_BY_NETDIAG };
 
 static __always_inline void nd_rst_count(u64 sk, const void *skb, u32 netns, struct nd_tuple *t,
-                                         int connecting, int out, u32 reason)
+                                         int connecting, int out, u32 reason, int typed)
 {
     struct nd_dst_key k = {};
-    u32 dir = nd_classify(sk, skb, netns, t, connecting, &k);
+    u32 dir = nd_classify(sk, skb, netns, t, connecting, &k, typed);
     struct nd_dst_val *v = nd_dst(&k, dir);
     if (!v)
         return;
@@ -58,7 +58,7 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
     if (!sk && t.sport >= ND_EPHEMERAL_LO && t.sport <= ND_EPHEMERAL_HI)
         t.sport = 0;
 #endif
-    u32 netns = nd_netns_early((void *)sk, args->skbaddr);
+    u32 netns = nd_netns_early((void *)sk, args->skbaddr, 0);
     if (!nd_netns_allowed(netns))
         return 0;
     int connecting = sk && args->state == ND_TCP_SYN_SENT;
@@ -66,12 +66,22 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
 #ifdef ND_RST_HAS_REASON
     reason = args->reason;
 #endif
-    nd_rst_count(sk, args->skbaddr, netns, &t, connecting, 1, reason);
+    nd_rst_count(sk, args->skbaddr, netns, &t, connecting, 1, reason, 0);
     nd_count(ND_STAT_RST_OUT);
     return 0;
 }
 
-#ifdef ND_RAW_TP
+#ifdef ND_BTF_TP
+/* loaded as tp_btf by netdiag/engine.py (BCC has no loader for it) */
+int nd_btf_tcp_receive_reset(u64 *ctx)
+{
+    const void *skp = (const void *)ctx[0];
+    if (!skp)
+        return 0;
+    u64 sk = (u64)skp;
+    struct nd_tuple t = {};
+    nd_tuple_of_sk(&t, skp);
+#elif defined(ND_RAW_TP)
 RAW_TRACEPOINT_PROBE(tcp_receive_reset)
 {
     const void *skp = (const void *)ctx->args[0];
@@ -85,10 +95,10 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
     u64 sk = (u64)args->skaddr;
     ND_TUPLE_FROM_ARGS(t, args);
 #endif
-    u32 netns = nd_netns_early((void *)sk, 0);
+    u32 netns = nd_netns_early((void *)sk, 0, ND_TP_TYPED);
     if (!nd_netns_allowed(netns))
         return 0;
-    nd_rst_count(sk, 0, netns, &t, 0, 0, 0);
+    nd_rst_count(sk, 0, netns, &t, 0, 0, 0, ND_TP_TYPED);
     nd_count(ND_STAT_RST_IN);
     return 0;
 }

@@ -6,12 +6,12 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
     struct nd_tuple t = {};
     u64 sk = (u64)args->skaddr;
     ND_TUPLE_FROM_ARGS(t, args);
-    u32 netns = nd_netns_early((void *)sk, 0);
+    u32 netns = nd_netns_early((void *)sk, 0, 0);
     if (!nd_netns_allowed(netns))
         return 0;
     int syn = args->state == ND_TCP_SYN_SENT;
     struct nd_dst_key k = {};
-    u32 dir = nd_classify(sk, 0, netns, &t, syn, &k);
+    u32 dir = nd_classify(sk, 0, netns, &t, syn, &k, 0);
     struct nd_dst_val *v = nd_dst(&k, dir);
     if (!v)
         return 0;

@@ -64,7 +64,19 @@ static __always_inline void nd_state_change(void *ctx, u64 sk, int oldstate, int
 #endif
 }
 
-#ifdef ND_RAW_TP
+#ifdef ND_BTF_TP
+/* loaded as tp_btf by netdiag/engine.py (BCC has no loader for it): ctx[0] is a typed sock * */
+int nd_btf_inet_sock_set_state(u64 *ctx)
+{
+    const void *skp = (const void *)ctx[0];
+    int oldstate = (int)ctx[1], newstate = (int)ctx[2];
+    if (!skp || !nd_state_wanted(oldstate, newstate))
+        return 0;
+    struct nd_tuple t = {};
+    nd_state_change(ctx, (u64)skp, oldstate, newstate, &t);
+    return 0;
+}
+#elif defined(ND_RAW_TP)
 RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
     const void *skp = (const void *)ctx->args[0];

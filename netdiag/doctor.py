@@ -60,6 +60,8 @@ def run_checks() -> dict:
                             "" if ok else "kernel too old or tracepoint compiled out"))
     privileged("raw tracepoints", F.raw_tracepoint,
                "kernel < 4.17 or BPF_PROG_TYPE_RAW_TRACEPOINT refused: classic tracepoints are used")
+    privileged("BTF tracepoints", F.btf_tracepoint,
+               "tp_btf refused (kernel < 5.5 or no BTF): raw tracepoints, fields read by bpf_probe_read_kernel")
     privileged("ring buffer", F.ringbuf, "kernel < 5.8: netdiag uses the perf buffer instead")
     state, note = F.headers()
     checks.append(Check("kernel headers", {"matching": "yes", "stand-in": "stand-in", "missing": "no"}[state], note,

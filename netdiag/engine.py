@@ -201,6 +201,11 @@ def _captured_stderr():
             box["text"] = tmp.read().decode(errors="replace")
 
 
+# tp_btf programs (-DND_BTF_TP) and their tracepoints; BCC compiles them, the engine loads them
+BTF_PROGRAMS = (("nd_btf_inet_sock_set_state", "inet_sock_set_state"),
+                ("nd_btf_tcp_receive_reset", "tcp_receive_reset"))
+
+
 class ProbeEngine:
     """Load, attach, read and detach netdiag's BPF programs.
 
@@ -211,7 +216,8 @@ class ProbeEngine:
     def __init__(self, signals: Iterable[str] = ("connect", "accept"), mode: str = "auto",
                  pid: int | None = None, netns: int | None = None, features: Features | None = None,
                  stream: bool = True, aggregate: bool = False, max_dsts: int = 16384,
-                 syscall_tracepoints: bool = True, raw_tracepoints: bool | None = None):
+                 syscall_tracepoints: bool = True, raw_tracepoints: bool | None = None,
+                 btf_tracepoints: bool | None = None):
         if mode != "auto" and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.signals = tuple(signals)
@@ -242,6 +248,18 @@ class ProbeEngine:
         if raw_tracepoints and not self.features.raw_tp:
             raise FeatureMissing("raw tracepoints", self.features.notes.get("raw_tracepoint", "unavailable"))
         self.raw_tp = self.features.raw_tp if raw_tracepoints is None else bool(raw_tracepoints)
+        # The state and RST-received tracepoints go BTF-typed (tp_btf: socket fields are plain
+        # loads) where the kernel allows it and no kprobe program shares their helpers (a kprobe's
+        # socket pointer is untyped).
+        kprobed = "kprobe" in (self.plan.get("connect"), self.plan.get("accept"))
+        if btf_tracepoints:
+            if not self.raw_tp or not self.features.btf_tp:
+                raise FeatureMissing("BTF tracepoints", self.features.notes.get("btf_tracepoint", "unavailable"))
+            if kprobed:
+                raise FeatureMissing("BTF tracepoints", "not with kprobe connect/accept programs")
+        self.btf_tp = bool(self.raw_tp and self.features.btf_tp and not kprobed and btf_tracepoints is not False)
+        self._btf_auto = btf_tracepoints is None
+        self.btf_fds: list[int] = []        # tp_btf links (and programs), ours to close
         self.bpf = None
         self.buffer = "ringbuf" if self.features.ringbuf else "perf"
         self._perf_lost = 0
@@ -261,6 +279,7 @@ class ProbeEngine:
             eng.plan = {s: (mode if mode != "auto" else "tracepoint") for s in eng.signals}
             eng.bpf, eng.buffer, eng._perf_lost, eng.unavailable = None, "ringbuf", 0, {}
             eng.stream, eng.aggregate, eng.max_dsts, eng.raw_tp = True, False, 16384, False
+            eng.btf_tp, eng._btf_auto, eng.btf_fds = False, False, []
             return eng
 
     # -- the program ----------------------------------------------------------------------------
@@ -283,6 +302,8 @@ class ProbeEngine:
             flags.append(f"-DND_ACCEPT_NARGS={kernel_btf().func_nargs('inet_csk_accept')}")
         if getattr(self, "raw_tp", False):
             flags.append("-DND_RAW_TP")
+        if getattr(self, "btf_tp", False):
+            flags.append("-DND_BTF_TP")
         if self.buffer == "ringbuf":
             flags.append("-DND_RINGBUF")
         if self.stream:
@@ -333,11 +354,21 @@ class ProbeEngine:
             raise BccMissing(f"cannot import bcc ({e}); run scripts/setup.sh as root "
                              "(installs python3-bpfcc and a venv that sees it)") from e
         tracefs.tracefs_root()
-        flags = self.cflags()
         with _captured_stderr() as log:
             try:
-                self.bpf = BPF(text=self.source().encode(), cflags=flags)
-                self._attach()
+                self._compile_and_attach(BPF)
+            except OSError as e:
+                if not (self.btf_tp and self._btf_auto):
+                    err = e
+                else:            # the kernel refused the tp_btf programs: raw tracepoints instead
+                    self.close()
+                    self.btf_tp, self.btf_refused = False, str(e)
+                    try:
+                        self._compile_and_attach(BPF)
+                    except Exception as e2:
+                        err = e2
+                    else:
+                        err = None
             except Exception as e:
                 err = e
             else:
@@ -349,6 +380,16 @@ class ProbeEngine:
                                detail=log["text"].strip() or None) from err
         if self.stream:
             self._open_buffer(on_event)
+
+    def _compile_and_attach(self, BPF) -> None:
+        self.bpf = BPF(text=self.source().encode(), cflags=self.cflags())
+        if self.btf_tp:
+            from .features import load_tp_btf
+            for fn, event in BTF_PROGRAMS:
+                if fn in self.source():
+                    prog, link = load_tp_btf(self.bpf.dump_func(fn), event, name=fn[:15])
+                    self.btf_fds += [link, prog]
+        self._attach()
 
     def _attach(self) -> None:
         for sig, mode in self.plan.items():
@@ -397,6 +438,12 @@ class ProbeEngine:
         return out
 
     def close(self) -> None:
+        for fd in getattr(self, "btf_fds", []):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.btf_fds = []
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()

@@ -26,6 +26,7 @@ BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_RINGBUF = 2, 27
 BPF_PROG_TYPE_TRACING = 26
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_TRACE_FENTRY = 24
+BPF_TRACE_RAW_TP = 23
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
@@ -102,6 +103,56 @@ def fentry(func: str = "tcp_v4_connect") -> tuple[bool, str]:
         return False, f"no BTF for {func}: {e}"
     ok, note = _load_and_attach(BPF_PROG_TYPE_TRACING, "fentry", BPF_TRACE_FENTRY, btf_id)
     return ok, note or f"fentry on {func} loads and attaches"
+
+
+def btf_tracepoint(event: str = "inet_sock_set_state") -> tuple[bool, str]:
+    """Load a do-nothing BTF-typed tracepoint program (tp_btf) on ``event`` and attach it."""
+    try:
+        from .btf import TYPEDEF
+        btf_id = btfmod.kernel_btf().find(TYPEDEF, "btf_trace_" + event)
+    except (FeatureMissing, KeyError) as e:
+        return False, f"no BTF for tracepoint {event}: {e}"
+    ok, note = _load_and_attach(BPF_PROG_TYPE_TRACING, "tp_btf", BPF_TRACE_RAW_TP, btf_id)
+    return ok, note or f"tp_btf on {event} loads and attaches"
+
+
+def load_tp_btf(insns: bytes, event: str, name: str = "") -> tuple[int, int]:
+    """Load compiled bytecode (BCC's ``dump_func``: map fds already in it) as a tp_btf program
+    on ``event`` and attach it; returns (program fd, link fd). OSError with the verifier's last
+    words when the kernel refuses."""
+    from .btf import TYPEDEF
+    tid = btfmod.kernel_btf().find(TYPEDEF, "btf_trace_" + event)
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(1 << 22)
+
+    def load(log_level: int) -> tuple[int, int]:
+        attr = (ctypes.c_uint8 * 128)()
+        fields = [(0, ctypes.c_uint32, BPF_PROG_TYPE_TRACING), (4, ctypes.c_uint32, len(insns) // 8),
+                  (8, ctypes.c_uint64, ctypes.addressof(code)), (16, ctypes.c_uint64, ctypes.addressof(lic)),
+                  (68, ctypes.c_uint32, BPF_TRACE_RAW_TP), (108, ctypes.c_uint32, tid)]
+        if log_level:
+            fields += [(24, ctypes.c_uint32, log_level), (28, ctypes.c_uint32, len(log)),
+                       (32, ctypes.c_uint64, ctypes.addressof(log))]
+        for off, ctype, value in fields:
+            ctype.from_buffer(attr, off).value = value
+        if name:
+            ctypes.memmove(ctypes.addressof(attr) + 48, name.encode()[:15], min(len(name), 15))
+        return _bpf(BPF_PROG_LOAD, attr)
+
+    fd, err = load(0)
+    if fd < 0:                         # again with the verifier's log, for the message
+        fd2, _ = load(1)
+        _close(fd2)
+        tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+        raise OSError(err, f"tp_btf {event} refused ({errno.errorcode.get(err, err)}): {' / '.join(tail)}")
+    attr2 = (ctypes.c_uint8 * 16)()
+    ctypes.c_uint32.from_buffer(attr2, 8).value = fd
+    link, err = _bpf(BPF_RAW_TRACEPOINT_OPEN, attr2)
+    if link < 0:
+        _close(fd)
+        raise OSError(err, f"tp_btf {event} attach refused ({errno.errorcode.get(err, err)})")
+    return fd, link
 
 
 def raw_tracepoint(event: str = "inet_sock_set_state") -> tuple[bool, str]:
@@ -224,6 +275,7 @@ class Features:
     headers: str = "missing"
     notes: dict = field(default_factory=dict)
     raw_tp: bool = False        # raw tracepoints load and attach, and the sock offsets they need exist
+    btf_tp: bool = False        # BTF-typed tracepoints (tp_btf) load and attach, on top of raw_tp
 
     @classmethod
     def probe(cls, want_fentry: bool = True) -> "Features":
@@ -245,6 +297,7 @@ class Features:
                 raw, raw_note = raw_tracepoint()
             except KeyError as e:
                 raw_note = f"BTF lacks a socket field raw tracepoints read: {e}"
+        btf_tp, btf_note = btf_tracepoint() if raw else (False, "needs raw tracepoints")
         hdr, _ = headers()
         return cls(kp, fe, rb, offsets, hdr, {"kprobes": kp_note, "fentry": fe_note, "ringbuf": rb_note,
-                                              "raw_tracepoint": raw_note}, raw)
+                                              "raw_tracepoint": raw_note, "btf_tracepoint": btf_note}, raw, btf_tp)

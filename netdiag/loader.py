@@ -32,6 +32,7 @@ class Detached:
     attach_fds: list[int]
     tracefs_kprobes: list[str] = field(default_factory=list)
     raw_tp: bool = False            # the shared tracepoints attached as raw tracepoints
+    btf_tp: bool = False            # ... the state and RST-received ones as tp_btf
 
     def close(self) -> None:
         for fd in self.attach_fds:
@@ -101,7 +102,7 @@ def _run_child(request: dict) -> Detached:
     map_fds, attach = fds[:len(names)], fds[len(names):]
     return Detached(plan=header["plan"], maps={n: Map(fd, n) for n, fd in zip(names, map_fds)},
                     attach_fds=attach, tracefs_kprobes=header.get("tracefs_kprobes", []),
-                    raw_tp=bool(header.get("raw_tp")))
+                    raw_tp=bool(header.get("raw_tp")), btf_tp=bool(header.get("btf_tp")))
 
 
 def _recv_all(sock: socket.socket) -> tuple[dict, list[int]]:
@@ -143,7 +144,9 @@ def _child(fd: int) -> None:
         kp_names = [ev for ev in b.kprobe_fds if os.path.exists(f"/sys/kernel/tracing/events/kprobes/{ev}")]
         attach += list(b.tracepoint_fds.values()) + list(b.raw_tracepoint_fds.values())
         attach += list(b.kfunc_entry_fds.values()) + list(b.kfunc_exit_fds.values())
-        header = {"plan": eng.plan, "maps": names, "tracefs_kprobes": kp_names, "raw_tp": eng.raw_tp}
+        attach += list(eng.btf_fds)
+        header = {"plan": eng.plan, "maps": names, "tracefs_kprobes": kp_names, "raw_tp": eng.raw_tp,
+                  "btf_tp": eng.btf_tp}
         all_fds = map_fds + attach
         payload = json.dumps(header).encode()
         for i in range(0, max(len(all_fds), 1), MAX_FDS_PER_MSG):

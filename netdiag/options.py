@@ -16,15 +16,28 @@ def duration_option(default=None):
     return deco
 
 
-TRACEPOINT_FLAVOURS = {"auto": None, "raw": True, "classic": False}
+# --tracepoints NAME -> the engine's (raw_tracepoints, btf_tracepoints)
+TRACEPOINT_FLAVOURS = {"auto": (None, None), "btf": (True, True), "raw": (True, False), "classic": (False, False)}
+
+
+def flavour_kwargs(name: str) -> dict:
+    raw, btf = TRACEPOINT_FLAVOURS[name]
+    return {"raw_tracepoints": raw, "btf_tracepoints": btf}
+
+
+def flavour_of(engine) -> str:
+    """What the shared tracepoints attached as: btf, raw or classic."""
+    return "btf" if getattr(engine, "btf_tp", False) else "raw" if engine.raw_tp else "classic"
 
 
 def tracepoints_option(f):
     """How the shared tracepoints (socket state, resets, drops) attach."""
     return click.option("--tracepoints", "tracepoints", type=click.Choice(list(TRACEPOINT_FLAVOURS)),
                         default="auto", show_default=True,
-                        help="raw: arguments handed to BPF directly (cheaper per event; needs BTF); "
-                             "classic: the kernel fills a record first; auto: raw where possible.")(f)
+                        help="btf: BTF-typed arguments, socket fields read by plain loads (cheapest; "
+                             "not with kprobe connect/accept); raw: arguments handed to BPF directly, fields "
+                             "read through bpf_probe_read_kernel (needs BTF offsets); classic: the kernel "
+                             "fills a record first; auto: the cheapest the kernel allows.")(f)
 
 
 def interval_option(default=1.0):

@@ -11,6 +11,7 @@ import time
 
 from . import aggregate as agg
 from . import inetdiag, loader, namespaces
+from .options import flavour_of
 from . import netns as nsmod
 from . import tracefs
 from .decode import CODE_KEY, DROP_KEY, DST_KEY, DST_VAL, DST_VAL_FIELDS, SOCK_KEY, U64, format_addr
@@ -40,13 +41,14 @@ def _enum_namer(category: str, event: str, field: str):
 class Watcher:
     def __init__(self, mode: str = "auto", netns: int | None = None, port: int | None = None,
                  dst: str | None = None, max_dsts: int = 16384, syscall_tracepoints: bool = False,
-                 conntrack: bool = True, diagnoser=None, enrich=None, raw_tracepoints: bool | None = None):
+                 conntrack: bool = True, diagnoser=None, enrich=None, raw_tracepoints: bool | None = None,
+                 btf_tracepoints: bool | None = None):
         # Syscall tracepoints put every syscall of every task on the slow path: off by default.
         # Without them, EADDRNOTAVAIL is inferred from the state tracepoint, and accept() calls
         # are counted only where inet_csk_accept can be hooked (kprobe/fentry).
         self.engine_kwargs = dict(signals=list(WATCH_SIGNALS), mode=mode, netns=netns, stream=False,
                                   aggregate=True, max_dsts=max_dsts, syscall_tracepoints=syscall_tracepoints,
-                                  raw_tracepoints=raw_tracepoints)
+                                  raw_tracepoints=raw_tracepoints, btf_tracepoints=btf_tracepoints)
         self.prog = None
         self.plan: dict = {}
         self.want_conntrack = conntrack
@@ -83,7 +85,7 @@ class Watcher:
     @property
     def modes(self) -> dict:
         m = {"connect": self.plan["connect"], "accept": self.plan.get("accept", "tracepoint"),
-             "tracepoints": "raw" if self.prog is not None and self.prog.raw_tp else "classic"}
+             "tracepoints": flavour_of(self.prog) if self.prog is not None else "classic"}
         m.update(self.conntrack.modes if self.conntrack else {"conntrack": "off", "snat": "off"})
         if self.plan.get("snat") == "kprobe":
             # SNAT allocations, ranges and insert failures from kprobes (bpf/snat.c); table fill

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..options import TRACEPOINT_FLAVOURS, duration_option, json_option, tracepoints_option
+from ..options import duration_option, flavour_kwargs, flavour_of, json_option, tracepoints_option
 
 WHAT = {"connect": ("connect",), "accept": ("accept",), "all": ("connect", "accept")}
 HEADER = f"{'TIME(s)':<9} {'EVENT':<7} {'PID':<7} {'COMM':<15} {'NETNS':<14} {'LOCAL':<28} {'REMOTE':<28} {'RESULT':<13} {'MS':>8}"
@@ -54,7 +54,7 @@ def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf
     from ..features import require_privileges
     require_privileges()
     engine = ProbeEngine(signals, mode=mode, pid=pid, netns=netns_inode,
-                         raw_tracepoints=TRACEPOINT_FLAVOURS[tracepoints])
+                         **flavour_kwargs(tracepoints))
     names = nsmod.NetnsNames()
     out = sys.stdout
     t0 = [None]
@@ -88,7 +88,7 @@ def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf
     try:
         engine.start(on_event)
         modes = " ".join(f"{s}={m}" for s, m in engine.plan.items())
-        flavour = "raw" if engine.raw_tp else "classic"
+        flavour = flavour_of(engine)
         click.echo(f"netdiag: attached ({modes}, tracepoints={flavour}, {engine.buffer})", err=True)
         if ready_file:
             ready_file.write_text(json.dumps({"modes": engine.plan, "buffer": engine.buffer,

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..dns.watchcli import Enricher, dns_options, print_plain_rollups, rich_rollup_tables
-from ..options import TRACEPOINT_FLAVOURS, duration_option, interval_option, json_option, tracepoints_option
+from ..options import duration_option, flavour_kwargs, interval_option, json_option, tracepoints_option
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -65,7 +65,7 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     require_privileges()
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
                       syscall_tracepoints=count_accepts, diagnoser=Diagnoser(),
-                      raw_tracepoints=TRACEPOINT_FLAVOURS[tracepoints])
+                      **flavour_kwargs(tracepoints))
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)
     watcher.enrich = enricher.apply

@@ -18,7 +18,7 @@ export PATH="$here/.venv/bin:$PATH"
 [ -x "$vng" ] || { echo "vm lane: $vng missing (run scripts/setup.sh)" >&2; exit 69; }
 
 # Inside the guest: the same kernel tier, results to the shared rw folder.
-guest_cmd="cd '$here' && export PYTHONDONTWRITEBYTECODE=1 ND_RESULTS_DIR='$results' ND_READY_TIMEOUT=600 ND_TRACE_MODES=auto,fentry,tracepoint ND_CLASSIC_MODES=auto,tracepoint ND_LAB_TIMEOUT=900 \
+guest_cmd="cd '$here' && export PYTHONDONTWRITEBYTECODE=1 ND_RESULTS_DIR='$results' ND_READY_TIMEOUT=600 ND_TRACE_MODES=auto,fentry,tracepoint ND_CLASSIC_MODES=auto,tracepoint ND_WATCH_FLAVOURS=auto,classic ND_LAB_TIMEOUT=900 \
  && uname -r > '$results/uname' \
  && '$here/.venv/bin/python' -m pytest tests/kernel -m 'not heavy' -p no:cacheprovider -q -rs \
     --junitxml='$results/junit.xml' > '$results/pytest.out' 2>&1; echo \$? > '$results/rc'"

@@ -80,16 +80,24 @@ def topo(doctor):
         yield t
 
 
-# auto: raw tracepoints where the kernel allows them; classic: the fallback, run too
-FLAVOURS = [f for f in os.environ.get("ND_WATCH_FLAVOURS", "auto,classic").split(",") if f]
+# auto: BTF-typed tracepoints where the kernel allows them (raw otherwise); raw and classic: the
+# fallbacks, run too
+FLAVOURS = [f for f in os.environ.get("ND_WATCH_FLAVOURS", "auto,raw,classic").split(",") if f]
+
+
+def btf_tracepoints_work(doctor) -> bool:
+    return any(c["name"] == "BTF tracepoints" and c["status"] == "yes" for c in doctor["checks"])
 
 
 @pytest.fixture(scope="module", params=FLAVOURS)
-def watch(request, topo, tmp_path_factory):
+def watch(request, doctor, topo, tmp_path_factory):
     w = Watch(tmp_path_factory.mktemp("watch"), "--tracepoints", request.param)
-    w.prefix = "watch" if request.param == "auto" else "watch+classic"
-    if request.param == "classic":
-        assert w.info["modes"]["tracepoints"] == "classic"
+    w.prefix = "watch" if request.param == "auto" else f"watch+{request.param}"
+    got = w.info["modes"]["tracepoints"]
+    if request.param != "auto":
+        assert got == request.param
+    elif w.info["modes"]["connect"] != "kprobe" and btf_tracepoints_work(doctor):
+        assert got == "btf"
     try:
         yield w
     finally:

@@ -91,6 +91,24 @@ def test_raw_tracepoints_follow_the_kernel_and_can_be_refused(kernel_has):
     assert ei.value.exit_code == EXIT_UNAVAILABLE
 
 
+def test_btf_tracepoints_where_the_kernel_allows_and_no_kprobe_shares_the_helpers(kernel_has):
+    base = dict(kprobes=True, fentry=False, ringbuf=True, btf_offsets={"ND_OFF_SOCK_NET": 48}, raw_tp=True)
+    with_btf, without = Features(**base, btf_tp=True), Features(**base, btf_tp=False)
+    auto = engine.ProbeEngine(("connect", "accept"), mode="tracepoint", features=with_btf)
+    assert auto.btf_tp and {"-DND_RAW_TP", "-DND_BTF_TP"} <= set(auto.cflags(strict=False))
+    # kprobe connect/accept programs read sockets through untyped pointers: raw tracepoints then
+    kp = engine.ProbeEngine(("connect", "accept"), mode="kprobe", features=with_btf)
+    assert kp.raw_tp and not kp.btf_tp and "-DND_BTF_TP" not in kp.cflags(strict=False)
+    assert not engine.ProbeEngine(("connect",), mode="tracepoint", features=without).btf_tp
+    raw = engine.ProbeEngine(("connect",), mode="tracepoint", features=with_btf, btf_tracepoints=False)
+    assert raw.raw_tp and not raw.btf_tp
+    classic = engine.ProbeEngine(("connect",), mode="tracepoint", features=with_btf, raw_tracepoints=False)
+    assert not classic.btf_tp
+    for feats_, mode in ((without, "tracepoint"), (with_btf, "kprobe")):
+        with pytest.raises(FeatureMissing):
+            engine.ProbeEngine(("connect",), mode=mode, features=feats_, btf_tracepoints=True)
+
+
 def test_ephemeral_range_flags_come_with_resets(kernel_has, monkeypatch):
     monkeypatch.setattr(engine, "ephemeral_range", lambda: (32768, 60999))
     f = Features(kprobes=False, fentry=False, ringbuf=True, btf_offsets={"ND_OFF_SOCK_NET": 48})
