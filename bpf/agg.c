@@ -154,9 +154,14 @@ static __always_inline u32 nd_log2(u64 v)
     return r;
 }
 
-/* an outbound connect attempt started */
-static __always_inline void nd_agg_connect(u32 netns, struct nd_tuple *t)
+/* an outbound connect attempt started (on socket sk: if it sits in this CPU's closed slot, that
+ * was an earlier socket at the same address) */
+static __always_inline void nd_agg_connect(u64 sk, u32 netns, struct nd_tuple *t)
 {
+    u32 zero = 0;
+    struct nd_closed_slot *slot = nd_last_closed.lookup(&zero);
+    if (slot && slot->sk == sk)
+        slot->sk = 0;
     struct nd_dst_key k = {};
     nd_key_remote(&k, netns, t);
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_OUT);
@@ -278,15 +283,18 @@ static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struc
                                        int connecting, struct nd_dst_key *k, int typed)
 {
     if (sk) {
-        struct nd_conn *c = nd_conns.lookup(&sk);
-        if (c) {
-            nd_key_remote(k, c->netns, t);
-            return ND_DIR_OUT;
-        }
+        /* the slot first (an array: no hash), and used once: a later event with the same
+         * address is a new socket's (connect clears the slot for its socket too) */
         u32 zero = 0;
         struct nd_closed_slot *slot = nd_last_closed.lookup(&zero);
         if (slot && slot->sk == sk) {
             *k = slot->k;
+            slot->sk = 0;
+            return ND_DIR_OUT;
+        }
+        struct nd_conn *c = nd_conns.lookup(&sk);
+        if (c) {
+            nd_key_remote(k, c->netns, t);
             return ND_DIR_OUT;
         }
     }

@@ -66,7 +66,7 @@ static __always_inline void nd_connect_begin(u64 sk, struct nd_tuple *t)
 #endif
     nd_count(ND_STAT_CONNECT_ATTEMPT);
 #ifdef ND_AGGREGATE
-    nd_agg_connect(netns, t);
+    nd_agg_connect(sk, netns, t);
 #endif
 }
 
