@@ -36,13 +36,19 @@ RUNS = [(m, "auto") for m in MODES] + [(m, "classic") for m in CLASSIC_MODES]
 
 
 @pytest.fixture(scope="module", params=RUNS, ids=[f"{m}-{f}" for m, f in RUNS])
-def tracer(request, topo, tmp_path_factory):
+def tracer(request, doctor, topo, tmp_path_factory):
     mode, flavour = request.param
     tr = Tracer(tmp_path_factory.mktemp("trace"), "--mode", mode, "--tracepoints", flavour)
     tr.mode = mode if flavour == "auto" else f"{mode}+classic"
     tr.flavour = flavour
     try:
         tr.ready_info = tr.wait_ready()
+        got = tr.ready_info.get("tracepoints")
+        btf_ok = any(c["name"] == "BTF tracepoints" and c["status"] == "yes" for c in doctor["checks"])
+        if flavour == "classic":
+            assert got == "classic"
+        elif "kprobe" not in tr.ready_info["modes"].values() and btf_ok:
+            assert got == "btf"            # the tp_btf programs loaded (no fallback to raw)
         yield tr
     finally:
         if tr.proc.poll() is None:
@@ -80,7 +86,8 @@ def test_23_connects_and_accepts(topo, tracer):
                and e["listen"] == f"{SRV}:8080"]
     ok = [e for e in conns if e["result"] == "ok"]
     record_result(f"{tracer.mode}/connect_accept", {"connects_ok": len(ok), "connects": len(conns), "accepts": len(accepts),
-                                     "modes": tracer.ready_info["modes"]})
+                                     "modes": tracer.ready_info["modes"],
+                                     "tracepoints": tracer.ready_info.get("tracepoints")})
     assert len(conns) == 23 and len(ok) == 23
     assert len(accepts) == 23
     assert {e["pid"] for e in ok} == {res["pid"]}

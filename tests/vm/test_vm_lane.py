@@ -97,6 +97,14 @@ def test_auto_mode_used_kprobes(lane):
     assert lane["results"]["fentry/connect_accept"]["modes"] == {"connect": "fentry", "accept": "fentry"}
 
 
+def test_shared_tracepoints_btf_where_no_kprobe_shares_them(lane):
+    """6.1 loads the tp_btf programs: fentry and tracepoint modes run them (the counts above are
+    theirs); kprobe mode keeps raw tracepoints; classic when asked."""
+    got = {m: lane["results"][f"{m}/connect_accept"].get("tracepoints")
+           for m in ("auto", "fentry", "tracepoint", "tracepoint+classic")}
+    assert got == {"auto": "raw", "fentry": "btf", "tracepoint": "btf", "tracepoint+classic": "classic"}
+
+
 def test_watch_snat_through_kprobes(lane):
     """The SNAT lab under `watch` with nf_nat_setup_info/__nf_conntrack_confirm hooked: the same
     numbers the host's ctnetlink path gives (tests/kernel/test_watch_snat.py)."""
