@@ -147,8 +147,9 @@ class RingBuffer:
     the producer position followed by the data area twice over (a record that wraps reads as one
     slice). Each record: a u32 length whose top two bits are BUSY (not committed yet) and DISCARD,
     a u32 page offset, then the data, padded to 8 bytes. Both positions are read and written as
-    whole aligned u64s, one load or store each: the kernel reads the consumer position while
-    producing, and a torn value would make the ring look full. ``fileno()`` is pollable (readable
+    whole aligned u64s, one load or store each, as libbpf does: the kernel reads the consumer
+    position while producing (with byte copies, reservations were seen to fail while the ring
+    had room). ``fileno()`` is pollable (readable
     when records wait)."""
 
     BUSY, DISCARD, HDR = 1 << 31, 1 << 30, 8
