@@ -294,9 +294,11 @@ static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struc
         }
         struct nd_conn *c = nd_conns.lookup(&sk);
         if (c) {
-            nd_key_remote(k, c->netns, t);
+            nd_key_remote(k, c->netns, &c->t);     /* the remote end it connected to */
             return ND_DIR_OUT;
         }
+        if (typed)
+            nd_tuple_load(t, sk, 0);               /* a typed caller may leave t to be read here */
     }
     if (!netns)
         netns = sk ? nd_netns_sk((void *)sk, typed) : nd_netns_of_skb(skb);

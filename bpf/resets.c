@@ -26,6 +26,81 @@ static __always_inline void nd_rst_count(u64 sk, const void *skb, u32 netns, str
     }
 }
 
+#ifdef ND_BTF_TP
+#ifdef ND_RST_SOCKADDR
+/* The segment a socket-less RST answers, reversed (its destination is our side), as the
+ * classic record has it: IP header at head + network_header, TCP header at data. */
+static __always_inline int nd_tuple_of_rst_skb(struct nd_tuple *t, const void *skb)
+{
+    const u8 *head = (const u8 *)ND_LD(u64, skb, ND_OFF_SKB_HEAD);
+    const u8 *data = (const u8 *)ND_LD(u64, skb, ND_OFF_SKB_DATA);
+    u16 nh = ND_LD(u16, skb, ND_OFF_SKB_NETWORK_HEADER);
+    u16 proto = ND_LD(u16, skb, ND_OFF_SKB_PROTOCOL);
+    u16 ports[2] = {};
+    if (!head || !data || bpf_probe_read_kernel(ports, 4, data) < 0)
+        return 0;
+    if (proto == htons(0x0800)) {
+        u8 a[8] = {};
+        if (bpf_probe_read_kernel(a, 8, head + nh + 12) < 0)
+            return 0;
+        t->family = AF_INET;
+        __builtin_memcpy(t->daddr, a, 4);          /* the segment's source: the RST's destination */
+        __builtin_memcpy(t->saddr, a + 4, 4);
+    } else {
+        if (bpf_probe_read_kernel(t->daddr, 16, head + nh + 8) < 0 ||
+            bpf_probe_read_kernel(t->saddr, 16, head + nh + 24) < 0)
+            return 0;
+        t->family = AF_INET6;
+    }
+    t->dport = ntohs(ports[0]);
+    t->sport = ntohs(ports[1]);
+    t->pad = 1;
+    return 1;
+}
+#endif
+
+/* loaded as tp_btf by netdiag/engine.py: (sk, skb[, reason]), both BTF-typed. The tuple is the
+ * classic record's: from a full socket (read only if the row needs it: the RST an abort sends
+ * takes its row from the just-closed slot), else from the segment the RST answers (6.10+). */
+int nd_btf_tcp_send_reset(u64 *ctx)
+{
+    const void *skp = (const void *)ctx[0];
+    const void *skb = (const void *)ctx[1];
+    u64 sk = (u64)skp;
+    struct nd_tuple t = {};             /* pad 0: not read yet */
+    u8 state = skp ? ND_LD(u8, skp, ND_OFF_SKC_STATE) : 0;
+    if (skp && (state == ND_TCP_TIME_WAIT || state == ND_TCP_NEW_SYN_RECV)) {
+#ifdef ND_RST_SOCKADDR
+        sk = 0;                         /* not a full socket: the record takes the segment's */
+#else
+        nd_tuple_of_sk(&t, skp);        /* sock_common's fields are there in any socket */
+#endif
+    }
+    if (!sk && !t.pad) {
+#ifdef ND_RST_SOCKADDR
+        if (!skb || !nd_tuple_of_rst_skb(&t, skb))
+            return 0;
+#else
+        return 0;
+#endif
+#ifdef ND_EPHEMERAL_LO
+        if (t.sport >= ND_EPHEMERAL_LO && t.sport <= ND_EPHEMERAL_HI)
+            t.sport = 0;                /* as below: one row per local address */
+#endif
+    }
+    u32 netns = nd_netns_early(skp, skb, ND_TP_TYPED);
+    if (!nd_netns_allowed(netns))
+        return 0;
+    int connecting = sk && state == ND_TCP_SYN_SENT;
+    u32 reason = 0;
+#ifdef ND_RST_HAS_REASON
+    reason = (u32)ctx[2];
+#endif
+    nd_rst_count(sk, sk ? 0 : skb, netns, &t, connecting, 1, reason, ND_TP_TYPED);
+    nd_count(ND_STAT_RST_OUT);
+    return 0;
+}
+#else
 TRACEPOINT_PROBE(tcp, tcp_send_reset)
 {
     struct nd_tuple t = {};
@@ -70,6 +145,7 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
     nd_count(ND_STAT_RST_OUT);
     return 0;
 }
+#endif
 
 #ifdef ND_BTF_TP
 /* loaded as tp_btf by netdiag/engine.py (BCC has no loader for it) */

@@ -219,6 +219,13 @@ RAWTP_OFFSETS = {
     # the bound source port, network order: kept after CLOSE released skc_num (the classic
     # record's sport is this one)
     "ND_OFF_INET_SPORT": ("inet_sock", "inet_sport"),
+    # tp_btf on tcp_send_reset: full socket or not, and the headers of the segment a
+    # socket-less RST answers
+    "ND_OFF_SKC_STATE": ("sock", "__sk_common.skc_state"),
+    "ND_OFF_SKB_HEAD": ("sk_buff", "head"),
+    "ND_OFF_SKB_DATA": ("sk_buff", "data"),
+    "ND_OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
+    "ND_OFF_SKB_PROTOCOL": ("sk_buff", "protocol"),
 }
 
 # Conntrack walks of the "snat" signal (bpf/snat.c). A separate group: a kernel without

@@ -27,7 +27,7 @@ MODES = ("kprobe", "fentry", "tracepoint")
 STAT_NAMES = ("connect_attempts", "connects_ok", "connects_failed", "accepts", "lost_events",
               "accepts_untracked", "dst_keys_inserted", "resets_out", "resets_in")
 MODE_MACRO = {"kprobe": "ND_MODE_KPROBE", "fentry": "ND_MODE_FENTRY", "tracepoint": "ND_MODE_TRACEPOINT"}
-TCP_STATES = ("TCP_ESTABLISHED", "TCP_SYN_SENT", "TCP_SYN_RECV", "TCP_CLOSE")
+TCP_STATES = ("TCP_ESTABLISHED", "TCP_SYN_SENT", "TCP_SYN_RECV", "TCP_CLOSE", "TCP_TIME_WAIT", "TCP_NEW_SYN_RECV")
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,8 @@ def _captured_stderr():
 
 # tp_btf programs (-DND_BTF_TP) and their tracepoints; BCC compiles them, the engine loads them
 BTF_PROGRAMS = (("nd_btf_inet_sock_set_state", "inet_sock_set_state"),
-                ("nd_btf_tcp_receive_reset", "tcp_receive_reset"))
+                ("nd_btf_tcp_receive_reset", "tcp_receive_reset"),
+                ("nd_btf_tcp_send_reset", "tcp_send_reset"))
 
 
 class ProbeEngine:
