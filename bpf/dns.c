@@ -3,7 +3,7 @@
  * sockets only, in every network namespace, and clones nothing. A packet a local socket sends to
  * port 53 (a query, or its TCP handshake) or receives from port 53 (an answer) is copied, from
  * its IP header on, up to ND_DNS_SNAP bytes (the record has the packet's length: userspace
- * reads the captured part as min(len, the record's room)), into a ring buffer with the socket's namespace
+ * takes min(len, the record's room)), into its CPU's ring buffer with the socket's namespace
  * cookie; userspace (netdiag/dns/cgcapture.py) decodes it as it decodes a packet socket's.
  * Every program returns 1: the packet always goes on. Needs bpf_get_netns_cookie() in
  * cgroup_skb programs; without it netdiag falls back to packet sockets. */
