@@ -18,24 +18,26 @@ BPF_F_TABLE("lru_hash", u64, struct nd_pending, nd_pending_accept, ND_MAX_CONNS,
 
 static __always_inline void nd_accept_established(u64 sk, struct nd_tuple *t)
 {
+    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
     struct nd_pending p = {};
     p.netns = nd_netns_sk((void *)sk, ND_TP_TYPED);   /* from the state tracepoint */
     if (!nd_netns_allowed(p.netns))
         return;
     p.ts_ns = bpf_ktime_get_ns();
     p.t = *t;
-    nd_pending_accept.update(&sk, &p);
+    nd_pending_accept.update(&skey, &p);
 }
 
 static __always_inline void nd_accept_done(void *ctx, u64 sk)
 {
+    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
     if (!sk)
         return;
     u64 id = bpf_get_current_pid_tgid();
     u32 pid = id >> 32;
     if (!nd_pid_allowed(pid))
         return;
-    struct nd_pending *p = nd_pending_accept.lookup(&sk);
+    struct nd_pending *p = nd_pending_accept.lookup(&skey);
     if (!p) {
         nd_count(ND_STAT_ACCEPT_UNTRACKED);   /* established before netdiag attached, or filtered */
         return;
@@ -60,7 +62,7 @@ static __always_inline void nd_accept_done(void *ctx, u64 sk)
     bpf_get_current_comm(ev.comm, sizeof(ev.comm));
     nd_emit(ctx, &ev);
 #endif
-    nd_pending_accept.delete(&sk);
+    nd_pending_accept.delete(&skey);
 }
 
 #if ND_ACCEPT_MODE == ND_MODE_KPROBE

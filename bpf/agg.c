@@ -223,14 +223,15 @@ static __always_inline void nd_note_closed(u64 sk, struct nd_dst_key *k)
 /* a socket left ESTABLISHED for newstate: if it was one of ours outbound, `active` drops */
 static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t, int newstate)
 {
+    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
     struct nd_dst_key k = {};
-    struct nd_conn *c = nd_conns.lookup(&sk);
+    struct nd_conn *c = nd_conns.lookup(&skey);
     if (c) {
         if (c->state != ND_CONN_ESTABLISHED)
             return;
         nd_key_remote(&k, c->netns, &c->t);
         if (newstate == ND_TCP_CLOSE)
-            nd_conns.delete(&sk);
+            nd_conns.delete(&skey);
         else
             c->state = ND_CONN_CLOSING;     /* its RSTs still count against the destination */
     } else {
@@ -248,7 +249,7 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t, 
             closing.netns = netns;
             closing.state = ND_CONN_CLOSING;
             closing.t = *t;
-            nd_conns.update(&sk, &closing);
+            nd_conns.update(&skey, &closing);
         }
     }
     if (newstate == ND_TCP_CLOSE)
@@ -264,13 +265,14 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t, 
  * CLOSING -> CLOSE; TIME_WAIT is a separate socket): forget it */
 static __always_inline void nd_agg_closed(u64 sk, struct nd_tuple *t)
 {
-    struct nd_conn *c = nd_conns.lookup(&sk);
+    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
+    struct nd_conn *c = nd_conns.lookup(&skey);
     if (!c || c->state != ND_CONN_CLOSING)
         return;
     struct nd_dst_key k = {};
     nd_key_remote(&k, c->netns, &c->t);
     nd_note_closed(sk, &k);         /* CLOSE_WAIT -> CLOSE by an abort sends an RST next */
-    nd_conns.delete(&sk);
+    nd_conns.delete(&skey);
 }
 
 /* Which row does an event on this socket belong to? Outbound sockets (in nd_conns, connecting,
@@ -282,6 +284,7 @@ static __always_inline void nd_agg_closed(u64 sk, struct nd_tuple *t)
 static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struct nd_tuple *t,
                                        int connecting, struct nd_dst_key *k, int typed)
 {
+    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
     if (sk) {
         /* the slot first (an array: no hash), and used once: a later event with the same
          * address is a new socket's (connect clears the slot for its socket too) */
@@ -292,7 +295,7 @@ static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struc
             slot->sk = 0;
             return ND_DIR_OUT;
         }
-        struct nd_conn *c = nd_conns.lookup(&sk);
+        struct nd_conn *c = nd_conns.lookup(&skey);
         if (c) {
             nd_key_remote(k, c->netns, &c->t);     /* the remote end it connected to */
             return ND_DIR_OUT;

@@ -44,6 +44,7 @@ static __always_inline void nd_connect_emit(void *ctx, u64 sk, struct nd_conn *c
 /* A connect attempt begins on socket sk, in the calling task's context. */
 static __always_inline void nd_connect_begin(u64 sk, struct nd_tuple *t)
 {
+    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
     u64 id = bpf_get_current_pid_tgid();
     u32 pid = id >> 32, tid = (u32)id;
     if (!nd_pid_allowed(pid))
@@ -60,9 +61,9 @@ static __always_inline void nd_connect_begin(u64 sk, struct nd_tuple *t)
 #ifdef ND_STREAM
     bpf_get_current_comm(c.comm, sizeof(c.comm));
 #endif
-    nd_conns.update(&sk, &c);
+    nd_conns.update(&skey, &c);
 #ifndef ND_NO_SYSCALL_TP
-    nd_inconnect.update(&tid, &sk);
+    nd_inconnect.update(&tid, &skey);
 #endif
     nd_count(ND_STAT_CONNECT_ATTEMPT);
 #ifdef ND_AGGREGATE
@@ -77,7 +78,7 @@ static __always_inline void nd_connect_return(void *ctx, long ret)
     u64 *skp = nd_inconnect.lookup(&tid);
     if (!skp)
         return;
-    u64 sk = *skp;
+    u64 sk = *skp;                    /* a number here (from a map): a key as it is */
     nd_inconnect.delete(&tid);
     if (ret >= 0 || ret == -EINPROGRESS)
         return;                       /* outcome arrives through the state tracepoint */
@@ -92,7 +93,8 @@ static __always_inline void nd_connect_return(void *ctx, long ret)
 /* state tracepoint: sk left SYN_SENT for newstate (ESTABLISHED or CLOSE). */
 static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, struct nd_tuple *t)
 {
-    struct nd_conn *c = nd_conns.lookup(&sk);
+    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
+    struct nd_conn *c = nd_conns.lookup(&skey);
     if (!c)
         return;
     nd_tuple_load(t, sk, 0);            /* ours: a TCP socket */
@@ -103,7 +105,7 @@ static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, st
 #ifdef ND_AGGREGATE
         c->state = ND_CONN_ESTABLISHED;    /* kept: its close and resets find it (agg.c) */
 #else
-        nd_conns.delete(&sk);
+        nd_conns.delete(&skey);
 #endif
         return;
     }
@@ -114,7 +116,7 @@ static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, st
     if (err == 0)
         err = t->sport == 0 ? EADDRNOTAVAIL : ECONNABORTED;
     nd_connect_emit(ctx, sk, c, err);
-    nd_conns.delete(&sk);
+    nd_conns.delete(&skey);
     return;
 #endif
     u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -125,7 +127,7 @@ static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, st
     if (inconn && *inconn == sk)
         c->sync_done = 1;             /* connect() still returns: do not report twice */
     else
-        nd_conns.delete(&sk);
+        nd_conns.delete(&skey);
 }
 
 #if ND_CONNECT_MODE == ND_MODE_KPROBE || ND_CONNECT_MODE == ND_MODE_FENTRY

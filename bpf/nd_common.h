@@ -53,6 +53,16 @@ struct nd_tuple {
 
 BPF_PERCPU_ARRAY(nd_stats, u64, ND_STAT_MAX);
 
+/* A socket pointer as a map key, in a variable of its own. A typed (tp_btf, fentry) pointer
+ * kept in a stack slot whose address a helper is given becomes a plain number there for the
+ * 6.1 verifier, and the compiler would reload the pointer from that very slot for the next
+ * field read; the empty asm hides from the compiler that the key equals the pointer. */
+static __always_inline u64 nd_sk_key(u64 sk)
+{
+    asm volatile("" : "+r"(sk));
+    return sk;
+}
+
 #ifdef ND_BTF_TP
 /* BTF-typed tracepoints (tp_btf, -DND_BTF_TP): the state and RST-received programs get a struct
  * sock * the verifier knows the type of, so its fields are plain loads (one instruction each,
