@@ -261,6 +261,7 @@ class ProbeEngine:
         self.btf_tp = bool(self.raw_tp and self.features.btf_tp and not kprobed and btf_tracepoints is not False)
         self._btf_auto = btf_tracepoints is None
         self.btf_fds: list[int] = []        # tp_btf links (and programs), ours to close
+        self.btf_refused: str | None = None  # why auto fell back from tp_btf to raw tracepoints
         self.bpf = None
         self.buffer = "ringbuf" if self.features.ringbuf else "perf"
         self._perf_lost = 0
@@ -280,7 +281,7 @@ class ProbeEngine:
             eng.plan = {s: (mode if mode != "auto" else "tracepoint") for s in eng.signals}
             eng.bpf, eng.buffer, eng._perf_lost, eng.unavailable = None, "ringbuf", 0, {}
             eng.stream, eng.aggregate, eng.max_dsts, eng.raw_tp = True, False, 16384, False
-            eng.btf_tp, eng._btf_auto, eng.btf_fds = False, False, []
+            eng.btf_tp, eng._btf_auto, eng.btf_fds, eng.btf_refused = False, False, [], None
             return eng
 
     # -- the program ----------------------------------------------------------------------------
@@ -388,7 +389,7 @@ class ProbeEngine:
             from .features import load_tp_btf
             for fn, event in BTF_PROGRAMS:
                 if fn in self.source():
-                    prog, link = load_tp_btf(self.bpf.dump_func(fn), event, name=fn[:15])
+                    prog, link = load_tp_btf(self.bpf.dump_func(fn.encode()), event, name=fn[:15])
                     self.btf_fds += [link, prog]
         self._attach()
 

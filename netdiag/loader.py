@@ -32,7 +32,8 @@ class Detached:
     attach_fds: list[int]
     tracefs_kprobes: list[str] = field(default_factory=list)
     raw_tp: bool = False            # the shared tracepoints attached as raw tracepoints
-    btf_tp: bool = False            # ... the state and RST-received ones as tp_btf
+    btf_tp: bool = False            # ... the state and RST ones as tp_btf
+    btf_refused: str | None = None  # why they are raw although tp_btf was tried
 
     def close(self) -> None:
         for fd in self.attach_fds:
@@ -102,7 +103,8 @@ def _run_child(request: dict) -> Detached:
     map_fds, attach = fds[:len(names)], fds[len(names):]
     return Detached(plan=header["plan"], maps={n: Map(fd, n) for n, fd in zip(names, map_fds)},
                     attach_fds=attach, tracefs_kprobes=header.get("tracefs_kprobes", []),
-                    raw_tp=bool(header.get("raw_tp")), btf_tp=bool(header.get("btf_tp")))
+                    raw_tp=bool(header.get("raw_tp")), btf_tp=bool(header.get("btf_tp")),
+                    btf_refused=header.get("btf_refused"))
 
 
 def _recv_all(sock: socket.socket) -> tuple[dict, list[int]]:
@@ -146,7 +148,7 @@ def _child(fd: int) -> None:
         attach += list(b.kfunc_entry_fds.values()) + list(b.kfunc_exit_fds.values())
         attach += list(eng.btf_fds)
         header = {"plan": eng.plan, "maps": names, "tracefs_kprobes": kp_names, "raw_tp": eng.raw_tp,
-                  "btf_tp": eng.btf_tp}
+                  "btf_tp": eng.btf_tp, "btf_refused": eng.btf_refused}
         all_fds = map_fds + attach
         payload = json.dumps(header).encode()
         for i in range(0, max(len(all_fds), 1), MAX_FDS_PER_MSG):

@@ -90,6 +90,9 @@ def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf
         modes = " ".join(f"{s}={m}" for s, m in engine.plan.items())
         flavour = flavour_of(engine)
         click.echo(f"netdiag: attached ({modes}, tracepoints={flavour}, {engine.buffer})", err=True)
+        if engine.btf_refused:
+            click.echo(f"netdiag: the kernel refused the BTF-typed tracepoint programs, raw tracepoints "
+                       f"instead: {engine.btf_refused}", err=True)
         if ready_file:
             ready_file.write_text(json.dumps({"modes": engine.plan, "buffer": engine.buffer,
                                               "tracepoints": flavour}) + "\n")

@@ -90,6 +90,9 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
         plan = dict(watcher.plan, tracepoints=watcher.modes["tracepoints"])
         modes = " ".join(f"{k}={v}" for k, v in plan.items())
         click.echo(f"netdiag: attached ({modes})", err=True)
+        if watcher.prog is not None and watcher.prog.btf_refused:
+            click.echo(f"netdiag: the kernel refused the BTF-typed tracepoint programs, raw tracepoints "
+                       f"instead: {watcher.prog.btf_refused}", err=True)
         if ready_file:
             # whole or not at all: a waiter polls for the file and reads it as soon as it exists
             tmp = ready_file.with_name(ready_file.name + ".tmp")

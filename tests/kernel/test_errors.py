@@ -44,3 +44,26 @@ def test_verifier_rejection_carries_the_log(doctor):
     assert "-v" in str(ei.value)
     assert ei.value.detail and "invalid mem access" in ei.value.detail
     assert eng.bpf is None   # nothing left attached
+
+
+def test_refused_tp_btf_falls_back_to_raw_and_says_why(doctor, monkeypatch):
+    """auto: when the kernel refuses the compiled tp_btf programs, the engine recompiles with raw
+    tracepoints, runs, and keeps the reason (watch and trace print it)."""
+    if not any(c["name"] == "BTF tracepoints" and c["status"] == "yes" for c in doctor["checks"]):
+        pytest.skip("no tp_btf on this kernel: nothing to fall back from")
+    from netdiag import features
+
+    def refuse(insns, event, name=""):
+        raise OSError(13, f"tp_btf {event} refused (EACCES): made up by the test")
+
+    monkeypatch.setattr(features, "load_tp_btf", refuse)
+    eng = ProbeEngine(("connect", "accept"), mode="tracepoint", stream=False, aggregate=True)
+    assert eng.btf_tp
+    eng.start()
+    try:
+        assert not eng.btf_tp and eng.raw_tp and not eng.btf_fds
+        assert "made up by the test" in eng.btf_refused
+    finally:
+        eng.close()
+    with pytest.raises(BpfLoadError, match="made up by the test"):    # asked for btf: no fallback
+        ProbeEngine(("connect", "accept"), mode="tracepoint", btf_tracepoints=True).start()
