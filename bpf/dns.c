@@ -21,24 +21,23 @@
 #define ND_DNS_EGRESS 1
 #define ND_DNS_INGRESS 2
 
-struct nd_dns_rec {
+struct nd_dns_hdr {
     u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
     u64 netns_cookie;
-    u32 len;            /* the packet's length; data holds min(len, ND_DNS_SNAP) bytes */
+    u32 len;            /* the packet's length; the data after the header holds min(len, room) */
     u8 dir;             /* ND_DNS_EGRESS / ND_DNS_INGRESS */
     u8 pad[3];
-    u8 data[ND_DNS_SNAP];
 };
 
 /* most lookups fit a small record; bigger packets (EDNS, DNS over TCP) take a full one */
 #define ND_DNS_SMALL 512
 struct nd_dns_small {
-    u64 ts_ns;
-    u64 netns_cookie;
-    u32 len;
-    u8 dir;
-    u8 pad[3];
+    struct nd_dns_hdr h;
     u8 data[ND_DNS_SMALL];
+};
+struct nd_dns_rec {
+    struct nd_dns_hdr h;
+    u8 data[ND_DNS_SNAP];
 };
 
 /* One ring buffer per CPU (netdiag fills nd_dns_rings[cpu]; nd_dns_ring0 is the template and
@@ -56,52 +55,20 @@ static __always_inline void nd_dns_lost_one(void)
         (*lost)++;
 }
 
-/* Records are reserved in the ring and filled there, never staged in a per-CPU buffer: an
- * ingress program run from a softirq can interrupt an egress one on the same CPU. The header
- * is the same in both sizes; `len` says how much of data is the packet. */
-static __always_inline void nd_dns_small(struct __sk_buff *skb, u8 dir, u32 len)
+/* Fill a record reserved in the ring (never staged in a per-CPU buffer: an ingress program run
+ * from a softirq can interrupt an egress one on the same CPU) with the header and the packet's
+ * first n bytes, and commit it. */
+static __always_inline void nd_dns_fill(struct nd_dns_hdr *h, struct __sk_buff *skb, u8 dir, u32 len, u32 n)
 {
-    struct nd_dns_small *r = 0;
-    u32 cpu = bpf_get_smp_processor_id();
-    void *ring = nd_dns_rings.lookup(&cpu);
-    if (ring)
-        r = bpf_ringbuf_reserve(ring, sizeof(struct nd_dns_small), 0);
-    if (!r) {
-        nd_dns_lost_one();
+    h->ts_ns = bpf_ktime_get_ns();
+    h->netns_cookie = bpf_get_netns_cookie(skb);
+    h->len = len;
+    h->dir = dir;
+    if (n < 20 || bpf_skb_load_bytes(skb, 0, (u8 *)(h + 1), n) < 0) {
+        bpf_ringbuf_discard(h, 0);
         return;
     }
-    r->ts_ns = bpf_ktime_get_ns();
-    r->netns_cookie = bpf_get_netns_cookie(skb);
-    r->len = len;
-    r->dir = dir;
-    if (len < 20 || len > ND_DNS_SMALL || bpf_skb_load_bytes(skb, 0, r->data, len) < 0) {
-        bpf_ringbuf_discard(r, 0);
-        return;
-    }
-    bpf_ringbuf_submit(r, 0);
-}
-
-static __always_inline void nd_dns_full(struct __sk_buff *skb, u8 dir, u32 len)
-{
-    struct nd_dns_rec *r = 0;
-    u32 cpu = bpf_get_smp_processor_id();
-    void *ring = nd_dns_rings.lookup(&cpu);
-    if (ring)
-        r = bpf_ringbuf_reserve(ring, sizeof(struct nd_dns_rec), 0);
-    if (!r) {
-        nd_dns_lost_one();
-        return;
-    }
-    r->ts_ns = bpf_ktime_get_ns();
-    r->netns_cookie = bpf_get_netns_cookie(skb);
-    r->len = len;
-    r->dir = dir;
-    u32 n = len > ND_DNS_SNAP ? ND_DNS_SNAP : len;
-    if (n < 20 || bpf_skb_load_bytes(skb, 0, r->data, n) < 0) {
-        bpf_ringbuf_discard(r, 0);
-        return;
-    }
-    bpf_ringbuf_submit(r, 0);
+    bpf_ringbuf_submit(h, 0);
 }
 
 static __always_inline int nd_dns_packet(struct __sk_buff *skb, u8 dir)
@@ -138,10 +105,24 @@ static __always_inline int nd_dns_packet(struct __sk_buff *skb, u8 dir)
     if (port[0] != 0 || port[1] != 53)
         return 1;
     u32 len = skb->len;
-    if (len <= ND_DNS_SMALL)
-        nd_dns_small(skb, dir, len);
-    else
-        nd_dns_full(skb, dir, len);
+    u32 cpu = bpf_get_smp_processor_id();
+    void *ring = nd_dns_rings.lookup(&cpu);
+    if (!ring)
+        goto lost;
+    if (len <= ND_DNS_SMALL) {
+        struct nd_dns_hdr *h = bpf_ringbuf_reserve(ring, sizeof(struct nd_dns_small), 0);
+        if (!h)
+            goto lost;
+        nd_dns_fill(h, skb, dir, len, len);
+    } else {
+        struct nd_dns_hdr *h = bpf_ringbuf_reserve(ring, sizeof(struct nd_dns_rec), 0);
+        if (!h)
+            goto lost;
+        nd_dns_fill(h, skb, dir, len, len > ND_DNS_SNAP ? ND_DNS_SNAP : len);
+    }
+    return 1;
+lost:
+    nd_dns_lost_one();
     return 1;
 }
 

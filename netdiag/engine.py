@@ -384,11 +384,12 @@ class ProbeEngine:
             self._open_buffer(on_event)
 
     def _compile_and_attach(self, BPF) -> None:
-        self.bpf = BPF(text=self.source().encode(), cflags=self.cflags())
+        text = self.source()
+        self.bpf = BPF(text=text.encode(), cflags=self.cflags())
         if self.btf_tp:
             from .features import load_tp_btf
             for fn, event in BTF_PROGRAMS:
-                if fn in self.source():
+                if fn in text:
                     prog, link = load_tp_btf(self.bpf.dump_func(fn.encode()), event, name=fn[:15])
                     self.btf_fds += [link, prog]
         self._attach()
