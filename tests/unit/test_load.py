@@ -103,7 +103,9 @@ def capped(cap: int, attempts: int):
     assert srv.summary["peak_held"] == cap
     assert s["attempted"] == attempts
     extra = s["established"] - cap
-    assert 0 <= extra <= overflows, (s, overflows)
+    # one more than the cap can also complete with no overflow counted: a child that reached the
+    # accept queue just before the server, at the cap, stopped accepting (seen once in a CI run)
+    assert 0 <= extra <= max(overflows, 1), (s, overflows)
     assert s["failed"] == attempts - cap - extra
     assert s["failed_by_errno"] == {"ETIMEDOUT": attempts - cap - extra}
     run["extra"] = extra
