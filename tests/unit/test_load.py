@@ -103,8 +103,8 @@ def capped(cap: int, attempts: int):
     assert srv.summary["peak_held"] == cap
     assert s["attempted"] == attempts
     extra = s["established"] - cap
-    # one more than the cap can also complete with no overflow counted: a child that reached the
-    # accept queue just before the server, at the cap, stopped accepting (seen once in a CI run)
+    # a CI run once saw one extra client with no overflow counted, cause not known yet (load.md
+    # CAVEATS); the server's own count (peak_held) stays exact
     assert 0 <= extra <= max(overflows, 1), (s, overflows)
     assert s["failed"] == attempts - cap - extra
     assert s["failed_by_errno"] == {"ETIMEDOUT": attempts - cap - extra}
