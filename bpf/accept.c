@@ -18,7 +18,7 @@ BPF_F_TABLE("lru_hash", u64, struct nd_pending, nd_pending_accept, ND_MAX_CONNS,
 
 static __always_inline void nd_accept_established(u64 sk, struct nd_tuple *t)
 {
-    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
+    u64 skey = nd_sk_num(sk);
     struct nd_pending p = {};
     p.netns = nd_netns_sk((void *)sk, ND_TP_TYPED);   /* from the state tracepoint */
     if (!nd_netns_allowed(p.netns))
@@ -30,7 +30,7 @@ static __always_inline void nd_accept_established(u64 sk, struct nd_tuple *t)
 
 static __always_inline void nd_accept_done(void *ctx, u64 sk)
 {
-    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
+    u64 skey = nd_sk_num(sk);
     if (!sk)
         return;
     u64 id = bpf_get_current_pid_tgid();

@@ -65,7 +65,7 @@ struct nd_drop_key {
 /* per-CPU values: no atomic, no cache line bouncing between CPUs; userspace sums them */
 BPF_F_TABLE("lru_percpu_hash", struct nd_dst_key, struct nd_dst_val, nd_dsts, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
 BPF_F_TABLE("lru_percpu_hash", struct nd_code_key, u64, nd_codes, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
-/* Outbound sockets live in nd_conns (nd_common.h) from connect() until they reach CLOSE. The RST
+/* Outbound sockets have an nd_conn entry (nd_common.h) from connect() until they reach CLOSE. The RST
  * an abort sends (SO_LINGER 0, unread data) is traced right after ESTABLISHED -> CLOSE, on the
  * same CPU: this slot remembers the socket that just closed there and its destination. */
 struct nd_closed_slot {
@@ -181,7 +181,7 @@ static __always_inline int nd_any_seeded(void)
 }
 
 /* its outcome: err 0 = established (t is the full tuple then; the caller keeps the socket's
- * nd_conns entry, now ND_CONN_ESTABLISHED) */
+ * nd_conn entry, now ND_CONN_ESTABLISHED) */
 static __always_inline void nd_agg_outcome(u64 sk, u32 netns, struct nd_tuple *t, int err, u64 lat_ns)
 {
     struct nd_dst_key k = {};
@@ -223,15 +223,15 @@ static __always_inline void nd_note_closed(u64 sk, struct nd_dst_key *k)
 /* a socket left ESTABLISHED for newstate: if it was one of ours outbound, `active` drops */
 static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t, int newstate)
 {
-    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
+    u64 num = nd_sk_num(sk);
     struct nd_dst_key k = {};
-    struct nd_conn *c = nd_conns.lookup(&skey);
+    struct nd_conn *c = nd_conn_get(num);
     if (c) {
         if (c->state != ND_CONN_ESTABLISHED)
             return;
         nd_key_remote(&k, c->netns, &c->t);
         if (newstate == ND_TCP_CLOSE)
-            nd_conns.delete(&skey);
+            nd_conn_del(num);
         else
             c->state = ND_CONN_CLOSING;     /* its RSTs still count against the destination */
     } else {
@@ -249,7 +249,7 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t, 
             closing.netns = netns;
             closing.state = ND_CONN_CLOSING;
             closing.t = *t;
-            nd_conns.update(&skey, &closing);
+            nd_conn_put(num, &closing);
         }
     }
     if (newstate == ND_TCP_CLOSE)
@@ -265,17 +265,17 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t, 
  * CLOSING -> CLOSE; TIME_WAIT is a separate socket): forget it */
 static __always_inline void nd_agg_closed(u64 sk, struct nd_tuple *t)
 {
-    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
-    struct nd_conn *c = nd_conns.lookup(&skey);
+    u64 num = nd_sk_num(sk);
+    struct nd_conn *c = nd_conn_get(num);
     if (!c || c->state != ND_CONN_CLOSING)
         return;
     struct nd_dst_key k = {};
     nd_key_remote(&k, c->netns, &c->t);
     nd_note_closed(sk, &k);         /* CLOSE_WAIT -> CLOSE by an abort sends an RST next */
-    nd_conns.delete(&skey);
+    nd_conn_del(num);
 }
 
-/* Which row does an event on this socket belong to? Outbound sockets (in nd_conns, connecting,
+/* Which row does an event on this socket belong to? Outbound sockets (with an nd_conn entry: connecting,
  * or the one that just closed on this CPU) count against the remote endpoint, the rest against
  * the local one. netns: the event's namespace if the caller has read it (a --netns filter), else
  * 0, and it is read here only when the row needs it (from sk, or from the device of skb for a
@@ -284,7 +284,6 @@ static __always_inline void nd_agg_closed(u64 sk, struct nd_tuple *t)
 static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struct nd_tuple *t,
                                        int connecting, struct nd_dst_key *k, int typed)
 {
-    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
     if (sk) {
         /* the slot first (an array: no hash), and used once: a later event with the same
          * address is a new socket's (connect clears the slot for its socket too) */
@@ -295,7 +294,7 @@ static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struc
             slot->sk = 0;
             return ND_DIR_OUT;
         }
-        struct nd_conn *c = nd_conns.lookup(&skey);
+        struct nd_conn *c = nd_conn_get(nd_sk_num(sk));
         if (c) {
             nd_key_remote(k, c->netns, &c->t);     /* the remote end it connected to */
             return ND_DIR_OUT;

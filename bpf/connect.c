@@ -10,7 +10,7 @@
  * tracepoint in state.c, with the errno read from sk->sk_err at that moment. */
 
 
-/* struct nd_conn and nd_conns: nd_common.h (watch's aggregation keeps using them) */
+/* struct nd_conn and its table (nd_conn_get/put/del): nd_common.h (watch's aggregation keeps using them) */
 /* thread inside connect() -> its socket (the synchronous part of the outcome) */
 BPF_TABLE("lru_hash", u32, u64, nd_inconnect, 16384);
 
@@ -44,7 +44,6 @@ static __always_inline void nd_connect_emit(void *ctx, u64 sk, struct nd_conn *c
 /* A connect attempt begins on socket sk, in the calling task's context. */
 static __always_inline void nd_connect_begin(u64 sk, struct nd_tuple *t)
 {
-    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
     u64 id = bpf_get_current_pid_tgid();
     u32 pid = id >> 32, tid = (u32)id;
     if (!nd_pid_allowed(pid))
@@ -61,9 +60,10 @@ static __always_inline void nd_connect_begin(u64 sk, struct nd_tuple *t)
 #ifdef ND_STREAM
     bpf_get_current_comm(c.comm, sizeof(c.comm));
 #endif
-    nd_conns.update(&skey, &c);
+    u64 num = nd_sk_num(sk);
+    nd_conn_put(num, &c);
 #ifndef ND_NO_SYSCALL_TP
-    nd_inconnect.update(&tid, &skey);
+    nd_inconnect.update(&tid, &num);
 #endif
     nd_count(ND_STAT_CONNECT_ATTEMPT);
 #ifdef ND_AGGREGATE
@@ -78,23 +78,23 @@ static __always_inline void nd_connect_return(void *ctx, long ret)
     u64 *skp = nd_inconnect.lookup(&tid);
     if (!skp)
         return;
-    u64 sk = *skp;                    /* a number here (from a map): a key as it is */
+    u64 num = *skp;                   /* nd_sk_num() of the socket */
     nd_inconnect.delete(&tid);
     if (ret >= 0 || ret == -EINPROGRESS)
         return;                       /* outcome arrives through the state tracepoint */
-    struct nd_conn *c = nd_conns.lookup(&sk);
+    struct nd_conn *c = nd_conn_get(num);
     if (!c)
         return;
     if (!c->sync_done)
-        nd_connect_emit(ctx, sk, c, (int)-ret);
-    nd_conns.delete(&sk);
+        nd_connect_emit(ctx, num, c, (int)-ret);
+    nd_conn_del(num);
 }
 
 /* state tracepoint: sk left SYN_SENT for newstate (ESTABLISHED or CLOSE). */
 static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, struct nd_tuple *t)
 {
-    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
-    struct nd_conn *c = nd_conns.lookup(&skey);
+    u64 num = nd_sk_num(sk);
+    struct nd_conn *c = nd_conn_get(num);
     if (!c)
         return;
     nd_tuple_load(t, sk, 0);            /* ours: a TCP socket */
@@ -105,7 +105,7 @@ static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, st
 #ifdef ND_AGGREGATE
         c->state = ND_CONN_ESTABLISHED;    /* kept: its close and resets find it (agg.c) */
 #else
-        nd_conns.delete(&skey);
+        nd_conn_del(num);
 #endif
         return;
     }
@@ -116,18 +116,18 @@ static __always_inline void nd_connect_state(void *ctx, u64 sk, int newstate, st
     if (err == 0)
         err = t->sport == 0 ? EADDRNOTAVAIL : ECONNABORTED;
     nd_connect_emit(ctx, sk, c, err);
-    nd_conns.delete(&skey);
+    nd_conn_del(num);
     return;
 #endif
     u32 tid = (u32)bpf_get_current_pid_tgid();
     u64 *inconn = nd_inconnect.lookup(&tid);
-    if (err == 0 && inconn && *inconn == sk)
+    if (err == 0 && inconn && *inconn == num)
         return;                       /* synchronous failure: connect()'s return carries the errno */
     nd_connect_emit(ctx, sk, c, err ? err : ECONNABORTED);
-    if (inconn && *inconn == sk)
+    if (inconn && *inconn == num)
         c->sync_done = 1;             /* connect() still returns: do not report twice */
     else
-        nd_conns.delete(&skey);
+        nd_conn_del(num);
 }
 
 #if ND_CONNECT_MODE == ND_MODE_KPROBE || ND_CONNECT_MODE == ND_MODE_FENTRY

@@ -53,14 +53,27 @@ struct nd_tuple {
 
 BPF_PERCPU_ARRAY(nd_stats, u64, ND_STAT_MAX);
 
-/* A socket pointer as a map key, in a variable of its own. A typed (tp_btf, fentry) pointer
- * kept in a stack slot whose address a helper is given becomes a plain number there for the
- * 6.1 verifier, and the compiler would reload the pointer from that very slot for the next
- * field read; the empty asm hides from the compiler that the key equals the pointer. */
-static __always_inline u64 nd_sk_key(u64 sk)
+/* A socket's address as a plain number: a map key, or a table index (nd_conn_slot). Where the
+ * programs get BTF-typed socket pointers (tp_btf, fentry), the verifier allows no arithmetic on
+ * them, and the 6.1 one turns a stack slot holding one into a number once a helper reads it as
+ * a key while the compiler may still reload the pointer from there for a field read. The value
+ * goes through a per-CPU map slot instead, which hands it back as a number. */
+#if defined(ND_BTF_TP) || ND_CONNECT_MODE == ND_MODE_FENTRY || ND_ACCEPT_MODE == ND_MODE_FENTRY
+#define ND_TYPED_SK 1
+BPF_PERCPU_ARRAY(nd_sk_nums, u64, 1);
+#endif
+static __always_inline u64 nd_sk_num(u64 sk)
 {
-    asm volatile("" : "+r"(sk));
+#ifdef ND_TYPED_SK
+    u32 zero = 0;
+    volatile u64 *v = nd_sk_nums.lookup(&zero);
+    if (!v)
+        return 0;
+    *v = sk;
+    return *v;
+#else
     return sk;
+#endif
 }
 
 #ifdef ND_BTF_TP
@@ -207,14 +220,91 @@ struct nd_conn {
 #endif
 };
 
+/* The entries live in a direct-mapped table, nd_conn_slots, indexed by a multiplicative hash of
+ * the socket's address: claiming a free slot is one compare-and-swap, finding it one array load,
+ * freeing it one store, where a hash map pays a bucket lock, a free-list pop or push and a key
+ * hash each time. A socket whose slot another one holds goes to nd_conns, an LRU hash, and
+ * nd_conn_spill[0] counts those (inserted - deleted; evictions leave it high, never low), so a
+ * socket that is not in the table costs a hash lookup only while some socket is in the hash. */
 #ifdef ND_AGGREGATE
+#ifndef ND_CONN_SLOT_BITS
+#define ND_CONN_SLOT_BITS 16    /* 65,536 slots */
+#endif
 #ifndef ND_MAX_SOCKS
-#define ND_MAX_SOCKS 262144     /* outbound sockets connecting, established or closing */
+#define ND_MAX_SOCKS 262144     /* outbound sockets whose slot was taken (engine.SOCKET_SLOTS) */
 #endif
-BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
 #else
-BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_CONNS, BPF_F_NO_COMMON_LRU);
+#ifndef ND_CONN_SLOT_BITS
+#define ND_CONN_SLOT_BITS 14    /* trace: connects in flight */
 #endif
+#define ND_MAX_SOCKS ND_MAX_CONNS
+#endif
+struct nd_conn_slot {
+    u64 sk;             /* the socket's address; 0: free */
+    struct nd_conn c;
+};
+BPF_ARRAY(nd_conn_slots, struct nd_conn_slot, 1 << ND_CONN_SLOT_BITS);
+BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
+BPF_ARRAY(nd_conn_spill, u64, 1);
+
+static __always_inline struct nd_conn_slot *nd_conn_slot(u64 num)
+{
+    u32 i = (u32)((num * 0x9E3779B97F4A7C15ULL) >> (64 - ND_CONN_SLOT_BITS));
+    return nd_conn_slots.lookup(&i);
+}
+
+static __always_inline int nd_conn_spilled(void)
+{
+    u32 zero = 0;
+    u64 *n = nd_conn_spill.lookup(&zero);
+    return n && *n;
+}
+
+/* the entry of the socket at num (nd_sk_num), 0 if it has none */
+static __always_inline struct nd_conn *nd_conn_get(u64 num)
+{
+    struct nd_conn_slot *s = nd_conn_slot(num);
+    if (s && s->sk == num)
+        return &s->c;
+    if (!nd_conn_spilled())
+        return 0;
+    return nd_conns.lookup(&num);
+}
+
+/* give the socket at num the entry c (replacing any it had) */
+static __always_inline void nd_conn_put(u64 num, struct nd_conn *c)
+{
+    struct nd_conn_slot *s = nd_conn_slot(num);
+    if (!s)
+        return;
+    u64 cur = s->sk;
+    if (cur == num || (cur == 0 && __sync_val_compare_and_swap(&s->sk, 0, num) == 0)) {
+        s->c = *c;
+        return;
+    }
+    if (nd_conns.update(&num, c) == 0) {
+        u32 zero = 0;
+        u64 *n = nd_conn_spill.lookup(&zero);
+        if (n)
+            __sync_fetch_and_add(n, 1);
+    }
+}
+
+/* the socket at num is done with its entry */
+static __always_inline void nd_conn_del(u64 num)
+{
+    struct nd_conn_slot *s = nd_conn_slot(num);
+    if (s && s->sk == num) {
+        s->sk = 0;
+        return;
+    }
+    if (nd_conn_spilled() && nd_conns.delete(&num) == 0) {
+        u32 zero = 0;
+        u64 *n = nd_conn_spill.lookup(&zero);
+        if (n)
+            __sync_fetch_and_add(n, -1);
+    }
+}
 #endif
 
 static __always_inline void nd_count(u32 idx)

@@ -28,7 +28,6 @@ static __always_inline int nd_state_wanted(int oldstate, int newstate)
 
 static __always_inline void nd_state_change(void *ctx, u64 sk, int oldstate, int newstate, struct nd_tuple *t)
 {
-    u64 skey = nd_sk_key(sk);       /* map key: see nd_sk_key() */
 #ifdef ND_CONNECT_MODE
     if (oldstate == ND_TCP_CLOSE && newstate == ND_TCP_SYN_SENT) {
 #if ND_CONNECT_MODE == ND_MODE_TRACEPOINT
@@ -60,8 +59,10 @@ static __always_inline void nd_state_change(void *ctx, u64 sk, int oldstate, int
         nd_agg_closed(sk, t);
 #endif
 #ifdef ND_ACCEPT_MODE
-    if (newstate == ND_TCP_CLOSE)
+    if (newstate == ND_TCP_CLOSE) {
+        u64 skey = nd_sk_num(sk);
         nd_pending_accept.delete(&skey);     /* closed before anyone accepted it */
+    }
 #endif
 }
 

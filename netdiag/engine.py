@@ -86,6 +86,9 @@ SIGNALS = {
 }
 # pasted after nd_common.h (and agg.c when aggregating) in this order, then state.c (shared)
 SOURCE_ORDER = ("connect", "accept", "resets", "retrans", "drops", "snat")
+# watch: outbound sockets from connect() to CLOSE sit in a direct-mapped table of this many slots
+# (bpf/nd_common.h); one whose slot is taken goes to an LRU hash (ND_MAX_SOCKS, 262,144)
+SOCKET_SLOTS = 65536
 AGGREGATE_ONLY = ("resets", "retrans", "drops", "snat")     # these only count, they never stream
 # signals a caller may ask for that are left out (not an error) where the kernel cannot hook them
 OPTIONAL = ("snat",)
@@ -218,7 +221,7 @@ class ProbeEngine:
                  pid: int | None = None, netns: int | None = None, features: Features | None = None,
                  stream: bool = True, aggregate: bool = False, max_dsts: int = 16384,
                  syscall_tracepoints: bool = True, raw_tracepoints: bool | None = None,
-                 btf_tracepoints: bool | None = None):
+                 btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS):
         if mode != "auto" and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.signals = tuple(signals)
@@ -227,6 +230,9 @@ class ProbeEngine:
         self.netns = netns
         self.features = features or Features.probe(want_fentry=mode in ("auto", "fentry"))
         self.syscall_tracepoints = syscall_tracepoints
+        if socket_slots < 2 or socket_slots & (socket_slots - 1):
+            raise ValueError(f"socket_slots must be a power of two >= 2, not {socket_slots}")
+        self.socket_slots = socket_slots
         plan = plan_modes([s for s in self.signals if s not in OPTIONAL], mode, self.features)
         self.unavailable = {}
         for s in self.signals:
@@ -313,7 +319,8 @@ class ProbeEngine:
         if not getattr(self, "syscall_tracepoints", True):
             flags.append("-DND_NO_SYSCALL_TP")
         if self.aggregate:
-            flags += ["-DND_AGGREGATE", f"-DND_MAX_DSTS={int(self.max_dsts)}"]
+            flags += ["-DND_AGGREGATE", f"-DND_MAX_DSTS={int(self.max_dsts)}",
+                      f"-DND_CONN_SLOT_BITS={int(getattr(self, 'socket_slots', SOCKET_SLOTS)).bit_length() - 1}"]
         if "resets" in self.plan:
             flags += reset_format_flags(strict)
             lo_hi = ephemeral_range()

@@ -29,6 +29,9 @@ SPARK = "▁▂▃▄▅▆▇█"
               show_default=True, help="Force a hook mode where a signal has it.")
 @click.option("--max-dsts", type=click.IntRange(min=64), default=16384, show_default=True,
               help="Bound of the in-kernel destination map (LRU; evictions are counted).")
+@click.option("--socket-slots", type=click.IntRange(min=2), default=65536, show_default=True,
+              help="Slots of the in-kernel table of outbound sockets (a power of two); a socket whose slot "
+                   "is taken goes to an LRU hash of 262,144.")
 @click.option("--accepts", "count_accepts", is_flag=True,
               help="Count accept() calls per listener on kernels without kprobes/fentry too (adds syscall "
                    "tracepoints, which slow every syscall a little).")
@@ -36,7 +39,7 @@ SPARK = "▁▂▃▄▅▆▇█"
               help="Create this file once the probes are attached.")
 @tracepoints_option
 @dns_options
-def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, count_accepts, ready_file,
+def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, socket_slots, count_accepts, ready_file,
             tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share, host_root):
     """Watch connections per destination and listener, counted in the kernel.
 
@@ -62,9 +65,11 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
             ipaddress.ip_network(dst, strict=False)
         except ValueError:
             raise click.BadParameter(f"{dst!r} is not a network (e.g. 10.0.0.0/8)", param_hint="--dst")
+    if socket_slots & (socket_slots - 1):
+        raise click.BadParameter(f"{socket_slots} is not a power of two", param_hint="--socket-slots")
     require_privileges()
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
-                      syscall_tracepoints=count_accepts, diagnoser=Diagnoser(),
+                      socket_slots=socket_slots, syscall_tracepoints=count_accepts, diagnoser=Diagnoser(),
                       **flavour_kwargs(tracepoints))
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)

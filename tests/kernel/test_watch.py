@@ -81,8 +81,9 @@ def topo(doctor):
 
 
 # auto: BTF-typed tracepoints where the kernel allows them (raw otherwise); raw and classic: the
-# fallbacks, run too
-FLAVOURS = [f for f in os.environ.get("ND_WATCH_FLAVOURS", "auto,raw,classic").split(",") if f]
+# fallbacks, run too. auto/spill: a socket table of two slots, so nearly every outbound socket
+# takes the LRU hash path the table falls back to when a slot is taken.
+FLAVOURS = [f for f in os.environ.get("ND_WATCH_FLAVOURS", "auto,raw,classic,auto/spill").split(",") if f]
 
 
 def btf_tracepoints_work(doctor) -> bool:
@@ -91,11 +92,15 @@ def btf_tracepoints_work(doctor) -> bool:
 
 @pytest.fixture(scope="module", params=FLAVOURS)
 def watch(request, doctor, topo, tmp_path_factory):
-    w = Watch(tmp_path_factory.mktemp("watch"), "--tracepoints", request.param)
-    w.prefix = "watch" if request.param == "auto" else f"watch+{request.param}"
+    flavour, _, variant = request.param.partition("/")
+    extra = ["--socket-slots", "2"] if variant == "spill" else []
+    w = Watch(tmp_path_factory.mktemp("watch"), "--tracepoints", flavour, *extra)
+    w.prefix = "watch" if flavour == "auto" else f"watch+{flavour}"
+    if variant:
+        w.prefix += f"+{variant}"
     got = w.info["modes"]["tracepoints"]
-    if request.param != "auto":
-        assert got == request.param
+    if flavour != "auto":
+        assert got == flavour
     elif w.info["modes"]["connect"] != "kprobe" and btf_tracepoints_work(doctor):
         assert got == "btf"
     try:
