@@ -220,18 +220,21 @@ struct nd_conn {
 #endif
 };
 
-/* The entries live in a direct-mapped table, nd_conn_slots, indexed by a multiplicative hash of
- * the socket's address: claiming a free slot is one compare-and-swap, finding it one array load,
- * freeing it one store, where a hash map pays a bucket lock, a free-list pop or push and a key
- * hash each time. A socket whose slot another one holds goes to nd_conns, an LRU hash, and
- * nd_conn_spill[0] counts those (inserted - deleted; evictions leave it high, never low), so a
- * socket that is not in the table costs a hash lookup only while some socket is in the hash. */
+/* The entries live in a direct-mapped table indexed by a multiplicative hash of the socket's
+ * address: claiming a free slot is one compare-and-swap, finding it one array load, freeing it
+ * one store, where a hash map pays a bucket lock, a free-list pop or push and a key hash each
+ * time. Which socket holds a slot is kept apart from the entries (nd_conn_tags, 8 bytes a slot),
+ * so the sockets that have no entry (inbound ones, asked on every state change and RST) touch a
+ * table small enough to stay in cache. A socket whose slot another one holds goes to nd_conns,
+ * an LRU hash, and nd_conn_spill[0] counts those (inserted - deleted; evictions leave it high,
+ * never low): a socket that is not in the table costs a hash lookup only while some socket is
+ * in the hash. */
 #ifdef ND_AGGREGATE
 #ifndef ND_CONN_SLOT_BITS
-#define ND_CONN_SLOT_BITS 16    /* 65,536 slots */
+#define ND_CONN_SLOT_BITS 16    /* 65,536 slots (engine.SOCKET_SLOTS) */
 #endif
 #ifndef ND_MAX_SOCKS
-#define ND_MAX_SOCKS 262144     /* outbound sockets whose slot was taken (engine.SOCKET_SLOTS) */
+#define ND_MAX_SOCKS 262144     /* outbound sockets whose slot was taken */
 #endif
 #else
 #ifndef ND_CONN_SLOT_BITS
@@ -239,33 +242,45 @@ struct nd_conn {
 #endif
 #define ND_MAX_SOCKS ND_MAX_CONNS
 #endif
-struct nd_conn_slot {
-    u64 sk;             /* the socket's address; 0: free */
-    struct nd_conn c;
-};
-BPF_ARRAY(nd_conn_slots, struct nd_conn_slot, 1 << ND_CONN_SLOT_BITS);
+BPF_ARRAY(nd_conn_tags, u64, 1 << ND_CONN_SLOT_BITS);           /* the socket's address; 0: free */
+BPF_ARRAY(nd_conn_slots, struct nd_conn, 1 << ND_CONN_SLOT_BITS);
 BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
 BPF_ARRAY(nd_conn_spill, u64, 1);
 
-static __always_inline struct nd_conn_slot *nd_conn_slot(u64 num)
+static __always_inline u32 nd_conn_slot_of(u64 num)
 {
-    u32 i = (u32)((num * 0x9E3779B97F4A7C15ULL) >> (64 - ND_CONN_SLOT_BITS));
-    return nd_conn_slots.lookup(&i);
+    return (u32)((num * 0x9E3779B97F4A7C15ULL) >> (64 - ND_CONN_SLOT_BITS));
+}
+
+static __always_inline u64 *nd_conn_spill_count(void)
+{
+    u32 zero = 0;
+    return nd_conn_spill.lookup(&zero);
 }
 
 static __always_inline int nd_conn_spilled(void)
 {
-    u32 zero = 0;
-    u64 *n = nd_conn_spill.lookup(&zero);
+    u64 *n = nd_conn_spill_count();
     return n && *n;
+}
+
+/* forget the socket at num in the hash, if it is there */
+static __always_inline void nd_conn_unspill(u64 num)
+{
+    if (nd_conn_spilled() && nd_conns.delete(&num) == 0) {
+        u64 *n = nd_conn_spill_count();
+        if (n)
+            __sync_fetch_and_add(n, -1);
+    }
 }
 
 /* the entry of the socket at num (nd_sk_num), 0 if it has none */
 static __always_inline struct nd_conn *nd_conn_get(u64 num)
 {
-    struct nd_conn_slot *s = nd_conn_slot(num);
-    if (s && s->sk == num)
-        return &s->c;
+    u32 i = nd_conn_slot_of(num);
+    u64 *tag = nd_conn_tags.lookup(&i);
+    if (tag && *tag == num)
+        return nd_conn_slots.lookup(&i);
     if (!nd_conn_spilled())
         return 0;
     return nd_conns.lookup(&num);
@@ -274,36 +289,37 @@ static __always_inline struct nd_conn *nd_conn_get(u64 num)
 /* give the socket at num the entry c (replacing any it had) */
 static __always_inline void nd_conn_put(u64 num, struct nd_conn *c)
 {
-    struct nd_conn_slot *s = nd_conn_slot(num);
-    if (!s)
+    u32 i = nd_conn_slot_of(num);
+    u64 *tag = nd_conn_tags.lookup(&i);
+    if (!tag)
         return;
-    u64 cur = s->sk;
-    if (cur == num || (cur == 0 && __sync_val_compare_and_swap(&s->sk, 0, num) == 0)) {
-        s->c = *c;
+    u64 cur = *tag;
+    if (cur == num || (cur == 0 && __sync_val_compare_and_swap(tag, 0, num) == 0)) {
+        struct nd_conn *e = nd_conn_slots.lookup(&i);
+        if (e)
+            *e = *c;
+        nd_conn_unspill(num);          /* an older entry of the same address, if any */
         return;
     }
-    if (nd_conns.update(&num, c) == 0) {
-        u32 zero = 0;
-        u64 *n = nd_conn_spill.lookup(&zero);
+    if (nd_conns.insert(&num, c) == 0) {
+        u64 *n = nd_conn_spill_count();
         if (n)
             __sync_fetch_and_add(n, 1);
+    } else {
+        nd_conns.update(&num, c);       /* it had one there already */
     }
 }
 
 /* the socket at num is done with its entry */
 static __always_inline void nd_conn_del(u64 num)
 {
-    struct nd_conn_slot *s = nd_conn_slot(num);
-    if (s && s->sk == num) {
-        s->sk = 0;
+    u32 i = nd_conn_slot_of(num);
+    u64 *tag = nd_conn_tags.lookup(&i);
+    if (tag && *tag == num) {
+        *tag = 0;
         return;
     }
-    if (nd_conn_spilled() && nd_conns.delete(&num) == 0) {
-        u32 zero = 0;
-        u64 *n = nd_conn_spill.lookup(&zero);
-        if (n)
-            __sync_fetch_and_add(n, -1);
-    }
+    nd_conn_unspill(num);
 }
 #endif
 

@@ -73,32 +73,36 @@ def _comm(pid: int, proc: Path = PROC) -> str | None:
 
 
 def discover(proc: Path = PROC, run: Path = NETNS_RUN) -> dict[int, Namespace]:
-    """inode -> Namespace for every namespace reachable by name or through a process."""
+    """inode -> Namespace for every namespace reachable by name or through a process.
+
+    watch runs this every interval: plain os calls on strings, one stat per process."""
     found: dict[int, Namespace] = {}
+    run_s, proc_s = str(run), str(proc)
     try:
-        named = sorted(run.iterdir())
+        named = sorted(os.listdir(run_s))
     except OSError:
         named = []
-    for p in named:
+    for name in named:
+        path = f"{run_s}/{name}"
         try:
-            ino = os.stat(p).st_ino
+            ino = os.stat(path).st_ino
         except OSError:
             continue
-        found.setdefault(ino, Namespace(ino, str(p), name=p.name))
+        found.setdefault(ino, Namespace(ino, path, name=name))
     try:
-        pids = sorted(int(d.name) for d in proc.iterdir() if d.name.isdigit())
+        pids = sorted(int(d) for d in os.listdir(proc_s) if d.isdigit())
     except OSError:
         pids = []
     host = host_inode()
     for pid in pids:
-        path = proc / str(pid) / "ns" / "net"
+        path = f"{proc_s}/{pid}/ns/net"
         try:
             ino = os.stat(path).st_ino
         except OSError:          # the process exited, or is a kernel thread we may not read
             continue
         ns = found.get(ino)
         if ns is None:
-            found[ino] = Namespace(ino, str(path), name="host" if ino == host else None,
+            found[ino] = Namespace(ino, path, name="host" if ino == host else None,
                                    pid=pid, comm=_comm(pid, proc))
         elif ns.pid is None:
             found[ino] = Namespace(ino, ns.path, ns.name, pid, _comm(pid, proc))
