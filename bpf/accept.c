@@ -8,15 +8,50 @@
  *                      struct sock through BTF offsets (task->files->fdt->fd[fd]->private_data->sk). */
 
 struct nd_pending {
-    u64 ts_ns;          /* established */
+    u64 ts_ns;          /* established; in a marker, when accept() returned */
     u32 netns;
-    u32 pad;
+    u32 accepted;       /* 1: a marker (see nd_accept_done) */
+    u32 pid;            /* marker: the task that accepted */
+    u32 tid;
     struct nd_tuple t;
+#ifdef ND_STREAM
+    char comm[16];      /* marker */
+#endif
 };
 
 BPF_F_TABLE("lru_hash", u64, struct nd_pending, nd_pending_accept, ND_MAX_CONNS, BPF_F_NO_COMMON_LRU);
 
-static __always_inline void nd_accept_established(u64 sk, struct nd_tuple *t)
+/* an accept of the connection p by task pid/tid (comm: its name, or 0 for the current task's) */
+static __always_inline void nd_accept_report(void *ctx, struct nd_pending *p, u32 pid, u32 tid,
+                                             u64 latency_ns, const char *comm)
+{
+    nd_count(ND_STAT_ACCEPT);
+#ifdef ND_AGGREGATE
+    nd_agg_accepted(p->netns, &p->t);
+#endif
+#ifdef ND_STREAM
+    struct nd_event ev = {};
+    ev.ts_ns = bpf_ktime_get_ns();
+    ev.latency_ns = latency_ns;
+    ev.netns = p->netns;
+    ev.pid = pid;
+    ev.tid = tid;
+    ev.kind = ND_EV_ACCEPT;
+    ev.family = p->t.family;
+    ev.sport = p->t.sport;
+    ev.dport = p->t.dport;
+    __builtin_memcpy(ev.saddr, p->t.saddr, 16);
+    __builtin_memcpy(ev.daddr, p->t.daddr, 16);
+    if (comm)
+        __builtin_memcpy(ev.comm, comm, 16);
+    else
+        bpf_get_current_comm(ev.comm, sizeof(ev.comm));
+    nd_emit(ctx, &ev);
+#endif
+}
+
+/* A child socket went SYN_RECV -> ESTABLISHED: remember it until accept() takes it. */
+static __always_inline void nd_accept_established(void *ctx, u64 sk, struct nd_tuple *t)
 {
     u64 skey = nd_sk_num(sk);
     struct nd_pending p = {};
@@ -25,9 +60,25 @@ static __always_inline void nd_accept_established(u64 sk, struct nd_tuple *t)
         return;
     p.ts_ns = bpf_ktime_get_ns();
     p.t = *t;
-    nd_pending_accept.update(&skey, &p);
+    if (nd_pending_accept.insert(&skey, &p) == 0)
+        return;
+    struct nd_pending *m = nd_pending_accept.lookup(&skey);
+    if (m && m->accepted) {
+        /* accept() took it first: the listener queues a child before its state change */
+        m->netns = p.netns;
+        m->t = p.t;
+#ifdef ND_STREAM
+        nd_accept_report(ctx, m, m->pid, m->tid, 0, m->comm);
+#else
+        nd_accept_report(ctx, m, m->pid, m->tid, 0, 0);
+#endif
+        nd_pending_accept.delete(&skey);
+        return;
+    }
+    nd_pending_accept.update(&skey, &p);   /* an entry left by an earlier socket at this address */
 }
 
+/* accept() returned the child socket sk. */
 static __always_inline void nd_accept_done(void *ctx, u64 sk)
 {
     u64 skey = nd_sk_num(sk);
@@ -39,29 +90,34 @@ static __always_inline void nd_accept_done(void *ctx, u64 sk)
         return;
     struct nd_pending *p = nd_pending_accept.lookup(&skey);
     if (!p) {
-        nd_count(ND_STAT_ACCEPT_UNTRACKED);   /* established before netdiag attached, or filtered */
-        return;
-    }
-    nd_count(ND_STAT_ACCEPT);
-#ifdef ND_AGGREGATE
-    nd_agg_accepted(p->netns, &p->t);
-#endif
+#ifdef ND_OFF_SKC_STATE
+        /* The listener queues a child before it moves it SYN_RECV -> ESTABLISHED, so accept()
+         * on another CPU can take it before that state change is traced: leave a marker, and
+         * the state change reports the accept. */
+        u8 state = 0;
+        bpf_probe_read_kernel(&state, sizeof(state), (const char *)sk + ND_OFF_SKC_STATE);
+        if (state == ND_TCP_SYN_RECV) {
+            struct nd_pending m = {};
+            m.accepted = 1;
+            m.pid = pid;
+            m.tid = (u32)id;
+            m.ts_ns = bpf_ktime_get_ns();
 #ifdef ND_STREAM
-    struct nd_event ev = {};
-    ev.ts_ns = bpf_ktime_get_ns();
-    ev.latency_ns = ev.ts_ns - p->ts_ns;
-    ev.netns = p->netns;
-    ev.pid = pid;
-    ev.tid = (u32)id;
-    ev.kind = ND_EV_ACCEPT;
-    ev.family = p->t.family;
-    ev.sport = p->t.sport;
-    ev.dport = p->t.dport;
-    __builtin_memcpy(ev.saddr, p->t.saddr, 16);
-    __builtin_memcpy(ev.daddr, p->t.daddr, 16);
-    bpf_get_current_comm(ev.comm, sizeof(ev.comm));
-    nd_emit(ctx, &ev);
+            bpf_get_current_comm(m.comm, sizeof(m.comm));
 #endif
+            if (nd_pending_accept.insert(&skey, &m) == 0)
+                return;
+            p = nd_pending_accept.lookup(&skey);      /* the state change came meanwhile */
+        }
+#endif
+        if (!p) {
+            nd_count(ND_STAT_ACCEPT_UNTRACKED);   /* established before netdiag attached, or filtered */
+            return;
+        }
+    }
+    if (p->accepted)
+        return;                             /* a marker of ours: not accepted twice */
+    nd_accept_report(ctx, p, pid, (u32)id, bpf_ktime_get_ns() - p->ts_ns, 0);
     nd_pending_accept.delete(&skey);
 }
 

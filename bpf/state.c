@@ -48,7 +48,7 @@ static __always_inline void nd_state_change(void *ctx, u64 sk, int oldstate, int
         nd_agg_inbound_established(sk, t);
 #endif
 #ifdef ND_ACCEPT_MODE
-        nd_accept_established(sk, t);
+        nd_accept_established(ctx, sk, t);
 #endif
         return;
     }
