@@ -31,17 +31,7 @@ static __always_inline void nd_accept_report(void *ctx, struct nd_pending *p, u3
 #endif
 #ifdef ND_STREAM
     struct nd_event ev = {};
-    ev.ts_ns = bpf_ktime_get_ns();
-    ev.latency_ns = latency_ns;
-    ev.netns = p->netns;
-    ev.pid = pid;
-    ev.tid = tid;
-    ev.kind = ND_EV_ACCEPT;
-    ev.family = p->t.family;
-    ev.sport = p->t.sport;
-    ev.dport = p->t.dport;
-    __builtin_memcpy(ev.saddr, p->t.saddr, 16);
-    __builtin_memcpy(ev.daddr, p->t.daddr, 16);
+    nd_event_fill(&ev, ND_EV_ACCEPT, bpf_ktime_get_ns(), latency_ns, p->netns, pid, tid, &p->t);
     if (comm)
         __builtin_memcpy(ev.comm, comm, 16);
     else

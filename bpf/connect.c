@@ -24,18 +24,8 @@ static __always_inline void nd_connect_emit(void *ctx, u64 sk, struct nd_conn *c
 #endif
 #ifdef ND_STREAM
     struct nd_event ev = {};
-    ev.ts_ns = now;
-    ev.latency_ns = now - c->ts_ns;
-    ev.netns = c->netns;
-    ev.pid = c->pid;
-    ev.tid = c->tid;
+    nd_event_fill(&ev, ND_EV_CONNECT, now, now - c->ts_ns, c->netns, c->pid, c->tid, &c->t);
     ev.err = err;
-    ev.kind = ND_EV_CONNECT;
-    ev.family = c->t.family;
-    ev.sport = c->t.sport;
-    ev.dport = c->t.dport;
-    __builtin_memcpy(ev.saddr, c->t.saddr, 16);
-    __builtin_memcpy(ev.daddr, c->t.daddr, 16);
     __builtin_memcpy(ev.comm, c->comm, 16);
     nd_emit(ctx, &ev);
 #endif

@@ -337,6 +337,23 @@ static __always_inline void nd_count(u32 idx)
 }
 
 #ifdef ND_STREAM
+/* the fields every streamed event has, from a socket's tuple (kind-specific ones: the caller) */
+static __always_inline void nd_event_fill(struct nd_event *ev, u32 kind, u64 ts_ns, u64 latency_ns,
+                                          u32 netns, u32 pid, u32 tid, struct nd_tuple *t)
+{
+    ev->ts_ns = ts_ns;
+    ev->latency_ns = latency_ns;
+    ev->netns = netns;
+    ev->pid = pid;
+    ev->tid = tid;
+    ev->kind = kind;
+    ev->family = t->family;
+    ev->sport = t->sport;
+    ev->dport = t->dport;
+    __builtin_memcpy(ev->saddr, t->saddr, 16);
+    __builtin_memcpy(ev->daddr, t->daddr, 16);
+}
+
 #ifdef ND_RINGBUF
 BPF_RINGBUF_OUTPUT(nd_events, ND_RINGBUF_PAGES);
 static __always_inline void nd_emit(void *ctx, struct nd_event *ev)

@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 from . import tracefs
 from .errors import BccMissing, BpfLoadError, FeatureMissing
 from .features import Features, kprobe_target, require_privileges
+from .options import SOCKET_SLOTS
 
 MODES = ("kprobe", "fentry", "tracepoint")
 # indices of nd_stats (bpf/nd_events.h ND_STAT_*)
@@ -86,9 +87,6 @@ SIGNALS = {
 }
 # pasted after nd_common.h (and agg.c when aggregating) in this order, then state.c (shared)
 SOURCE_ORDER = ("connect", "accept", "resets", "retrans", "drops", "snat")
-# watch: outbound sockets from connect() to CLOSE sit in a direct-mapped table of this many slots
-# (bpf/nd_common.h); one whose slot is taken goes to an LRU hash (ND_MAX_SOCKS, 262,144)
-SOCKET_SLOTS = 65536
 AGGREGATE_ONLY = ("resets", "retrans", "drops", "snat")     # these only count, they never stream
 # signals a caller may ask for that are left out (not an error) where the kernel cannot hook them
 OPTIONAL = ("snat",)
@@ -287,6 +285,7 @@ class ProbeEngine:
             eng.plan = {s: (mode if mode != "auto" else "tracepoint") for s in eng.signals}
             eng.bpf, eng.buffer, eng._perf_lost, eng.unavailable = None, "ringbuf", 0, {}
             eng.stream, eng.aggregate, eng.max_dsts, eng.raw_tp = True, False, 16384, False
+            eng.socket_slots = SOCKET_SLOTS
             eng.btf_tp, eng._btf_auto, eng.btf_fds, eng.btf_refused = False, False, [], None
             return eng
 
@@ -320,7 +319,7 @@ class ProbeEngine:
             flags.append("-DND_NO_SYSCALL_TP")
         if self.aggregate:
             flags += ["-DND_AGGREGATE", f"-DND_MAX_DSTS={int(self.max_dsts)}",
-                      f"-DND_CONN_SLOT_BITS={int(getattr(self, 'socket_slots', SOCKET_SLOTS)).bit_length() - 1}"]
+                      f"-DND_CONN_SLOT_BITS={self.socket_slots.bit_length() - 1}"]
         if "resets" in self.plan:
             flags += reset_format_flags(strict)
             lo_hi = ephemeral_range()

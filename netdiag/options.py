@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import click
 
+# watch: outbound sockets from connect() to CLOSE sit in a direct-mapped table of this many slots
+# (bpf/nd_common.h); one whose slot is taken goes to an LRU hash (ND_MAX_SOCKS, 262,144)
+SOCKET_SLOTS = 65536
+
 
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True,

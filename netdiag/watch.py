@@ -11,6 +11,7 @@ import time
 
 from . import aggregate as agg
 from . import inetdiag, loader, namespaces
+from .options import SOCKET_SLOTS
 from .options import flavour_of
 from . import netns as nsmod
 from . import tracefs
@@ -42,15 +43,14 @@ class Watcher:
     def __init__(self, mode: str = "auto", netns: int | None = None, port: int | None = None,
                  dst: str | None = None, max_dsts: int = 16384, syscall_tracepoints: bool = False,
                  conntrack: bool = True, diagnoser=None, enrich=None, raw_tracepoints: bool | None = None,
-                 btf_tracepoints: bool | None = None, socket_slots: int | None = None):
+                 btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS):
         # Syscall tracepoints put every syscall of every task on the slow path: off by default.
         # Without them, EADDRNOTAVAIL is inferred from the state tracepoint, and accept() calls
         # are counted only where inet_csk_accept can be hooked (kprobe/fentry).
         self.engine_kwargs = dict(signals=list(WATCH_SIGNALS), mode=mode, netns=netns, stream=False,
                                   aggregate=True, max_dsts=max_dsts, syscall_tracepoints=syscall_tracepoints,
-                                  raw_tracepoints=raw_tracepoints, btf_tracepoints=btf_tracepoints)
-        if socket_slots is not None:
-            self.engine_kwargs["socket_slots"] = socket_slots
+                                  raw_tracepoints=raw_tracepoints, btf_tracepoints=btf_tracepoints,
+                                  socket_slots=socket_slots)
         self.prog = None
         self.plan: dict = {}
         self.want_conntrack = conntrack

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..dns.watchcli import Enricher, dns_options, print_plain_rollups, rich_rollup_tables
-from ..options import duration_option, flavour_kwargs, interval_option, json_option, tracepoints_option
+from ..options import SOCKET_SLOTS, duration_option, flavour_kwargs, interval_option, json_option, tracepoints_option
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -29,7 +29,7 @@ SPARK = "▁▂▃▄▅▆▇█"
               show_default=True, help="Force a hook mode where a signal has it.")
 @click.option("--max-dsts", type=click.IntRange(min=64), default=16384, show_default=True,
               help="Bound of the in-kernel destination map (LRU; evictions are counted).")
-@click.option("--socket-slots", type=click.IntRange(min=2), default=65536, show_default=True,
+@click.option("--socket-slots", type=click.IntRange(min=2), default=SOCKET_SLOTS, show_default=True,
               help="Slots of the in-kernel table of outbound sockets (a power of two); a socket whose slot "
                    "is taken goes to an LRU hash of 262,144.")
 @click.option("--accepts", "count_accepts", is_flag=True,
