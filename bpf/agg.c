@@ -1,7 +1,8 @@
 /* In-kernel aggregation for `netdiag watch`: counters per destination (outbound: remote ip:port),
  * per local service endpoint (inbound: local ip:port), per node. Userspace reads cumulative
  * counters every interval and subtracts: no increment is lost or counted twice at a boundary.
- * The maps are bounded LRU hashes; every key inserted is counted (ND_STAT_DST_NEW), so
+ * The maps are bounded LRU hashes (after a fixed per-CPU table for the first destinations, see
+ * nd_dst); every key inserted in nd_dsts is counted (ND_STAT_DST_NEW), so
  * evictions = inserted - present. */
 
 #define ND_DIR_OUT 1
@@ -111,8 +112,51 @@ static __always_inline void nd_sock_key_of(struct nd_sock_key *s, u32 netns, str
     __builtin_memcpy(s->raddr, t->daddr, 16);
 }
 
+/* The first destinations each CPU counts have their rows in a direct-mapped per-CPU table
+ * (ND_DST_SLOT_BITS, watch --dst-slots), indexed by a multiplicative hash of the key: finding a
+ * row there is one array load and three compares, where nd_dsts pays a key hash, a bucket walk
+ * and a memcmp each time. A slot, once a CPU's copy holds a key, keeps it for the run (no
+ * eviction, so counts never move between maps while userspace reads them); a key whose slot
+ * holds another one counts in nd_dsts on that CPU. Userspace adds both up per key. */
+#ifndef ND_DST_SLOT_BITS
+#define ND_DST_SLOT_BITS 10
+#endif
+#define ND_DST_SLOT_FREE 0
+#define ND_DST_SLOT_CLAIMING 1      /* a program nested on this CPU finds it so: it uses nd_dsts */
+#define ND_DST_SLOT_HELD 2
+
+struct nd_dst_slot {
+    u64 state;
+    struct nd_dst_key k;
+    struct nd_dst_val v;
+};
+BPF_PERCPU_ARRAY(nd_dst_table, struct nd_dst_slot, 1 << ND_DST_SLOT_BITS);
+
 static __always_inline struct nd_dst_val *nd_dst(struct nd_dst_key *k, u32 dir)
 {
+    u64 w[3];
+    __builtin_memcpy(w, k, sizeof(w));
+#if ND_DST_SLOT_BITS > 0
+    u32 i = (u32)((((w[0] * 0x9E3779B97F4A7C15ULL) ^ (w[1] * 0xC2B2AE3D27D4EB4FULL) ^ w[2]) *
+                   0x9E3779B97F4A7C15ULL) >> (64 - ND_DST_SLOT_BITS));
+#else
+    u32 i = 0;
+#endif
+    struct nd_dst_slot *s = nd_dst_table.lookup(&i);
+    if (s) {
+        u64 *held = (u64 *)&s->k;
+        if (s->state == ND_DST_SLOT_HELD && held[0] == w[0] && held[1] == w[1] && held[2] == w[2]) {
+            s->v.dir |= dir;
+            return &s->v;
+        }
+        if (s->state == ND_DST_SLOT_FREE &&
+            __sync_val_compare_and_swap(&s->state, ND_DST_SLOT_FREE, ND_DST_SLOT_CLAIMING) == ND_DST_SLOT_FREE) {
+            s->k = *k;
+            s->v.dir = dir;
+            s->state = ND_DST_SLOT_HELD;
+            return &s->v;
+        }
+    }
     struct nd_dst_val *v = nd_dsts.lookup(k);
     if (!v) {
         struct nd_dst_val zero = {};

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from . import tracefs
 from .errors import BccMissing, BpfLoadError, FeatureMissing
 from .features import Features, kprobe_target, require_privileges
-from .options import SOCKET_SLOTS
+from .options import DST_SLOTS, SOCKET_SLOTS
 
 MODES = ("kprobe", "fentry", "tracepoint")
 # indices of nd_stats (bpf/nd_events.h ND_STAT_*)
@@ -219,7 +219,8 @@ class ProbeEngine:
                  pid: int | None = None, netns: int | None = None, features: Features | None = None,
                  stream: bool = True, aggregate: bool = False, max_dsts: int = 16384,
                  syscall_tracepoints: bool = True, raw_tracepoints: bool | None = None,
-                 btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS):
+                 btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS,
+                 dst_slots: int = DST_SLOTS):
         if mode != "auto" and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.signals = tuple(signals)
@@ -231,6 +232,9 @@ class ProbeEngine:
         if socket_slots < 2 or socket_slots & (socket_slots - 1):
             raise ValueError(f"socket_slots must be a power of two >= 2, not {socket_slots}")
         self.socket_slots = socket_slots
+        if dst_slots < 1 or dst_slots & (dst_slots - 1):
+            raise ValueError(f"dst_slots must be a power of two >= 1, not {dst_slots}")
+        self.dst_slots = dst_slots
         plan = plan_modes([s for s in self.signals if s not in OPTIONAL], mode, self.features)
         self.unavailable = {}
         for s in self.signals:
@@ -285,7 +289,7 @@ class ProbeEngine:
             eng.plan = {s: (mode if mode != "auto" else "tracepoint") for s in eng.signals}
             eng.bpf, eng.buffer, eng._perf_lost, eng.unavailable = None, "ringbuf", 0, {}
             eng.stream, eng.aggregate, eng.max_dsts, eng.raw_tp = True, False, 16384, False
-            eng.socket_slots = SOCKET_SLOTS
+            eng.socket_slots, eng.dst_slots = SOCKET_SLOTS, DST_SLOTS
             eng.btf_tp, eng._btf_auto, eng.btf_fds, eng.btf_refused = False, False, [], None
             return eng
 
@@ -319,7 +323,8 @@ class ProbeEngine:
             flags.append("-DND_NO_SYSCALL_TP")
         if self.aggregate:
             flags += ["-DND_AGGREGATE", f"-DND_MAX_DSTS={int(self.max_dsts)}",
-                      f"-DND_CONN_SLOT_BITS={self.socket_slots.bit_length() - 1}"]
+                      f"-DND_CONN_SLOT_BITS={self.socket_slots.bit_length() - 1}",
+                      f"-DND_DST_SLOT_BITS={self.dst_slots.bit_length() - 1}"]
         if "resets" in self.plan:
             flags += reset_format_flags(strict)
             lo_hi = ephemeral_range()

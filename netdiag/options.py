@@ -6,6 +6,9 @@ import click
 # watch: outbound sockets from connect() to CLOSE sit in a direct-mapped table of this many slots
 # (bpf/nd_common.h); one whose slot is taken goes to an LRU hash (ND_MAX_SOCKS, 262,144)
 SOCKET_SLOTS = 65536
+# watch: the first destinations each CPU counts have their rows in a direct-mapped per-CPU table of
+# this many slots (bpf/agg.c nd_dst); the others in the LRU hash bounded by --max-dsts
+DST_SLOTS = 1024
 
 
 def json_option(f):

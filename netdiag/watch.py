@@ -11,15 +11,16 @@ import time
 
 from . import aggregate as agg
 from . import inetdiag, loader, namespaces
-from .options import SOCKET_SLOTS
+from .options import DST_SLOTS, SOCKET_SLOTS
 from .options import flavour_of
 from . import netns as nsmod
 from . import tracefs
-from .decode import CODE_KEY, DROP_KEY, DST_KEY, DST_VAL, DST_VAL_FIELDS, SOCK_KEY, U64, format_addr
+from .decode import (CODE_KEY, DROP_KEY, DST_KEY, DST_SLOT, DST_SLOT_HELD, DST_VAL, DST_VAL_FIELDS, SOCK_KEY, U64,
+                     format_addr)
 from .errors import FeatureMissing
 
 WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops", "snat")   # snat: kprobes only
-MAPS = ("nd_dsts", "nd_codes", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
+MAPS = ("nd_dsts", "nd_dst_table", "nd_codes", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
         "nd_stats")
 OPTIONAL_MAPS = ("nd_snat",)        # the snat signal's, present when it runs (kprobe path)
 AF_INET6 = 10
@@ -43,14 +44,15 @@ class Watcher:
     def __init__(self, mode: str = "auto", netns: int | None = None, port: int | None = None,
                  dst: str | None = None, max_dsts: int = 16384, syscall_tracepoints: bool = False,
                  conntrack: bool = True, diagnoser=None, enrich=None, raw_tracepoints: bool | None = None,
-                 btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS):
+                 btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS,
+                 dst_slots: int = DST_SLOTS):
         # Syscall tracepoints put every syscall of every task on the slow path: off by default.
         # Without them, EADDRNOTAVAIL is inferred from the state tracepoint, and accept() calls
         # are counted only where inet_csk_accept can be hooked (kprobe/fentry).
         self.engine_kwargs = dict(signals=list(WATCH_SIGNALS), mode=mode, netns=netns, stream=False,
                                   aggregate=True, max_dsts=max_dsts, syscall_tracepoints=syscall_tracepoints,
                                   raw_tracepoints=raw_tracepoints, btf_tracepoints=btf_tracepoints,
-                                  socket_slots=socket_slots)
+                                  socket_slots=socket_slots, dst_slots=dst_slots)
         self.prog = None
         self.plan: dict = {}
         self.want_conntrack = conntrack
@@ -73,6 +75,7 @@ class Watcher:
         self._seeder = None
         self.prev_vals: dict = {}
         self._decoded: dict = {}        # nd_dsts key bytes -> (value bytes, decoded row parts)
+        self._slots: dict = {}          # nd_dst_table index bytes -> (value bytes, [decoded row parts])
         self._code_cache: dict = {}     # the same for nd_codes
         self.prev_active: dict = {}
         self.prev_codes: dict = {}
@@ -186,7 +189,20 @@ class Watcher:
         for _, (key, counters, bits, act) in self._decoded.values():
             cur[key] = counters
             dirs[key] = bits
-            active[key] = act + seed.get(key, 0)
+            active[key] = act
+        # rows in the per-CPU table: a key there on some CPUs may be in nd_dsts for others
+        table = self.maps["nd_dst_table"]
+        self._slots, fresh = _decode_changed(table, self._slots, _slot_rows, skip=bytes(table.stride * table.ncpus))
+        changed.update(key for kb in fresh for key, *_ in self._slots[kb][1])
+        for _, held in self._slots.values():
+            for key, counters, bits, act in held:
+                if key in cur:
+                    counters = {c: cur[key][c] + n for c, n in counters.items()}
+                cur[key] = counters
+                dirs[key] = dirs.get(key, 0) | bits
+                active[key] = active.get(key, 0) + act
+        for key in cur:
+            active[key] += seed.get(key, 0)
         for key, n in seed.items():
             if key not in cur:                      # seeded, never touched since attach
                 cur[key] = {c: 0 for c in agg.COUNTERS}
@@ -357,18 +373,35 @@ def _dst_row(kb: bytes, values: list) -> tuple:
     return _dst_key(*DST_KEY.unpack(kb)), {c: v[c] for c in agg.COUNTERS}, v["dir"], v["active"]
 
 
+def _slot_rows(kb: bytes, values: list) -> list:
+    """An nd_dst_table slot: one (row key, counters, direction bits, active) per CPU whose copy
+    holds a key."""
+    out = []
+    for raw in values:
+        state, *key_and_val = DST_SLOT.unpack(raw)
+        if state != DST_SLOT_HELD:
+            continue
+        key = _dst_key(*key_and_val[:5])
+        v = dict(zip(DST_VAL_FIELDS, key_and_val[5:]))
+        out.append((key, {c: v[c] for c in agg.COUNTERS}, v["dir"], v["active"]))
+    return out
+
+
 def _code_entry(kb: bytes, values: list) -> tuple:
     """An nd_codes entry: ((row key, kind, code), count)."""
     *dk, kind, code = CODE_KEY.unpack(kb)
     return (_dst_key(*dk), kind, code), sum(U64.unpack(c)[0] for c in values)
 
 
-def _decode_changed(m, cache: dict, decode) -> tuple[dict, list]:
+def _decode_changed(m, cache: dict, decode, skip: bytes | None = None) -> tuple[dict, list]:
     """Every entry of map ``m`` as ``decode(key bytes, per-CPU value list)``, reusing the value
-    in ``cache`` for entries whose bytes did not change since. Returns the new cache ({key bytes:
-    (value bytes, decoded)}) and the key bytes decoded anew."""
+    in ``cache`` for entries whose bytes did not change since, and leaving out entries whose bytes
+    are ``skip`` (an array's unused slots). Returns the new cache ({key bytes: (value bytes,
+    decoded)}) and the key bytes decoded anew."""
     out, fresh = {}, []
     for kb, raw in m.items(split=False):
+        if raw == skip:
+            continue
         hit = cache.get(kb)
         if hit is None or hit[0] != raw:
             hit = (raw, decode(kb, m.split_percpu(raw) if m.percpu else [raw]))

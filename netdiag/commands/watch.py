@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..dns.watchcli import Enricher, dns_options, print_plain_rollups, rich_rollup_tables
-from ..options import SOCKET_SLOTS, duration_option, flavour_kwargs, interval_option, json_option, tracepoints_option
+from ..options import DST_SLOTS, SOCKET_SLOTS, duration_option, flavour_kwargs, interval_option, json_option, tracepoints_option
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -32,6 +32,9 @@ SPARK = "▁▂▃▄▅▆▇█"
 @click.option("--socket-slots", type=click.IntRange(min=2), default=SOCKET_SLOTS, show_default=True,
               help="Slots of the in-kernel table of outbound sockets (a power of two); a socket whose slot "
                    "is taken goes to an LRU hash of 262,144.")
+@click.option("--dst-slots", type=click.IntRange(min=1), default=DST_SLOTS, show_default=True,
+              help="Per-CPU slots of the in-kernel table that holds the first destinations' rows (a power of "
+                   "two); the others go to the LRU hash of --max-dsts.")
 @click.option("--accepts", "count_accepts", is_flag=True,
               help="Count accept() calls per listener on kernels without kprobes/fentry too (adds syscall "
                    "tracepoints, which slow every syscall a little).")
@@ -39,7 +42,8 @@ SPARK = "▁▂▃▄▅▆▇█"
               help="Create this file once the probes are attached.")
 @tracepoints_option
 @dns_options
-def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, socket_slots, count_accepts, ready_file,
+def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, socket_slots, dst_slots, count_accepts,
+            ready_file,
             tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share, host_root):
     """Watch connections per destination and listener, counted in the kernel.
 
@@ -67,9 +71,11 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
             raise click.BadParameter(f"{dst!r} is not a network (e.g. 10.0.0.0/8)", param_hint="--dst")
     if socket_slots & (socket_slots - 1):
         raise click.BadParameter(f"{socket_slots} is not a power of two", param_hint="--socket-slots")
+    if dst_slots & (dst_slots - 1):
+        raise click.BadParameter(f"{dst_slots} is not a power of two", param_hint="--dst-slots")
     require_privileges()
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
-                      socket_slots=socket_slots, syscall_tracepoints=count_accepts, diagnoser=Diagnoser(),
+                      socket_slots=socket_slots, dst_slots=dst_slots, syscall_tracepoints=count_accepts, diagnoser=Diagnoser(),
                       **flavour_kwargs(tracepoints))
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)

@@ -82,7 +82,9 @@ def topo(doctor):
 
 # auto: BTF-typed tracepoints where the kernel allows them (raw otherwise); raw and classic: the
 # fallbacks, run too. auto/spill: a socket table of two slots, so nearly every outbound socket
-# takes the LRU hash path the table falls back to when a slot is taken.
+# takes the LRU hash path the table falls back to when a slot is taken, and a destination table
+# of one slot per CPU, so all but one row per CPU live in the LRU hash (and a row can be in the
+# table on one CPU and in the hash on another).
 FLAVOURS = [f for f in os.environ.get("ND_WATCH_FLAVOURS", "auto,raw,classic,auto/spill").split(",") if f]
 
 
@@ -93,7 +95,7 @@ def btf_tracepoints_work(doctor) -> bool:
 @pytest.fixture(scope="module", params=FLAVOURS)
 def watch(request, doctor, topo, tmp_path_factory):
     flavour, _, variant = request.param.partition("/")
-    extra = ["--socket-slots", "2"] if variant == "spill" else []
+    extra = ["--socket-slots", "2", "--dst-slots", "1"] if variant == "spill" else []
     w = Watch(tmp_path_factory.mktemp("watch"), "--tracepoints", flavour, *extra)
     w.prefix = "watch" if flavour == "auto" else f"watch+{flavour}"
     if variant:

@@ -66,6 +66,13 @@ def test_watch_socket_slots_must_be_a_power_of_two():
     assert res.exit_code == 2
 
 
+def test_watch_dst_slots_must_be_a_power_of_two():
+    res = CliRunner().invoke(cli, ["watch", "--dst-slots", "1000"])
+    assert res.exit_code == 2 and "1000 is not a power of two" in res.output
+    res = CliRunner().invoke(cli, ["watch", "--dst-slots", "0"])
+    assert res.exit_code == 2
+
+
 def test_not_root_exits_77_with_one_line():
     p = run_unprivileged(["trace", "--duration", "1"])
     assert p.returncode == 77, p.stderr
