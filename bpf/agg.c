@@ -132,16 +132,38 @@ struct nd_dst_slot {
 };
 BPF_PERCPU_ARRAY(nd_dst_table, struct nd_dst_slot, 1 << ND_DST_SLOT_BITS);
 
+/* The same for the errno / reset-reason breakdown (nd_codes). */
+struct nd_code_slot {
+    u64 state;
+    struct nd_code_key k;
+    u64 n;
+};
+BPF_PERCPU_ARRAY(nd_code_table, struct nd_code_slot, 1 << ND_DST_SLOT_BITS);
+
+/* a slot index from a key's 8-byte words */
+static __always_inline u32 nd_slot_index(u64 a, u64 b, u64 c)
+{
+#if ND_DST_SLOT_BITS > 0
+    return (u32)((((a * 0x9E3779B97F4A7C15ULL) ^ (b * 0xC2B2AE3D27D4EB4FULL) ^ c) * 0x9E3779B97F4A7C15ULL) >>
+                 (64 - ND_DST_SLOT_BITS));
+#else
+    return 0;
+#endif
+}
+
+/* claim a free slot of this CPU's table (state FREE -> CLAIMING); the caller fills it and sets
+ * HELD. 0 when it is not free, or a program nested on this CPU is claiming it. */
+static __always_inline int nd_slot_claim(u64 *state)
+{
+    return *state == ND_DST_SLOT_FREE &&
+           __sync_val_compare_and_swap(state, ND_DST_SLOT_FREE, ND_DST_SLOT_CLAIMING) == ND_DST_SLOT_FREE;
+}
+
 static __always_inline struct nd_dst_val *nd_dst(struct nd_dst_key *k, u32 dir)
 {
     u64 w[3];
     __builtin_memcpy(w, k, sizeof(w));
-#if ND_DST_SLOT_BITS > 0
-    u32 i = (u32)((((w[0] * 0x9E3779B97F4A7C15ULL) ^ (w[1] * 0xC2B2AE3D27D4EB4FULL) ^ w[2]) *
-                   0x9E3779B97F4A7C15ULL) >> (64 - ND_DST_SLOT_BITS));
-#else
-    u32 i = 0;
-#endif
+    u32 i = nd_slot_index(w[0], w[1], w[2]);
     struct nd_dst_slot *s = nd_dst_table.lookup(&i);
     if (s) {
         u64 *held = (u64 *)&s->k;
@@ -149,8 +171,7 @@ static __always_inline struct nd_dst_val *nd_dst(struct nd_dst_key *k, u32 dir)
             s->v.dir |= dir;
             return &s->v;
         }
-        if (s->state == ND_DST_SLOT_FREE &&
-            __sync_val_compare_and_swap(&s->state, ND_DST_SLOT_FREE, ND_DST_SLOT_CLAIMING) == ND_DST_SLOT_FREE) {
+        if (nd_slot_claim(&s->state)) {
             s->k = *k;
             s->v.dir = dir;
             s->state = ND_DST_SLOT_HELD;
@@ -177,6 +198,24 @@ static __always_inline void nd_code_add(struct nd_dst_key *k, u32 kind, u32 code
     ck.d = *k;
     ck.kind = kind;
     ck.code = code;
+    u64 w[4];
+    __builtin_memcpy(w, &ck, sizeof(w));
+    u32 i = nd_slot_index(w[0], w[1], w[2] ^ (w[3] * 0xFF51AFD7ED558CCDULL));
+    struct nd_code_slot *s = nd_code_table.lookup(&i);
+    if (s) {
+        u64 *held = (u64 *)&s->k;
+        if (s->state == ND_DST_SLOT_HELD && held[0] == w[0] && held[1] == w[1] && held[2] == w[2] &&
+            held[3] == w[3]) {
+            s->n += 1;
+            return;
+        }
+        if (nd_slot_claim(&s->state)) {
+            s->k = ck;
+            s->n = 1;
+            s->state = ND_DST_SLOT_HELD;
+            return;
+        }
+    }
     u64 one = 1;
     u64 *v = nd_codes.lookup(&ck);     /* this CPU's copy: userspace sums them */
     if (v)

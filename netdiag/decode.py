@@ -87,13 +87,16 @@ AGG_STRUCTS = {
                     ("pad2", "u32"), ("laddr", "u8[16]"), ("raddr", "u8[16]")),
     "nd_drop_key": (("netns", "u32"), ("reason", "u32")),
     "nd_dst_slot": (("state", "u64"), ("k", "struct nd_dst_key"), ("v", "struct nd_dst_val")),
+    "nd_code_slot": (("state", "u64"), ("k", "struct nd_code_key"), ("n", "u64")),
 }
 _FMT = {"u64": "Q", "s64": "q", "u32": "I", "s32": "i", "u16": "H", "u8": "B", "u8[16]": "16s",
         "struct nd_dst_key": "IBBH16s"}
 _FMT["struct nd_dst_val"] = "".join(_FMT[t] for _, t in AGG_STRUCTS["nd_dst_val"])
-DST_KEY, DST_VAL, CODE_KEY, SOCK_KEY, DROP_KEY, DST_SLOT = (
+_FMT["struct nd_code_key"] = "".join(_FMT[t] for _, t in AGG_STRUCTS["nd_code_key"])
+DST_KEY, DST_VAL, CODE_KEY, SOCK_KEY, DROP_KEY, DST_SLOT, CODE_SLOT = (
     struct.Struct("<" + "".join(_FMT[t] for _, t in AGG_STRUCTS[n]))
-    for n in ("nd_dst_key", "nd_dst_val", "nd_code_key", "nd_sock_key", "nd_drop_key", "nd_dst_slot"))
+    for n in ("nd_dst_key", "nd_dst_val", "nd_code_key", "nd_sock_key", "nd_drop_key", "nd_dst_slot",
+              "nd_code_slot"))
 DST_SLOT_HELD = 2       # bpf/agg.c ND_DST_SLOT_HELD
 U64 = struct.Struct("<Q")
 DST_VAL_FIELDS = tuple(n for n, _ in AGG_STRUCTS["nd_dst_val"])

@@ -15,12 +15,12 @@ from .options import DST_SLOTS, SOCKET_SLOTS
 from .options import flavour_of
 from . import netns as nsmod
 from . import tracefs
-from .decode import (CODE_KEY, DROP_KEY, DST_KEY, DST_SLOT, DST_SLOT_HELD, DST_VAL, DST_VAL_FIELDS, SOCK_KEY, U64,
+from .decode import (CODE_KEY, CODE_SLOT, DROP_KEY, DST_KEY, DST_SLOT, DST_SLOT_HELD, DST_VAL, DST_VAL_FIELDS, SOCK_KEY, U64,
                      format_addr)
 from .errors import FeatureMissing
 
 WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops", "snat")   # snat: kprobes only
-MAPS = ("nd_dsts", "nd_dst_table", "nd_codes", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
+MAPS = ("nd_dsts", "nd_dst_table", "nd_codes", "nd_code_table", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
         "nd_stats")
 OPTIONAL_MAPS = ("nd_snat",)        # the snat signal's, present when it runs (kprobe path)
 AF_INET6 = 10
@@ -77,6 +77,7 @@ class Watcher:
         self._decoded: dict = {}        # nd_dsts key bytes -> (value bytes, decoded row parts)
         self._slots: dict = {}          # nd_dst_table index bytes -> (value bytes, [decoded row parts])
         self._code_cache: dict = {}     # the same for nd_codes
+        self._code_slots: dict = {}     # the same for nd_code_table
         self.prev_active: dict = {}
         self.prev_codes: dict = {}
         self.prev_drops: dict = {}
@@ -215,6 +216,12 @@ class Watcher:
                 if k in changed or active.get(k, 0) > 0 or prev_active.get(k, 0) > 0}
         self._code_cache, _ = _decode_changed(self.maps["nd_codes"], self._code_cache, _code_entry)
         codes = dict(hit for _, hit in self._code_cache.values())
+        table = self.maps["nd_code_table"]
+        self._code_slots, _ = _decode_changed(table, self._code_slots, _code_slot_counts,
+                                              skip=bytes(table.stride * table.ncpus))
+        for _, held in self._code_slots.values():
+            for ck, n in held:
+                codes[ck] = codes.get(ck, 0) + n
         drops = {DROP_KEY.unpack(kb): U64.unpack(vb)[0] for kb, vb in self.maps["nd_drops"].items()}
         hist = [sum(U64.unpack(c)[0] for c in self.maps["nd_lat_hist"].lookup(struct.pack("<I", i)))
                 for i in range(32)]
@@ -384,6 +391,16 @@ def _slot_rows(kb: bytes, values: list) -> list:
         key = _dst_key(*key_and_val[:5])
         v = dict(zip(DST_VAL_FIELDS, key_and_val[5:]))
         out.append((key, {c: v[c] for c in agg.COUNTERS}, v["dir"], v["active"]))
+    return out
+
+
+def _code_slot_counts(kb: bytes, values: list) -> list:
+    """An nd_code_table slot: one ((row key, kind, code), count) per CPU whose copy holds a key."""
+    out = []
+    for raw in values:
+        state, *dk, kind, code, n = CODE_SLOT.unpack(raw)
+        if state == DST_SLOT_HELD:
+            out.append(((_dst_key(*dk), kind, code), n))
     return out
 
 

@@ -251,13 +251,16 @@ def test_records_validate_against_schema(topo, watch):
 
 @pytest.mark.heavy
 def test_50000_destinations_stay_bounded(topo, tmp_path):
-    """50,000 distinct destinations through a 4,096-entry map: memory bounded, evictions counted."""
-    w = Watch(tmp_path, "--max-dsts", "4096", "--netns", topo.cli)
+    """50,000 distinct destinations through a 4,096-entry map: memory bounded, evictions counted.
+    The per-CPU destination table in front of the map (64 slots here) holds some rows that never
+    reach the map."""
+    table_rows = 64 * (os.cpu_count() or 1)
+    w = Watch(tmp_path, "--max-dsts", "4096", "--dst-slots", "64", "--netns", topo.cli)
     try:
         sweep = Peer(topo.cli, "sweep", SRV, 10000, 50000)
         res = sweep.line()
         assert res["refused"] == 50000
-        w.until(lambda: sum(rec["evictions"] for rec in w.intervals()) >= 50000 - 4096, timeout=60)
+        w.until(lambda: sum(rec["evictions"] for rec in w.intervals()) >= 50000 - 4096 - table_rows, timeout=60)
         with open(f"/proc/{w.proc.pid}/status") as f:
             hwm_kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
         sweep.close()
@@ -265,7 +268,7 @@ def test_50000_destinations_stay_bounded(topo, tmp_path):
         recs = w.stop()
     ivs = [r for r in recs if r["type"] == "interval"]
     assert max(r["map_entries"] for r in ivs) <= 4096
-    assert ivs[-1]["evictions_total"] >= 50000 - 4096
+    assert ivs[-1]["evictions_total"] >= 50000 - 4096 - table_rows
     assert sum(r["evictions"] for r in ivs) == ivs[-1]["evictions_total"]
     connects = sum(d["connects"] for r in ivs for d in r["destinations"] if d["direction"] == "out")
     assert connects <= 50000

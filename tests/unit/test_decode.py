@@ -79,6 +79,6 @@ def test_agg_mirrors_match_c(name):
 
 
 def test_agg_sizes():
-    from netdiag.decode import CODE_KEY, DROP_KEY, DST_KEY, DST_SLOT, DST_VAL, SOCK_KEY
-    assert (DST_KEY.size, DST_VAL.size, CODE_KEY.size, SOCK_KEY.size, DROP_KEY.size, DST_SLOT.size) == \
-        (24, 96, 32, 48, 8, 128)
+    from netdiag.decode import CODE_KEY, CODE_SLOT, DROP_KEY, DST_KEY, DST_SLOT, DST_VAL, SOCK_KEY
+    assert (DST_KEY.size, DST_VAL.size, CODE_KEY.size, SOCK_KEY.size, DROP_KEY.size, DST_SLOT.size,
+            CODE_SLOT.size) == (24, 96, 32, 48, 8, 128, 48)
