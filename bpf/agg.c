@@ -151,12 +151,25 @@ static __always_inline u32 nd_slot_index(u64 a, u64 b, u64 c)
 #endif
 }
 
-/* claim a free slot of this CPU's table (state FREE -> CLAIMING); the caller fills it and sets
- * HELD. 0 when it is not free, or a program nested on this CPU is claiming it. */
-static __always_inline int nd_slot_claim(u64 *state)
+#define ND_SLOT_MATCH 1             /* the slot holds the key */
+#define ND_SLOT_CLAIMED 2           /* it was free and is now the caller's to fill (then HELD) */
+
+/* A slot of this CPU's table (its state word, and the n 8-byte words of the key it holds)
+ * for the key w: ND_SLOT_MATCH, ND_SLOT_CLAIMED (FREE -> CLAIMING), or 0 when it holds another
+ * key or a program nested on this CPU is claiming it. */
+static __always_inline int nd_slot_take(u64 *state, const u64 *held, const u64 *w, int n)
 {
-    return *state == ND_DST_SLOT_FREE &&
-           __sync_val_compare_and_swap(state, ND_DST_SLOT_FREE, ND_DST_SLOT_CLAIMING) == ND_DST_SLOT_FREE;
+    if (*state == ND_DST_SLOT_HELD) {
+#pragma unroll
+        for (int j = 0; j < n; j++)
+            if (held[j] != w[j])
+                return 0;
+        return ND_SLOT_MATCH;
+    }
+    if (*state == ND_DST_SLOT_FREE &&
+        __sync_val_compare_and_swap(state, ND_DST_SLOT_FREE, ND_DST_SLOT_CLAIMING) == ND_DST_SLOT_FREE)
+        return ND_SLOT_CLAIMED;
+    return 0;
 }
 
 static __always_inline struct nd_dst_val *nd_dst(struct nd_dst_key *k, u32 dir)
@@ -165,18 +178,14 @@ static __always_inline struct nd_dst_val *nd_dst(struct nd_dst_key *k, u32 dir)
     __builtin_memcpy(w, k, sizeof(w));
     u32 i = nd_slot_index(w[0], w[1], w[2]);
     struct nd_dst_slot *s = nd_dst_table.lookup(&i);
-    if (s) {
-        u64 *held = (u64 *)&s->k;
-        if (s->state == ND_DST_SLOT_HELD && held[0] == w[0] && held[1] == w[1] && held[2] == w[2]) {
-            s->v.dir |= dir;
-            return &s->v;
-        }
-        if (nd_slot_claim(&s->state)) {
+    int got = s ? nd_slot_take(&s->state, (u64 *)&s->k, w, 3) : 0;
+    if (got) {
+        if (got == ND_SLOT_CLAIMED) {   /* a free slot's counters are all 0 */
             s->k = *k;
-            s->v.dir = dir;
             s->state = ND_DST_SLOT_HELD;
-            return &s->v;
         }
+        s->v.dir |= dir;
+        return &s->v;
     }
     struct nd_dst_val *v = nd_dsts.lookup(k);
     if (!v) {
@@ -202,19 +211,14 @@ static __always_inline void nd_code_add(struct nd_dst_key *k, u32 kind, u32 code
     __builtin_memcpy(w, &ck, sizeof(w));
     u32 i = nd_slot_index(w[0], w[1], w[2] ^ (w[3] * 0xFF51AFD7ED558CCDULL));
     struct nd_code_slot *s = nd_code_table.lookup(&i);
-    if (s) {
-        u64 *held = (u64 *)&s->k;
-        if (s->state == ND_DST_SLOT_HELD && held[0] == w[0] && held[1] == w[1] && held[2] == w[2] &&
-            held[3] == w[3]) {
-            s->n += 1;
-            return;
-        }
-        if (nd_slot_claim(&s->state)) {
+    int got = s ? nd_slot_take(&s->state, (u64 *)&s->k, w, 4) : 0;
+    if (got) {
+        if (got == ND_SLOT_CLAIMED) {
             s->k = ck;
-            s->n = 1;
             s->state = ND_DST_SLOT_HELD;
-            return;
         }
+        s->n += 1;                      /* a claimed slot's count starts at 0 */
+        return;
     }
     u64 one = 1;
     u64 *v = nd_codes.lookup(&ck);     /* this CPU's copy: userspace sums them */

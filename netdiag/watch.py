@@ -192,8 +192,7 @@ class Watcher:
             dirs[key] = bits
             active[key] = act
         # rows in the per-CPU table: a key there on some CPUs may be in nd_dsts for others
-        table = self.maps["nd_dst_table"]
-        self._slots, fresh = _decode_changed(table, self._slots, _slot_rows, skip=bytes(table.stride * table.ncpus))
+        self._slots, fresh = _decode_changed(self.maps["nd_dst_table"], self._slots, _slot_rows, skip_zero=True)
         changed.update(key for kb in fresh for key, *_ in self._slots[kb][1])
         for _, held in self._slots.values():
             for key, counters, bits, act in held:
@@ -216,9 +215,8 @@ class Watcher:
                 if k in changed or active.get(k, 0) > 0 or prev_active.get(k, 0) > 0}
         self._code_cache, _ = _decode_changed(self.maps["nd_codes"], self._code_cache, _code_entry)
         codes = dict(hit for _, hit in self._code_cache.values())
-        table = self.maps["nd_code_table"]
-        self._code_slots, _ = _decode_changed(table, self._code_slots, _code_slot_counts,
-                                              skip=bytes(table.stride * table.ncpus))
+        self._code_slots, _ = _decode_changed(self.maps["nd_code_table"], self._code_slots, _code_slot_counts,
+                                              skip_zero=True)
         for _, held in self._code_slots.values():
             for ck, n in held:
                 codes[ck] = codes.get(ck, 0) + n
@@ -376,8 +374,12 @@ def _dst_key(netns: int, fam: int, kdir: int, port: int, addr: bytes) -> agg.Dst
 
 def _dst_row(kb: bytes, values: list) -> tuple:
     """An nd_dsts entry: (row key, counters, direction bits, active)."""
-    v = _sum_percpu(values)
-    return _dst_key(*DST_KEY.unpack(kb)), {c: v[c] for c in agg.COUNTERS}, v["dir"], v["active"]
+    return _row_parts(_dst_key(*DST_KEY.unpack(kb)), _sum_percpu(values))
+
+
+def _row_parts(key: agg.DstKey, v: dict) -> tuple:
+    """(row key, counters, direction bits, active) of a struct nd_dst_val's fields."""
+    return key, {c: v[c] for c in agg.COUNTERS}, v["dir"], v["active"]
 
 
 def _slot_rows(kb: bytes, values: list) -> list:
@@ -388,9 +390,7 @@ def _slot_rows(kb: bytes, values: list) -> list:
         state, *key_and_val = DST_SLOT.unpack(raw)
         if state != DST_SLOT_HELD:
             continue
-        key = _dst_key(*key_and_val[:5])
-        v = dict(zip(DST_VAL_FIELDS, key_and_val[5:]))
-        out.append((key, {c: v[c] for c in agg.COUNTERS}, v["dir"], v["active"]))
+        out.append(_row_parts(_dst_key(*key_and_val[:5]), dict(zip(DST_VAL_FIELDS, key_and_val[5:]))))
     return out
 
 
@@ -410,12 +410,13 @@ def _code_entry(kb: bytes, values: list) -> tuple:
     return (_dst_key(*dk), kind, code), sum(U64.unpack(c)[0] for c in values)
 
 
-def _decode_changed(m, cache: dict, decode, skip: bytes | None = None) -> tuple[dict, list]:
+def _decode_changed(m, cache: dict, decode, skip_zero: bool = False) -> tuple[dict, list]:
     """Every entry of map ``m`` as ``decode(key bytes, per-CPU value list)``, reusing the value
-    in ``cache`` for entries whose bytes did not change since, and leaving out entries whose bytes
-    are ``skip`` (an array's unused slots). Returns the new cache ({key bytes: (value bytes,
-    decoded)}) and the key bytes decoded anew."""
+    in ``cache`` for entries whose bytes did not change since, and with ``skip_zero`` leaving out
+    entries whose bytes are all zero (an array's unused slots). Returns the new cache ({key bytes:
+    (value bytes, decoded)}) and the key bytes decoded anew."""
     out, fresh = {}, []
+    skip = bytes(m.stride * m.ncpus) if skip_zero else None
     for kb, raw in m.items(split=False):
         if raw == skip:
             continue
