@@ -1,13 +1,16 @@
 """The benchmarks' run order (scripts/bench/overhead.run_order): every configuration runs right
 after every other one equally often, so a tool's teardown does not always slow the same run."""
 import importlib.machinery
+import importlib.util
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-overhead = importlib.machinery.SourceFileLoader("nd_overhead_t", str(ROOT / "scripts" / "bench" / "overhead")).load_module()
+_loader = importlib.machinery.SourceFileLoader("nd_overhead_t", str(ROOT / "scripts" / "bench" / "overhead"))
+overhead = importlib.util.module_from_spec(importlib.util.spec_from_loader(_loader.name, _loader))
+_loader.exec_module(overhead)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
