@@ -97,12 +97,10 @@ static __always_inline void nd_accept_done(void *ctx, u64 sk)
 #endif
             if (nd_pending_accept.insert(&skey, &m) == 0)
                 return;
-            p = nd_pending_accept.lookup(&skey);      /* the state change came meanwhile */
-        } else {
-            /* The state change was traced (and its entry added) between the lookup above and
-             * the read: the tracepoint runs before the new state is stored. */
-            p = nd_pending_accept.lookup(&skey);
         }
+        /* A second look: the state change may have been traced (its entry added) since the
+         * first, whether or not the new state was stored yet (the tracepoint runs before). */
+        p = nd_pending_accept.lookup(&skey);
 #endif
         if (!p) {
             nd_count(ND_STAT_ACCEPT_UNTRACKED);   /* established before netdiag attached, or filtered */
