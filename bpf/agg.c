@@ -370,15 +370,31 @@ static __always_inline void nd_agg_closed(u64 sk, struct nd_tuple *t)
  * 0, and it is read here only when the row needs it (from sk, or from the device of skb for a
  * socket-less segment): the RST an abort sends right after CLOSE takes its row from the slot.
  * typed: sk is BTF-typed (ND_TP_TYPED from the RST-received program), 0 from classic ones. */
+/* the socket's remote port, host order (from t where the record filled it) */
+static __always_inline u16 nd_remote_port(u64 sk, struct nd_tuple *t)
+{
+#ifdef ND_RAW_TP
+    if (t->pad != 1) {
+        u16 port = 0;
+        bpf_probe_read_kernel(&port, sizeof(port), (const char *)sk + ND_OFF_SKC_DPORT);
+        return ntohs(port);
+    }
+#endif
+    return t->dport;
+}
+
 static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struct nd_tuple *t,
                                        int connecting, struct nd_dst_key *k, int typed)
 {
     if (sk) {
         /* the slot first (an array: no hash), and used once: a later event with the same
-         * address is a new socket's (connect clears the slot for its socket too) */
+         * address is a new socket's (connect clears the slot for its socket too). An inbound
+         * socket can take the address of one whose slot nothing used (a FIN close), on any
+         * CPU, so the remote port must match as well: the abort's RST is sent before CLOSE
+         * clears it, and an inbound socket's remote port is its client's. */
         u32 zero = 0;
         struct nd_closed_slot *slot = nd_last_closed.lookup(&zero);
-        if (slot && slot->sk == sk) {
+        if (slot && slot->sk == sk && slot->k.port == nd_remote_port(sk, t)) {
             *k = slot->k;
             slot->sk = 0;
             return ND_DIR_OUT;
