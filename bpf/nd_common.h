@@ -371,6 +371,56 @@ static __always_inline void nd_emit(void *ctx, struct nd_event *ev)
 #endif
 #endif /* ND_STREAM */
 
+/* net->ns.inum shares its cache line with the namespace's reference count, which every socket
+ * created or freed in that namespace changes (get_net/put_net): read on each event, it is a
+ * cross-CPU miss at high connection rates. net->net_cookie sits on a line nothing writes after
+ * the namespace is set up, and is never reused; a small direct-mapped table keyed by it gives
+ * the inode with a read of shared, clean lines. One u64 per slot, (u32 cookie << 32 | inum), so
+ * a lookup can never pair one namespace's cookie with another's inode. A kernel whose cookie is
+ * still 0 (5.7 to 5.11 assign it lazily) or lacks the field reads the inode directly. */
+#ifdef ND_OFF_NET_COOKIE
+#define ND_NET_INUM_SLOTS 256
+BPF_ARRAY(nd_net_inums, u64, ND_NET_INUM_SLOTS);
+
+static __always_inline u32 nd_net_inum_cached(u64 cookie)
+{
+    u32 idx = cookie & (ND_NET_INUM_SLOTS - 1);
+    u64 *e = nd_net_inums.lookup(&idx);
+    if (e && (u32)(*e >> 32) == (u32)cookie)
+        return (u32)*e;
+    return 0;
+}
+
+static __always_inline void nd_net_inum_store(u64 cookie, u32 inum)
+{
+    u32 idx = cookie & (ND_NET_INUM_SLOTS - 1);
+    u64 *e = nd_net_inums.lookup(&idx);
+    if (e && inum)
+        *e = ((u64)(u32)cookie << 32) | inum;
+}
+#endif
+
+/* inode of the struct net * net, read with bpf_probe_read_kernel */
+static __always_inline u32 nd_net_inum(const void *net)
+{
+    u32 inum = 0;
+#ifdef ND_OFF_NET_COOKIE
+    u64 cookie = 0;
+    bpf_probe_read_kernel(&cookie, sizeof(cookie), (const char *)net + ND_OFF_NET_COOKIE);
+    if (cookie) {
+        inum = nd_net_inum_cached(cookie);
+        if (inum)
+            return inum;
+    }
+    bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + ND_OFF_NET_INUM);
+    if (cookie)
+        nd_net_inum_store(cookie, inum);
+#else
+    bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + ND_OFF_NET_INUM);
+#endif
+    return inum;
+}
+
 /* network namespace inode of a struct sock *, through BTF offsets */
 static __always_inline u32 nd_netns_of_sk(const void *sk)
 {
@@ -379,7 +429,7 @@ static __always_inline u32 nd_netns_of_sk(const void *sk)
     void *net = NULL;
     bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + ND_OFF_SOCK_NET);
     if (net)
-        bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + ND_OFF_NET_INUM);
+        inum = nd_net_inum(net);
 #endif
     return inum;
 }
@@ -391,7 +441,20 @@ static __always_inline u32 nd_netns_sk(const void *sk, int typed)
 #if defined(ND_BTF_TP) && defined(ND_OFF_SOCK_NET)
     if (typed) {
         const void *net = ND_LD(void *, sk, ND_OFF_SOCK_NET);
-        return net ? ND_LD(u32, net, ND_OFF_NET_INUM) : 0;
+        if (!net)
+            return 0;
+#ifdef ND_OFF_NET_COOKIE
+        u64 cookie = ND_LD(u64, net, ND_OFF_NET_COOKIE);
+        if (cookie) {
+            u32 inum = nd_net_inum_cached(cookie);
+            if (!inum) {
+                inum = ND_LD(u32, net, ND_OFF_NET_INUM);
+                nd_net_inum_store(cookie, inum);
+            }
+            return inum;
+        }
+#endif
+        return ND_LD(u32, net, ND_OFF_NET_INUM);
     }
 #endif
     return nd_netns_of_sk(sk);
@@ -408,7 +471,7 @@ static __always_inline u32 nd_netns_of_skb(const void *skb)
         return 0;
     bpf_probe_read_kernel(&net, sizeof(net), (const char *)dev + ND_OFF_DEV_NET);
     if (net)
-        bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + ND_OFF_NET_INUM);
+        inum = nd_net_inum(net);
 #endif
     return inum;
 }

@@ -83,11 +83,8 @@ static __always_inline const char *nd_ct_tuple(const void *ct, int dir)
 static __always_inline u32 nd_netns_of_ct(const void *ct)
 {
     void *net = NULL;
-    u32 inum = 0;
     bpf_probe_read_kernel(&net, sizeof(net), (const char *)ct + ND_OFF_CT_NET);
-    if (net)
-        bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + ND_OFF_NET_INUM);
-    return inum;
+    return net ? nd_net_inum(net) : 0;
 }
 
 /* The row of ct, from its tuples. Returns 1 when ct is source-NATed (reply dst differs from the

@@ -251,6 +251,27 @@ def probe_offsets(btf: Btf) -> dict[str, int]:
     return {name: btf.offset(s, path) for name, (s, path) in OFFSETS.items()}
 
 
+# Offsets a probe uses when the kernel has them and does without otherwise.
+# net_cookie: a u64 (atomic64_t before 5.12) on a cache line nothing writes after set-up,
+# the key of the namespace-inode cache in bpf/nd_common.h.
+OPTIONAL_OFFSETS = {
+    "ND_OFF_NET_COOKIE": ("net", "net_cookie"),
+}
+OPTIONAL_SIZES = {"ND_OFF_NET_COOKIE": 8}
+
+
+def probe_optional_offsets(btf: Btf) -> dict[str, int]:
+    """The OPTIONAL_OFFSETS the kernel has, with the size each expects."""
+    out = {}
+    for name, (s, path) in OPTIONAL_OFFSETS.items():
+        try:
+            if name not in OPTIONAL_SIZES or btf.member_size(s, path) == OPTIONAL_SIZES[name]:
+                out[name] = btf.offset(s, path)
+        except KeyError:
+            pass
+    return out
+
+
 def probe_rawtp_offsets(btf: Btf) -> dict[str, int]:
     """RAWTP_OFFSETS; raises KeyError naming the first one the kernel lacks."""
     out = {name: btf.offset(s, path) for name, (s, path) in RAWTP_OFFSETS.items()}

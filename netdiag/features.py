@@ -286,6 +286,8 @@ class Features:
             offsets = btfmod.probe_offsets(btfmod.kernel_btf())
         except (FeatureMissing, KeyError):
             offsets = {}
+        if offsets:
+            offsets.update(btfmod.probe_optional_offsets(btfmod.kernel_btf()))
         try:
             offsets.update(btfmod.probe_ct_offsets(btfmod.kernel_btf()) if offsets else {})
         except KeyError:
