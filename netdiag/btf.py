@@ -10,6 +10,7 @@ searched through), pointers, typedefs and qualifiers, and function prototypes (a
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,8 +42,28 @@ class BtfType:
     members: tuple = ()   # Member for STRUCT/UNION; (name, type_id) for FUNC_PROTO params
 
 
+class _Types:
+    """``btf.types[id]``: the type, decoded on first access; ``len()`` counts void too."""
+
+    def __init__(self, btf: "Btf"):
+        self._btf = btf
+
+    def __len__(self) -> int:
+        return len(self._btf._pos)
+
+    def __getitem__(self, type_id: int) -> BtfType | None:
+        if not 0 <= type_id < len(self._btf._pos):
+            raise IndexError(f"BTF type id {type_id} out of range")
+        return self._btf._decode(type_id) if type_id else None
+
+
 class Btf:
-    """Parsed BTF blob. ``offset("sock", "__sk_common.skc_net")`` gives a byte offset."""
+    """Parsed BTF blob. ``offset("sock", "__sk_common.skc_net")`` gives a byte offset.
+
+    The kernel's blob holds ~125k types. One pass records, per type id, where its record starts
+    and a (name, kind) key, in two flat arrays (~1.5 MB); a type is decoded when it is looked at.
+    Decoding all of them into objects up front took ~75 MB, in the short-lived process that then
+    also runs the compiler."""
 
     def __init__(self, data: bytes):
         if len(data) < 24:
@@ -52,67 +73,97 @@ class Btf:
             raise FeatureMissing("BTF", "bad BTF magic (big-endian or corrupt blob)")
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
         base = hdr_len
-        self._strings = data[base + str_off: base + str_off + str_len]
-        self.types: list[BtfType | None] = [None]  # id 0 is void
-        self._by_name: dict[tuple[int, str], list[int]] = {}
-        self._parse_types(data[base + type_off: base + type_off + type_len])
+        # offsets into the one blob: slicing out the string and type sections would double it
+        self._data = data
+        self._str_lo, self._str_hi = base + str_off, base + str_off + str_len
+        self._type_lo, self._type_hi = base + type_off, base + type_off + type_len
+        if self._str_hi > len(data) or self._type_hi > len(data):
+            raise FeatureMissing("BTF", "BTF sections run past the blob (corrupt blob)")
+        self._pos = array("I", [0])    # id 0 is void
+        self._keys = array("Q", [0])   # name offset << 5 | kind
+        self._cache: dict[int, BtfType] = {}
+        self._index()
+        self.types = _Types(self)
 
     def _str(self, off: int) -> str:
-        end = self._strings.index(b"\0", off)
-        return self._strings[off:end].decode()
+        start = self._str_lo + off
+        end = self._data.index(b"\0", start, self._str_hi)
+        return self._data[start:end].decode()
 
-    def _parse_types(self, buf: bytes) -> None:
-        pos, n = 0, len(buf)
+    def _index(self) -> None:
+        buf, pos, n = self._data, self._type_lo, self._type_hi
+        unpack = struct.unpack_from
+        add_pos, add_key = self._pos.append, self._keys.append
         while pos < n:
-            name_off, info, size_or_type = struct.unpack_from("<III", buf, pos)
-            pos += 12
+            if pos + 12 > n:
+                break
+            name_off, info, _ = unpack("<III", buf, pos)
             kind = (info >> 24) & 0x1F
             vlen = info & 0xFFFF
-            kflag = info >> 31
-            members: tuple = ()
-            if kind == INT:
+            add_pos(pos)                      # absolute, in the blob
+            add_key(name_off << 5 | kind)
+            pos += 12
+            if kind in (INT, VAR, DECL_TAG):
                 pos += 4
             elif kind == ARRAY:
                 pos += 12
-            elif kind in (STRUCT, UNION):
-                ms = []
-                for _ in range(vlen):
-                    m_name, m_type, m_off = struct.unpack_from("<III", buf, pos)
-                    pos += 12
-                    bit_off = (m_off & 0xFFFFFF) if kflag else m_off
-                    ms.append(Member(self._str(m_name), m_type, bit_off, (m_off >> 24) if kflag else 0))
-                members = tuple(ms)
-            elif kind == ENUM:
+            elif kind in (STRUCT, UNION, DATASEC, ENUM64):
+                pos += 12 * vlen
+            elif kind in (ENUM, FUNC_PROTO):
                 pos += 8 * vlen
-            elif kind == FUNC_PROTO:
-                ps = []
-                for _ in range(vlen):
-                    p_name, p_type = struct.unpack_from("<II", buf, pos)
-                    pos += 8
-                    ps.append((self._str(p_name), p_type))
-                members = tuple(ps)
-            elif kind == VAR:
-                pos += 4
-            elif kind == DATASEC:
-                pos += 12 * vlen
-            elif kind == DECL_TAG:
-                pos += 4
-            elif kind == ENUM64:
-                pos += 12 * vlen
             elif kind not in (PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG):
                 raise FeatureMissing("BTF", f"unknown BTF kind {kind}")
-            name = self._str(name_off)
-            self.types.append(BtfType(kind, name, size_or_type, members))
-            if name:
-                self._by_name.setdefault((kind, name), []).append(len(self.types) - 1)
+        if pos != n:
+            raise FeatureMissing("BTF", "BTF type section ends inside a type (corrupt blob)")
+
+    def _decode(self, type_id: int) -> BtfType:
+        t = self._cache.get(type_id)
+        if t is not None:
+            return t
+        buf, pos = self._data, self._pos[type_id]
+        name_off, info, size_or_type = struct.unpack_from("<III", buf, pos)
+        pos += 12
+        kind = (info >> 24) & 0x1F
+        vlen = info & 0xFFFF
+        kflag = info >> 31
+        members: tuple = ()
+        if kind in (STRUCT, UNION):
+            ms = []
+            for m_name, m_type, m_off in struct.iter_unpack("<III", buf[pos:pos + 12 * vlen]):
+                bit_off = (m_off & 0xFFFFFF) if kflag else m_off
+                ms.append(Member(self._str(m_name), m_type, bit_off, (m_off >> 24) if kflag else 0))
+            members = tuple(ms)
+        elif kind == FUNC_PROTO:
+            members = tuple((self._str(p_name), p_type)
+                            for p_name, p_type in struct.iter_unpack("<II", buf[pos:pos + 8 * vlen]))
+        t = BtfType(kind, self._str(name_off), size_or_type, members)
+        self._cache[type_id] = t
+        return t
+
+    def _ids(self, kind: int, name: str) -> int | None:
+        """Lowest type id of this kind and name, or None."""
+        if not name:
+            return None
+        needle, best = b"\0" + name.encode() + b"\0", None
+        lo, hi = self._str_lo, self._str_hi
+        at = self._data.find(needle, lo, hi)
+        while at >= 0:
+            try:
+                i = self._keys.index((at + 1 - lo) << 5 | kind)
+            except ValueError:
+                pass
+            else:
+                best = i if best is None else min(best, i)
+            at = self._data.find(needle, at + 1, hi)
+        return best
 
     # -- lookups --------------------------------------------------------------------------------
     def find(self, kind: int, name: str) -> int:
-        ids = self._by_name.get((kind, name))
-        if not ids:
+        # the kind is part of the key: a struct's forward declarations (FWD) are not found here
+        type_id = self._ids(kind, name)
+        if type_id is None:
             raise KeyError(f"no BTF {'struct' if kind == STRUCT else kind} named {name!r}")
-        # prefer a complete definition (structs may also appear as FWD elsewhere)
-        return ids[0]
+        return type_id
 
     def resolve(self, type_id: int) -> int:
         """Strip typedefs and qualifiers."""
@@ -177,7 +228,7 @@ class Btf:
         return len(proto.members)
 
     def has_func(self, func_name: str) -> bool:
-        return (FUNC, func_name) in self._by_name
+        return self._ids(FUNC, func_name) is not None
 
 
 @lru_cache(maxsize=1)

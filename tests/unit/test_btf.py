@@ -110,3 +110,40 @@ def test_running_kernel_raw_tracepoint_offsets(kernel_btf):
     # struct sock_common starts struct sock: the addresses, ports and family sit in its first bytes
     assert offs["ND_OFF_SKC_RCV_SADDR"] == offs["ND_OFF_SKC_DADDR"] + 4
     assert kernel_btf.member_size("sock", "__sk_common.skc_v6_daddr") == 16
+
+
+def test_types_decode_on_access_and_count_void():
+    b = B.Btf(build_btf())
+    assert len(b.types) == 7
+    assert b.types[0] is None
+    outer = b.types[b.find(B.STRUCT, "outer")]
+    assert [m.name for m in outer.members] == ["a", "", "b"]
+    assert b.types[b.find(B.STRUCT, "outer")] is outer      # decoded once
+    with pytest.raises(IndexError):
+        b.types[7]
+
+
+def test_kind_is_part_of_the_name_lookup():
+    b = B.Btf(build_btf())
+    assert b.has_func("fn") and not b.has_func("outer")
+    with pytest.raises(KeyError):
+        b.find(B.FUNC, "int")
+
+
+def test_blob_ending_inside_a_type_is_refused():
+    blob = build_btf()
+    hdr, rest = blob[:24], blob[24:]
+    type_len = struct.unpack_from("<I", hdr, 12)[0]
+    # claim the type section ends 4 bytes early: the last record's payload runs past it
+    cut = struct.pack("<HBBIIIII", B.BTF_MAGIC, 1, 0, 24, 0, type_len - 4, type_len, len(rest) - type_len)
+    with pytest.raises(B.FeatureMissing, match="corrupt"):
+        B.Btf(cut + rest)
+
+
+def test_a_name_stored_twice_is_found_at_either_copy():
+    # kernel blobs deduplicate strings; others need not: the type names the second copy
+    strings = b"\0x\0sock\0sock\0"
+    second = strings.rindex(b"sock")
+    types = struct.pack("<III", second, (B.STRUCT << 24), 8)
+    hdr = struct.pack("<HBBIIIII", B.BTF_MAGIC, 1, 0, 24, 0, len(types), len(types), len(strings))
+    assert B.Btf(hdr + types + strings).sizeof("sock") == 8
