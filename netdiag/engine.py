@@ -269,6 +269,7 @@ class ProbeEngine:
         self.btf_tp = bool(self.raw_tp and self.features.btf_tp and not kprobed and btf_tracepoints is not False)
         self._btf_auto = btf_tracepoints is None
         self.btf_fds: list[int] = []        # tp_btf links (and programs), ours to close
+        self.btf_loaded: list[tuple[str, str]] = []   # (function, tracepoint) of those programs
         self.btf_refused: str | None = None  # why auto fell back from tp_btf to raw tracepoints
         self.bpf = None
         self.buffer = "ringbuf" if self.features.ringbuf else "perf"
@@ -291,6 +292,7 @@ class ProbeEngine:
             eng.stream, eng.aggregate, eng.max_dsts, eng.raw_tp = True, False, 16384, False
             eng.socket_slots, eng.dst_slots = SOCKET_SLOTS, DST_SLOTS
             eng.btf_tp, eng._btf_auto, eng.btf_fds, eng.btf_refused = False, False, [], None
+            eng.btf_loaded = []
             return eng
 
     # -- the program ----------------------------------------------------------------------------
@@ -403,6 +405,7 @@ class ProbeEngine:
                 if fn in text:
                     prog, link = load_tp_btf(self.bpf.dump_func(fn.encode()), event, name=fn[:15])
                     self.btf_fds += [link, prog]
+                    self.btf_loaded.append((fn, event))
         self._attach()
 
     def _attach(self) -> None:
@@ -458,6 +461,7 @@ class ProbeEngine:
             except OSError:
                 pass
         self.btf_fds = []
+        self.btf_loaded = []
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()

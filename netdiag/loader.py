@@ -34,6 +34,8 @@ class Detached:
     raw_tp: bool = False            # the shared tracepoints attached as raw tracepoints
     btf_tp: bool = False            # ... the state and RST ones as tp_btf
     btf_refused: str | None = None  # why they are raw although tp_btf was tried
+    program: str = "compiled"        # or "cached": loaded from a program image (netdiag/progcache.py)
+    cache_note: str | None = None    # why no image was written or used, where one could have been
 
     def close(self) -> None:
         for fd in self.attach_fds:
@@ -71,8 +73,38 @@ def _has_table(b, name: str) -> bool:
 
 def load(engine_kwargs: dict, maps: list[str], optional_maps: tuple = ()) -> Detached:
     """Run the engine in a child with these arguments; return the maps and attachments.
-    ``optional_maps`` may be absent from the program (left out of ``Detached.maps``)."""
-    return _run_child({"engine": engine_kwargs, "maps": maps, "optional_maps": list(optional_maps)})
+    ``optional_maps`` may be absent from the program (left out of ``Detached.maps``).
+    Where an earlier child left a program image for the same request and kernel, no child runs:
+    the image is loaded here (netdiag/progcache.py)."""
+    from . import progcache
+    request = {"engine": engine_kwargs, "maps": maps, "optional_maps": list(optional_maps)}
+    note = None
+    try:
+        path = progcache.path_for(request)
+    except OSError as e:             # netdiag's own files unreadable: no cache, say why
+        path, note = None, f"program cache off: {e}"
+    if path is not None:
+        image = progcache.read(path)
+        if image is not None:
+            try:
+                header, named, attach = progcache.load(image)
+            except OSError as e:     # the kernel refused it now: compile, and write a new one
+                progcache.discard(path)
+                note = f"program image not loaded ({e}); compiled"
+            else:
+                return _detached(header, {n: Map(fd, n) for n, fd in named.items()}, attach, "cached")
+        request["cache_path"] = str(path)
+    det = _run_child(request)
+    det.cache_note = det.cache_note or note
+    return det
+
+
+def _detached(header: dict, maps: dict, attach: list[int], program: str) -> Detached:
+    return Detached(plan=header["plan"], maps=maps, attach_fds=attach,
+                    tracefs_kprobes=header.get("tracefs_kprobes", []),
+                    raw_tp=bool(header.get("raw_tp")), btf_tp=bool(header.get("btf_tp")),
+                    btf_refused=header.get("btf_refused"), program=program,
+                    cache_note=header.get("cache_note"))
 
 
 def load_dns_capture(cgroup: str) -> Detached:
@@ -101,10 +133,7 @@ def _run_child(request: dict) -> Detached:
         raise cls(e["message"], e.get("detail"))
     names = header["maps"]
     map_fds, attach = fds[:len(names)], fds[len(names):]
-    return Detached(plan=header["plan"], maps={n: Map(fd, n) for n, fd in zip(names, map_fds)},
-                    attach_fds=attach, tracefs_kprobes=header.get("tracefs_kprobes", []),
-                    raw_tp=bool(header.get("raw_tp")), btf_tp=bool(header.get("btf_tp")),
-                    btf_refused=header.get("btf_refused"))
+    return _detached(header, {n: Map(fd, n) for n, fd in zip(names, map_fds)}, attach, "compiled")
 
 
 def _recv_all(sock: socket.socket) -> tuple[dict, list[int]]:
@@ -149,6 +178,8 @@ def _child(fd: int) -> None:
         attach += list(eng.btf_fds)
         header = {"plan": eng.plan, "maps": names, "tracefs_kprobes": kp_names, "raw_tp": eng.raw_tp,
                   "btf_tp": eng.btf_tp, "btf_refused": eng.btf_refused}
+        if req.get("cache_path"):
+            header["cache_note"] = _write_image(req["cache_path"], b, header, names, eng.btf_loaded)
         all_fds = map_fds + attach
         payload = json.dumps(header).encode()
         for i in range(0, max(len(all_fds), 1), MAX_FDS_PER_MSG):
@@ -162,6 +193,20 @@ def _child(fd: int) -> None:
     sock.close()
     # no interpreter shutdown: BCC's atexit cleanup would detach what the parent now holds
     os._exit(0)
+
+
+def _write_image(path: str, b, header: dict, names: list[str], btf_loaded) -> str | None:
+    """Leave a program image for the next start; never fails the load. None, or why not."""
+    from pathlib import Path
+    from . import progcache
+    image_header = {k: v for k, v in header.items() if k != "cache_note"}
+    try:
+        progcache.write(Path(path), progcache.build(b, image_header, names, list(btf_loaded)))
+    except progcache.Unsupported as e:
+        return f"no program image: {e} (compiled on every start)"
+    except OSError as e:
+        return f"no program image written: {e}"
+    return None
 
 
 def _child_dns(sock: socket.socket, req: dict) -> None:

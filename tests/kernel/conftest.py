@@ -27,6 +27,20 @@ def doctor_report() -> dict:
         return {"bpf_works": False, "error": p.stderr.strip()}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def program_cache(tmp_path_factory):
+    """Program images (netdiag/progcache.py) go to a directory of this run, which starts empty:
+    the first start of each configuration compiles, a repeated one loads the image."""
+    d = tmp_path_factory.mktemp("program-cache")
+    old = os.environ.get("NETDIAG_CACHE_DIR")
+    os.environ["NETDIAG_CACHE_DIR"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("NETDIAG_CACHE_DIR", None)
+    else:
+        os.environ["NETDIAG_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def doctor():
     if os.geteuid() != 0:

@@ -84,8 +84,10 @@ def topo(doctor):
 # fallbacks, run too. auto/spill: a socket table of two slots, so nearly every outbound socket
 # takes the LRU hash path the table falls back to when a slot is taken, and a destination table
 # of one slot per CPU, so all but one row per CPU live in the LRU hash (and a row can be in the
-# table on one CPU and in the hash on another).
-FLAVOURS = [f for f in os.environ.get("ND_WATCH_FLAVOURS", "auto,raw,classic,auto/spill").split(",") if f]
+# table on one CPU and in the hash on another). auto/cached: the programs of a second start with
+# the same options, loaded from the program image the first one left (netdiag/progcache.py).
+FLAVOURS = [f for f in os.environ.get("ND_WATCH_FLAVOURS", "auto,raw,classic,auto/spill,auto/cached").split(",")
+            if f]
 
 
 def btf_tracepoints_work(doctor) -> bool:
@@ -96,7 +98,13 @@ def btf_tracepoints_work(doctor) -> bool:
 def watch(request, doctor, topo, tmp_path_factory):
     flavour, _, variant = request.param.partition("/")
     extra = ["--socket-slots", "2", "--dst-slots", "1"] if variant == "spill" else []
+    if variant == "cached":       # a first start leaves the image (unless an earlier one did)
+        Watch(tmp_path_factory.mktemp("watch"), "--tracepoints", flavour).stop()
     w = Watch(tmp_path_factory.mktemp("watch"), "--tracepoints", flavour, *extra)
+    if variant == "cached":
+        # plans with kprobe programs are compiled on every start (no image of them is written)
+        want = "compiled" if "kprobe" in (w.info["modes"]["connect"], w.info["modes"].get("accept")) else "cached"
+        assert w.info["program"] == want, w.info
     w.prefix = "watch" if flavour == "auto" else f"watch+{flavour}"
     if variant:
         w.prefix += f"+{variant}"
