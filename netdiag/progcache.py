@@ -242,29 +242,25 @@ def _oserror(err: int, what: str) -> OSError:
 def _create_map(m: dict) -> int:
     attr = (ctypes.c_uint8 * 72)()
     struct.pack_into("<5I", attr, 0, m["type"], m["key_size"], m["value_size"], m["max_entries"], m["flags"])
-    nm = m["name"].encode()[:15]
-    ctypes.memmove(ctypes.addressof(attr) + 28, nm, len(nm))
-    fd, err = _bpf(BPF_MAP_CREATE, attr)
+    return _named_call(BPF_MAP_CREATE, attr, 28, m["name"], "map")
+
+
+def _named_call(cmd: int, attr, name_off: int, name: str, what: str) -> int:
+    """bpf(cmd) with the object's name (15 bytes at most) at ``name_off`` of ``attr``."""
+    nm = name.encode()[:15]
+    ctypes.memmove(ctypes.addressof(attr) + name_off, nm, len(nm))
+    fd, err = _bpf(cmd, attr)
     if fd < 0:
-        raise _oserror(err, f"map {m['name']}")
+        raise _oserror(err, f"{what} {name}")
     return fd
 
 
-def _load_prog(p: dict, insns: bytes, prog_type: int, attach_type: int = 0, btf_id: int = 0) -> int:
+def _load_prog(p: dict, insns: bytes, prog_type: int) -> int:
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
     attr = (ctypes.c_uint8 * 128)()
-    for off, ctype, value in ((0, ctypes.c_uint32, prog_type), (4, ctypes.c_uint32, len(insns) // 8),
-                              (8, ctypes.c_uint64, ctypes.addressof(code)),
-                              (16, ctypes.c_uint64, ctypes.addressof(lic)),
-                              (68, ctypes.c_uint32, attach_type), (108, ctypes.c_uint32, btf_id)):
-        ctype.from_buffer(attr, off).value = value
-    nm = p["name"].encode()[:15]
-    ctypes.memmove(ctypes.addressof(attr) + 48, nm, len(nm))
-    fd, err = _bpf(BPF_PROG_LOAD, attr)
-    if fd < 0:
-        raise _oserror(err, f"program {p['name']}")
-    return fd
+    struct.pack_into("<IIQQ", attr, 0, prog_type, len(insns) // 8, ctypes.addressof(code), ctypes.addressof(lic))
+    return _named_call(BPF_PROG_LOAD, attr, 48, p["name"], "program")
 
 
 def _attach_tracepoint(prog_fd: int, target: str) -> int:
