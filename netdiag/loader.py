@@ -107,9 +107,11 @@ def _detached(header: dict, maps: dict, attach: list[int], program: str) -> Deta
                     cache_note=header.get("cache_note"))
 
 
-def load_dns_capture(cgroup: str) -> Detached:
+def load_dns_capture(cgroup: str | None) -> Detached:
     """Compile bpf/dns.c in a child and link its cgroup_skb programs to ``cgroup``
-    (netdiag/dns/cgcapture.py); maps nd_dns_lost and nd_dns_ring<cpu> (one ring buffer per CPU), the links as attachments."""
+    (netdiag/dns/cgcapture.py), or with ``cgroup=None`` attach its socket-path tracepoints
+    (netdiag/dns/sockcapture.py); maps nd_dns_lost and nd_dns_ring<cpu> (one ring buffer per
+    CPU), the links (and programs) as attachments."""
     return _run_child({"dns_capture": {"cgroup": cgroup}})
 
 
@@ -210,15 +212,24 @@ def _write_image(path: str, b, header: dict, names: list[str], btf_loaded) -> st
 
 
 def _child_dns(sock: socket.socket, req: dict) -> None:
-    from .dns.cgcapture import child_attach
+    if req["cgroup"] is None:
+        from .dns.sockcapture import child_attach
+        mode = "socket"
+        args = ()
+    else:
+        from .dns.cgcapture import child_attach
+        mode = "cgroup_skb"
+        args = (req["cgroup"],)
     try:
-        maps, links = child_attach(req["cgroup"])
+        maps, links = child_attach(*args)
+    except errors.NetdiagError:
+        raise
     except OSError as e:
-        raise errors.FeatureMissing("cgroup_skb", f"DNS capture on cgroup_skb unavailable: {e.strerror or e}") from e
+        raise errors.FeatureMissing(mode, f"DNS capture on {mode} unavailable: {e.strerror or e}") from e
     except Exception as e:   # BCC compile or load: the kernel refused a helper, say
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise errors.FeatureMissing("cgroup_skb", f"DNS capture on cgroup_skb unavailable: {first}") from e
-    header = {"plan": {"dns": "cgroup_skb"}, "maps": list(maps)}
+        raise errors.FeatureMissing(mode, f"DNS capture on {mode} unavailable: {first}") from e
+    header = {"plan": {"dns": mode}, "maps": list(maps)}
     socket.send_fds(sock, [json.dumps(header).encode()], list(maps.values()) + links)
     sock.shutdown(socket.SHUT_WR)
     sock.close()

@@ -7,13 +7,20 @@
                                   {"connect": IP, "port": P, "n": N} -> {"ok": N, "errors": {...}}
   dnspeer.py flood SERVER RATE SECONDS NAME   UDP queries at RATE/s for SECONDS, one socket, paced;
                                 prints {"sent": .., "answered": .., "late": ..}
+  dnspeer.py forms SERVER       one lookup per way a client can make it (for the socket capture):
+                                sendmmsg of two queries on a connected UDP socket read back with
+                                recvmsg; sendmsg on an unconnected one, its answer peeked and then
+                                read; DNS over TCP written with writev and read in two read()s; and
+                                a datagram to port 9 (not DNS). Prints what each got back.
   dnspeer.py fastserve          a single-threaded UDP answerer (answer template built once with dnslib,
                                 the id patched per query), for the flood; prints {"ready": true}
 Lab zone: api.lab.test A 198.18.7.1, 198.18.7.2; alias.lab.test CNAME api.lab.test;
 other.lab.test A 198.18.7.1; gone.lab.test NXDOMAIN; anything else SERVFAIL.
 """
+import ctypes
 import errno
 import json
+import os
 import socket
 import sys
 import threading
@@ -107,6 +114,73 @@ def client(server):
         print(json.dumps(out), flush=True)
 
 
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(_Iovec)),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint32)]
+
+
+def _sendmmsg(sock, payloads) -> int:
+    """sendmmsg(2) of several datagrams on a connected socket (as glibc sends A and AAAA)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    bufs = [ctypes.create_string_buffer(p, len(p)) for p in payloads]
+    iovs = [_Iovec(ctypes.cast(b, ctypes.c_void_p), len(p)) for b, p in zip(bufs, payloads)]
+    vec = (_Mmsghdr * len(payloads))()
+    for i, iov in enumerate(iovs):
+        vec[i].hdr.iov = ctypes.pointer(iov)
+        vec[i].hdr.iovlen = 1
+        vec[i].len = 0xDEAD                     # what the caller leaves there: not a hint
+    n = libc.sendmmsg(sock.fileno(), vec, len(payloads), 0)
+    if n < 0:
+        raise OSError(ctypes.get_errno(), "sendmmsg")
+    return n
+
+
+def forms(server):
+    def answer(data):
+        r = DNSRecord.parse(data)
+        return {"rcode": RCODE.get(r.header.rcode), "addrs": sorted(str(rr.rdata) for rr in r.rr if rr.rtype == 1)}
+
+    out = {}
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(3)
+    u.connect((server, 53))
+    qs = [DNSRecord.question("api.lab.test"), DNSRecord.question("other.lab.test")]
+    out["sendmmsg"] = _sendmmsg(u, [bytes(q.pack()) for q in qs])
+    got = [answer(u.recvmsg(2048)[0]) for _ in qs]
+    out["recvmsg"] = sorted(a["addrs"] for a in got)
+    u.close()
+
+    v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v.settimeout(3)
+    v.sendmsg([DNSRecord.question("gone.lab.test").pack()], [], 0, (server, 53))
+    peeked = v.recvfrom(2048, socket.MSG_PEEK)[0]
+    data = v.recvfrom(2048)[0]
+    out["peek_then_read"] = [answer(peeked)["rcode"], answer(data)["rcode"]]
+    v.sendto(b"not dns at all", (server, 9))
+    v.close()
+
+    t = socket.create_connection((server, 53), timeout=3)
+    t.settimeout(None)             # os.read() on the fd itself: blocking (the caller bounds the run)
+    q = DNSRecord.question("alias.lab.test").pack()
+    os.writev(t.fileno(), [len(q).to_bytes(2, "big"), q])
+    n = int.from_bytes(os.read(t.fileno(), 2), "big")
+    body = b""
+    while len(body) < n:
+        body += os.read(t.fileno(), n - len(body))
+    out["tcp_writev_read"] = answer(body)["addrs"]
+    t.close()
+    print(json.dumps(out), flush=True)
+
+
 def fastserve():
     q = DNSRecord.question("bench.lab.test")
     tmpl = bytearray(LabResolver().resolve(q, None).pack())
@@ -164,5 +238,7 @@ if __name__ == "__main__":
         fastserve()
     elif cmd == "client":
         client(sys.argv[2])
+    elif cmd == "forms":
+        forms(sys.argv[2])
     elif cmd == "flood":
         flood(*sys.argv[2:6])

@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import FeatureMissing
 
@@ -26,7 +27,10 @@ BPF_MAP_TYPE_RINGBUF = 27
 BPF_CGROUP_INET_INGRESS, BPF_CGROUP_INET_EGRESS = 0, 1
 SO_NETNS_COOKIE = 71
 DIR_EGRESS, DIR_INGRESS = 1, 2
+DIR_SEND, DIR_RECV = 3, 4                 # the socket path's records (netdiag/dns/sockcapture.py)
 REC_HDR = struct.Struct("<QQIB3x")        # struct nd_dns_rec up to data
+SK_HDR = struct.Struct("<BBHHBx16s16s")   # struct nd_dns_sk, after REC_HDR in a socket record
+PEER_GUESSED = 1
 
 
 def cgroup2_root(mountinfo: str = "/proc/self/mountinfo", proc1_cgroup: str = "/proc/1/cgroup") -> str:
@@ -92,22 +96,30 @@ def _ringbuf_create(size: int) -> int:
     return fd
 
 
-def child_attach(cgroup: str) -> tuple[dict, list[int]]:
-    """In the loader child: compile bpf/dns.c, make one ring buffer per CPU, load both programs,
-    link them to ``cgroup``. Returns ({map name: fd}, [link fds]); the rings are nd_dns_ring<cpu>."""
+def compile_with_rings(cflags: list[str] = ()):
+    """In the loader child: compile bpf/dns.c and make one ring buffer per CPU (nd_dns_ring<cpu>,
+    filled into nd_dns_rings). Returns (the BPF object, {map name: fd})."""
     from bcc import BPF
     from ..bpfsys import _ncpus
     from ..engine import bpf_dir
     ncpus = _ncpus()
     size = ring_bytes(ncpus)
     b = BPF(src_file=str(bpf_dir() / "dns.c").encode(),
-            cflags=[f"-DND_DNS_RB_PAGES={size // 4096}", f"-DND_DNS_MAX_CPUS={ncpus}"])
+            cflags=[f"-DND_DNS_RB_PAGES={size // 4096}", f"-DND_DNS_MAX_CPUS={ncpus}", *cflags])
     maps = {"nd_dns_lost": b["nd_dns_lost"].map_fd, "nd_dns_ring0": b["nd_dns_ring0"].map_fd}
     outer = b["nd_dns_rings"]
     for cpu in range(ncpus):
         fd = maps["nd_dns_ring0"] if cpu == 0 else _ringbuf_create(size)
         maps[f"nd_dns_ring{cpu}"] = fd
         outer[ctypes.c_int(cpu)] = ctypes.c_int(fd)
+    return b, maps
+
+
+def child_attach(cgroup: str) -> tuple[dict, list[int]]:
+    """In the loader child: compile bpf/dns.c with its rings, load both programs, link them to
+    ``cgroup``. Returns ({map name: fd}, [link fds])."""
+    from bcc import BPF
+    b, maps = compile_with_rings()
     links = []
     cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -133,23 +145,57 @@ def netns_cookie() -> int:
 
 
 def decode(rec: bytes) -> tuple[int, int, int, bytes] | None:
-    """A ring buffer record -> (monotonic ns, netns cookie, direction, packet from the IP header)."""
+    """A ring buffer record -> (monotonic ns, netns cookie, direction, data): the packet from
+    the IP header on (cgroup_skb), or struct nd_dns_sk and the payload (socket path)."""
     if len(rec) < REC_HDR.size:
         return None
     ts, cookie, length, direction = REC_HDR.unpack_from(rec)
-    # a fixed-size record: the packet is its first `length` bytes (cut at the record's room)
+    if direction in (DIR_SEND, DIR_RECV):
+        length += SK_HDR.size
+    # a fixed-size record: the data is its first `length` bytes (cut at the record's room)
     return ts, cookie, direction, rec[REC_HDR.size:REC_HDR.size + length]
 
 
-class CgroupCapture:
-    """The attached programs and their ring buffer, held by this process."""
+class SockRecord(NamedTuple):
+    proto: int
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    guessed: bool       # raddr is where the socket's last query went (an unconnected UDP read)
+    payload: bytes
 
-    def __init__(self):
+
+def decode_sock(data: bytes) -> SockRecord | None:
+    """struct nd_dns_sk and the payload after it -> SockRecord, None when malformed."""
+    if len(data) < SK_HDR.size:
+        return None
+    family, proto, lport, rport, flags, la, ra = SK_HDR.unpack_from(data)
+    if family == socket.AF_INET:
+        la, ra = la[:4], ra[:4]
+    elif family != socket.AF_INET6 or proto not in (6, 17):
+        return None
+    return SockRecord(proto, socket.inet_ntop(family, la), lport, socket.inet_ntop(family, ra), rport,
+                      bool(flags & PEER_GUESSED), data[SK_HDR.size:])
+
+
+class CgroupCapture:
+    """The attached programs and their ring buffers, held by this process: the cgroup_skb
+    programs, or with ``kind="socket"`` the socket path's tracepoints (sockcapture.py)."""
+
+    def __init__(self, kind: str = "cgroup"):
         from .. import loader
         from ..bpfsys import RingBuffer
-        cgroup = cgroup2_root()
-        self.cgroup = cgroup
-        self.det = loader.load_dns_capture(cgroup)
+        self.kind = kind
+        if kind == "socket":
+            from . import sockcapture
+            sockcapture.cflags()          # FeatureMissing here, before a child is started
+            self.cgroup = None
+            self.det = loader.load_dns_capture(None)
+        else:
+            cgroup = cgroup2_root()
+            self.cgroup = cgroup
+            self.det = loader.load_dns_capture(cgroup)
         self.rings = []
         try:
             for name in sorted((n for n in self.det.maps if n.startswith("nd_dns_ring")),

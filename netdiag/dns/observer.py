@@ -46,9 +46,9 @@ from pathlib import Path
 from .. import namespaces as nsx
 from . import filter as bpf
 from .cache import NameCache, QueryStats
-from .cgcapture import DIR_EGRESS, netns_cookie
+from .cgcapture import DIR_EGRESS, DIR_RECV, DIR_SEND, decode_sock, netns_cookie
 from .cgcapture import decode as decode_record
-from .wire import TCP, UDP, ParseCache, decode_ip, msg_id, tcp_messages
+from .wire import TCP, UDP, Packet, ParseCache, decode_ip, msg_id, tcp_messages
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -58,7 +58,9 @@ SO_RCVBUFFORCE = 33
 SO_TIMESTAMPNS = 35
 DNS_PORT = 53
 DRAIN_BATCH = 1024            # packets per socket per round, so one busy namespace starves no other
-CAPTURES = ("auto", "cgroup", "packet")
+CAPTURES = ("auto", "socket", "cgroup", "packet")
+STREAM_MAX = 65537            # a DNS-over-TCP message and its length prefix
+STREAMS_MAX = 4096            # socket-path TCP streams holding part of a message
 UNMAPPED_MAX = 10_000         # packets held while their namespace is being looked up
 UNMAPPED_AGE_S = 1.0
 
@@ -137,7 +139,9 @@ class DnsObserver:
         self._pending: OrderedDict = OrderedDict()    # key -> (ts, netns, qname)
         self._stats: dict = {}                         # (netns, qname|None) -> QueryStats
         self._chains: dict = {}                        # (netns, qname) -> chain, this interval
-        self._skipped = {"tcp_partial": 0, "malformed": 0, "pending_evicted": 0, "forwarded": 0, "unknown_netns": 0}
+        self._skipped = {"tcp_partial": 0, "malformed": 0, "pending_evicted": 0, "forwarded": 0, "unknown_netns": 0,
+                         "unmatched": 0}
+        self._streams: OrderedDict = OrderedDict()     # socket-path TCP stream -> bytes not yet a message
         self._lost = 0
         self._lost_total = 0
         self._open_errors: dict[int, str] = {}
@@ -159,16 +163,24 @@ class DnsObserver:
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> "DnsObserver":
-        if self.capture in ("auto", "cgroup"):
-            from ..errors import NetdiagError
-            from .cgcapture import CgroupCapture
+        from ..errors import NetdiagError
+        from .cgcapture import CgroupCapture
+        why = []
+        for kind, mode in (("socket", "socket"), ("cgroup", "cgroup_skb")):
+            if self.capture not in ("auto", kind):
+                continue
             try:
-                self._ring = CgroupCapture()
+                self._ring = CgroupCapture(kind)
             except NetdiagError as e:
-                if self.capture == "cgroup":
+                if self.capture == kind:
                     raise
-                self.fallback = str(e)
-        self.mode = "cgroup_skb" if self._ring is not None else "packet"
+                why.append(str(e))
+            else:
+                self.mode = mode
+                break
+        if self._ring is None:
+            self.mode = "packet"
+        self.fallback = "; ".join(why) or None
         self._mono_off = time.time() - time.monotonic()
         if self._ring is not None:
             for r in self._ring.rings:
@@ -363,7 +375,10 @@ class DnsObserver:
                     self._unmapped.pop(0)
                     self._skipped["unknown_netns"] += 1
             return False
-        self._handle(cap, data, PACKET_OUTGOING if direction == DIR_EGRESS else 0, ts)
+        if direction in (DIR_SEND, DIR_RECV):
+            self._handle_sock(cap, direction, data, ts)
+        else:
+            self._handle(cap, data, PACKET_OUTGOING if direction == DIR_EGRESS else 0, ts)
         return True
 
     def _retry_unmapped(self, final: bool = False) -> None:
@@ -413,7 +428,45 @@ class DnsObserver:
             msgs, rest = tcp_messages(p.payload)
             if rest:
                 self._skipped["tcp_partial"] += 1
-        inode = cap.inode
+        self._messages(cap.inode, p, msgs, is_query, ts)
+
+    def _handle_sock(self, cap: _Capture, direction: int, data: bytes, ts: float) -> None:
+        """A socket-path record: what a client socket sent to or read from port 53."""
+        r = decode_sock(data)
+        if r is None:
+            self._skipped["malformed"] += 1
+            return
+        is_query = direction == DIR_SEND
+        if is_query:
+            p = Packet(r.proto, r.laddr, r.lport, r.raddr, r.rport, r.payload)
+        else:
+            p = Packet(r.proto, r.raddr, r.rport, r.laddr, r.lport, r.payload)
+        if r.proto == UDP:
+            msgs = [r.payload]
+        else:                 # a piece of the byte stream: messages complete across reads
+            key = (cap.inode, direction, r.laddr, r.lport, r.raddr, r.rport)
+            buf = self._streams.pop(key, b"") + r.payload
+            msgs, rest = tcp_messages(buf)
+            if rest and rest <= STREAM_MAX:
+                self._streams[key] = buf[len(buf) - rest:]
+                if len(self._streams) > STREAMS_MAX:
+                    self._streams.popitem(last=False)
+                    self._skipped["tcp_partial"] += 1
+            elif rest:
+                self._skipped["tcp_partial"] += 1
+            if not msgs:
+                return        # the rest of this message comes with a later read
+        if r.guessed:
+            # an unconnected socket's read: its source is known only as where the socket's last
+            # query went, so it counts only as the answer to a query seen
+            msgs = [m for m in msgs if len(m) >= 12 and
+                    (cap.inode, p.proto, p.dst, p.dport, p.src, msg_id(m)) in self._pending]
+            if not msgs:
+                self._skipped["unmatched"] += 1
+                return
+        self._messages(cap.inode, p, msgs, is_query, ts)
+
+    def _messages(self, inode: int, p: Packet, msgs: list, is_query: bool, ts: float) -> None:
         if not msgs:
             self._st(inode, None).packets += 1       # TCP handshake / ACKs: DNS packets all the same
             return

@@ -31,11 +31,12 @@ def dns_options(f):
     f = click.option("--per-domain", is_flag=True,
                      help="Roll destinations up by the domain each namespace resolved (all IPs and ports "
                           "merged), with DNS latency and failures per domain.")(f)
-    f = click.option("--dns-capture", type=click.Choice(["auto", "cgroup", "packet"]), default="auto",
+    f = click.option("--dns-capture", type=click.Choice(["auto", "socket", "cgroup", "packet"]), default="auto",
                      show_default=True,
-                     help="cgroup: cgroup_skb programs on the root cgroup copy local sockets' DNS packets "
-                          "(nothing cloned); packet: a packet socket in every namespace; auto: cgroup where "
-                          "the kernel allows it.")(f)
+                     help="socket: tracepoints on the socket send/receive calls copy what client sockets "
+                          "send to and read from port 53 (nothing runs per packet); cgroup: cgroup_skb "
+                          "programs on the root cgroup copy local sockets' DNS packets; packet: a packet "
+                          "socket in every namespace; auto: the first of these the kernel allows.")(f)
     f = click.option("--dns/--no-dns", "dns", default=False, show_default=True,
                      help="Watch DNS answers in every namespace to fill `domain` (on with --per-domain). "
                           "Off by default: capturing costs every packet of every local socket a little.")(f)
@@ -74,7 +75,7 @@ class Enricher:
                 self.observer, self.note = None, f"DNS capture unavailable: {e}"
             else:
                 if self.observer.fallback:
-                    self.note = f"DNS capture on packet sockets ({self.observer.fallback})"
+                    self.note = f"DNS capture on {self.observer.mode} ({self.observer.fallback})"
         if self.per_pod or self.per_domain:
             from ..pods import PodMap
             self.pods = PodMap(self.host_root, proc="/proc")

@@ -63,21 +63,24 @@ def lab(doctor):
             server.close()
 
 
-# both capture paths, with the same exact numbers: cgroup_skb programs (where the kernel allows
-# them) and the packet-socket fallback
-@pytest.fixture(params=["cgroup", "packet"])
+# every capture path, with the same exact numbers: the socket calls' tracepoints and cgroup_skb
+# programs (where the kernel allows them) and the packet-socket fallback
+MODES = {"socket": "socket", "cgroup": "cgroup_skb", "packet": "packet"}
+
+
+@pytest.fixture(params=list(MODES))
 def observed(lab, request):
     from netdiag.errors import FeatureMissing
     from netdiag.watch import Watcher
-    if request.param == "cgroup":
+    if request.param != "packet":
         try:
-            DnsObserver(capture="cgroup").start().close()
+            DnsObserver(capture=request.param).start().close()
         except FeatureMissing as e:
-            pytest.skip(f"DNS capture on cgroup_skb unavailable here: {e}")
+            pytest.skip(f"DNS capture on {MODES[request.param]} unavailable here: {e}")
     w = Watcher(conntrack=False)
     w.start()
     obs = DnsObserver(capture=request.param).start()
-    assert obs.mode == {"cgroup": "cgroup_skb", "packet": "packet"}[request.param]
+    assert obs.mode == MODES[request.param]
     try:
         obs.poll()
         assert {lab.inode(lab.cli1), lab.inode(lab.cli2), lab.inode(lab.srv)} <= set(obs.covered)
