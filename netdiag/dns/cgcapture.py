@@ -171,10 +171,10 @@ def decode_sock(data: bytes) -> SockRecord | None:
     if len(data) < SK_HDR.size:
         return None
     family, proto, lport, rport, flags, la, ra = SK_HDR.unpack_from(data)
+    if family not in (socket.AF_INET, socket.AF_INET6) or proto not in (6, 17):
+        return None
     if family == socket.AF_INET:
         la, ra = la[:4], ra[:4]
-    elif family != socket.AF_INET6 or proto not in (6, 17):
-        return None
     return SockRecord(proto, socket.inet_ntop(family, la), lport, socket.inet_ntop(family, ra), rport,
                       bool(flags & PEER_GUESSED), data[SK_HDR.size:])
 
