@@ -144,7 +144,7 @@ def load_tp_btf(insns: bytes, event: str, name: str = "") -> tuple[int, int]:
     if fd < 0:                         # again with the verifier's log, for the message
         fd2, _ = load(1)
         _close(fd2)
-        tail = log.value.decode(errors="replace").strip().splitlines()[-int(os.environ.get("ND_VLOG_LINES", "3")):]
+        tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
         raise OSError(err, f"tp_btf {event} refused ({errno.errorcode.get(err, err)}): {' / '.join(tail)}")
     attr2 = (ctypes.c_uint8 * 16)()
     ctypes.c_uint32.from_buffer(attr2, 8).value = fd

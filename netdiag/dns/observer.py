@@ -1,18 +1,20 @@
 """DNS on the wire in every network namespace of the node.
 
-Two capture paths (``capture=``). ``cgroup``: cgroup_skb programs on the root cgroup copy the DNS
-packets of local sockets into a ring buffer with their namespace's cookie (``cgcapture.py``;
-nothing is cloned and nothing else reaches userspace). ``packet``, the fallback: one
+Three capture paths (``capture=``). ``socket``: tracepoints on the socket send/receive calls copy
+what client sockets send to and read from port 53, with the socket's addresses and its
+namespace's cookie (``sockcapture.py``; nothing runs per packet). ``cgroup``: cgroup_skb programs
+on the root cgroup copy the DNS packets of local sockets into a ring buffer with their
+namespace's cookie (``cgcapture.py``; nothing is cloned and nothing else reaches userspace). ``packet``, the fallback: one
 ``AF_PACKET``/``SOCK_DGRAM`` socket per namespace (opened inside it through
 ``namespaces.NetnsExecutor``), carrying the classic BPF filter of ``filter.py`` so only port-53
 packets (UDP and TCP, IPv4 and IPv6) reach userspace; all sockets are read non-blocking by one
 thread through ``selectors``. Namespaces that appear later (a new pod, a lab) are picked up by a
 rescan every ``rescan_s`` seconds, and those that go away are closed (an open packet socket
-would otherwise keep a deleted namespace alive). ``auto`` takes the cgroup path where the kernel
-allows it (cgroup v2 mounted and visible whole, bpf_get_netns_cookie() in cgroup_skb programs)
-and packet sockets otherwise; ``mode`` and ``fallback`` say which and why.
+would otherwise keep a deleted namespace alive). ``auto`` takes the socket path where the kernel
+allows it, then the cgroup path (cgroup v2 mounted and visible whole, bpf_get_netns_cookie() in
+cgroup_skb programs), and packet sockets otherwise; ``mode`` and ``fallback`` say which and why.
 
-With the cgroup path, a namespace's cookie is read once (``SO_NETNS_COOKIE`` on a socket opened
+With the socket and cgroup paths, a namespace's cookie is read once (``SO_NETNS_COOKIE`` on a socket opened
 in it); a packet from a namespace not known yet makes the observer rescan at once, so a new
 namespace's first lookup is kept.
 
@@ -30,8 +32,9 @@ for latency; a query unanswered after ``timeout_s`` is a timeout.
 
 Lost answers: the kernel's per-socket drop counter (``PACKET_STATISTICS`` ``tp_drops``, packets
 the socket buffer had no room for) is summed into ``lost``. DNS over TCP: every complete
-length-prefixed message in a segment is decoded; a message split over segments is counted in
-``skipped.tcp_partial`` and not reassembled.
+length-prefixed message in a segment is decoded; with packets, a message split over segments is
+counted in ``skipped.tcp_partial`` and not reassembled; with the socket path, what a socket
+sends or reads is a byte stream, reassembled per socket across calls.
 """
 from __future__ import annotations
 
@@ -152,8 +155,8 @@ class DnsObserver:
         self._last_expire = 0.0
         self._t_snap = None
         self.capture = capture
-        self.mode = None                 # "cgroup_skb" or "packet" once started
-        self.fallback = None             # why auto did not take the cgroup path
+        self.mode = None                 # "socket", "cgroup_skb" or "packet" once started
+        self.fallback = None             # why auto passed over the paths before it
         self._ring = None
         self._cookies: dict[int, int] = {}     # netns cookie -> inode (cgroup path)
         self._unmapped: list = []              # records from a namespace not known yet
