@@ -6,7 +6,9 @@
  * takes min(len, the record's room)), into its CPU's ring buffer with the socket's namespace
  * cookie; userspace (netdiag/dns/cgcapture.py) decodes it as it decodes a packet socket's.
  * Every program returns 1: the packet always goes on. Needs bpf_get_netns_cookie() in
- * cgroup_skb programs; without it netdiag falls back to packet sockets. */
+ * cgroup_skb programs; without it netdiag falls back to packet sockets.
+ * Built with -DND_DNS_SOCK, the file holds the socket path instead (at its end): tracepoints on
+ * the socket calls, sharing the rings and the record header. */
 
 #ifndef ND_DNS_SNAP
 #define ND_DNS_SNAP 2048

@@ -7,8 +7,10 @@ or receiving socket's namespace cookie. They attach through bpf_links to the roo
 v2 hierarchy (so every cgroup below it, every container, is covered) and detach when the last
 link fd closes: a killed netdiag leaves nothing attached.
 
-``available()`` says whether this path can work here and why not; ``CgroupCapture`` compiles and
-attaches in the loader child (netdiag/loader.py) and reads the ring buffer in this process.
+``RingCapture`` has the programs compiled and attached in the loader child (netdiag/loader.py),
+this path's or the socket path's (sockcapture.py, whose records it also decodes: ``decode_sock``),
+and reads their per-CPU ring buffers in this process; ``cgroup2_root()`` says where this path
+attaches, or why it cannot.
 """
 from __future__ import annotations
 
@@ -179,7 +181,7 @@ def decode_sock(data: bytes) -> SockRecord | None:
                       bool(flags & PEER_GUESSED), data[SK_HDR.size:])
 
 
-class CgroupCapture:
+class RingCapture:
     """The attached programs and their ring buffers, held by this process: the cgroup_skb
     programs, or with ``kind="socket"`` the socket path's tracepoints (sockcapture.py)."""
 

@@ -167,13 +167,13 @@ class DnsObserver:
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> "DnsObserver":
         from ..errors import NetdiagError
-        from .cgcapture import CgroupCapture
+        from .cgcapture import RingCapture
         why = []
         for kind, mode in (("socket", "socket"), ("cgroup", "cgroup_skb")):
             if self.capture not in ("auto", kind):
                 continue
             try:
-                self._ring = CgroupCapture(kind)
+                self._ring = RingCapture(kind)
             except NetdiagError as e:
                 if self.capture == kind:
                     raise

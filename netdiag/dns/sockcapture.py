@@ -18,7 +18,7 @@ sent or read it: a lookup a pod makes through the node's routing namespace count
 only, and nothing forwarded or answered by a local server is mistaken for the node's own.
 
 ``cflags()`` says whether the kernel and architecture allow it (FeatureMissing otherwise);
-``child_attach()`` compiles and attaches in the loader child; ``cgcapture.CgroupCapture`` with
+``child_attach()`` compiles and attaches in the loader child; ``cgcapture.RingCapture`` with
 ``kind="socket"`` holds the result and reads the rings.
 """
 from __future__ import annotations

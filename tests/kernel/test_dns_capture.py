@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from netdiag.dns.cgcapture import CgroupCapture, decode, netns_cookie
+from netdiag.dns.cgcapture import RingCapture, decode, netns_cookie
 from netdiag.errors import FeatureMissing
 
 pytestmark = [pytest.mark.kernel]
@@ -30,7 +30,7 @@ def our_links() -> list[dict]:
 @pytest.fixture
 def capture(doctor):
     try:
-        c = CgroupCapture()
+        c = RingCapture()
     except FeatureMissing as e:
         pytest.skip(f"DNS capture on cgroup_skb unavailable here: {e}")
     yield c
@@ -62,11 +62,11 @@ def test_sees_a_query_and_lets_it_through(capture):
 
 def test_closing_and_killing_detach(doctor):
     try:
-        CgroupCapture().close()
+        RingCapture().close()
     except FeatureMissing as e:
         pytest.skip(f"DNS capture on cgroup_skb unavailable here: {e}")
     assert our_links() == []                                   # close() detached
-    code = ("import sys, time; from netdiag.dns.cgcapture import CgroupCapture; c = CgroupCapture();"
+    code = ("import sys, time; from netdiag.dns.cgcapture import RingCapture; c = RingCapture();"
             "print('up', flush=True); time.sleep(600)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
