@@ -76,8 +76,13 @@ def load(engine_kwargs: dict, maps: list[str], optional_maps: tuple = ()) -> Det
     ``optional_maps`` may be absent from the program (left out of ``Detached.maps``).
     Where an earlier child left a program image for the same request and kernel, no child runs:
     the image is loaded here (netdiag/progcache.py)."""
+    return _cached_or_child({"engine": engine_kwargs, "maps": maps, "optional_maps": list(optional_maps)})
+
+
+def _cached_or_child(request: dict) -> Detached:
+    """The programs of ``request`` from their image, else from a child that compiles them (and
+    is asked to leave an image for next time)."""
     from . import progcache
-    request = {"engine": engine_kwargs, "maps": maps, "optional_maps": list(optional_maps)}
     note = None
     try:
         path = progcache.path_for(request)
@@ -111,8 +116,10 @@ def load_dns_capture(cgroup: str | None) -> Detached:
     """Compile bpf/dns.c in a child and link its cgroup_skb programs to ``cgroup``
     (netdiag/dns/cgcapture.py), or with ``cgroup=None`` attach its socket-path tracepoints
     (netdiag/dns/sockcapture.py); maps nd_dns_lost and nd_dns_ring<cpu> (one ring buffer per
-    CPU), the links (and programs) as attachments."""
-    return _run_child({"dns_capture": {"cgroup": cgroup}})
+    CPU), the links (and programs) as attachments. Loaded from a program image where an earlier
+    compile left one (the rings are made again and filled into the map of maps)."""
+    from .bpfsys import _ncpus
+    return _cached_or_child({"dns_capture": {"cgroup": cgroup, "ncpus": _ncpus()}})
 
 
 def _run_child(request: dict) -> Detached:
@@ -162,7 +169,7 @@ def _child(fd: int) -> None:
     req = json.loads(buf.decode())
     try:
         if "dns_capture" in req:
-            _child_dns(sock, req["dns_capture"])
+            _child_dns(sock, req["dns_capture"], req.get("cache_path"))
             os._exit(0)
         from .engine import ProbeEngine
         eng = ProbeEngine(**req["engine"])
@@ -181,7 +188,8 @@ def _child(fd: int) -> None:
         header = {"plan": eng.plan, "maps": names, "tracefs_kprobes": kp_names, "raw_tp": eng.raw_tp,
                   "btf_tp": eng.btf_tp, "btf_refused": eng.btf_refused}
         if req.get("cache_path"):
-            header["cache_note"] = _write_image(req["cache_path"], b, header, names, eng.btf_loaded)
+            header["cache_note"] = _write_image(req["cache_path"], b, header, dict(zip(names, map_fds)),
+                                                [(fn, "tp_btf", ev) for fn, ev in eng.btf_loaded])
         all_fds = map_fds + attach
         payload = json.dumps(header).encode()
         for i in range(0, max(len(all_fds), 1), MAX_FDS_PER_MSG):
@@ -197,13 +205,13 @@ def _child(fd: int) -> None:
     os._exit(0)
 
 
-def _write_image(path: str, b, header: dict, names: list[str], btf_loaded) -> str | None:
+def _write_image(path: str, b, header: dict, named_fds: dict[str, int], loaded, fills=None) -> str | None:
     """Leave a program image for the next start; never fails the load. None, or why not."""
     from pathlib import Path
     from . import progcache
     image_header = {k: v for k, v in header.items() if k != "cache_note"}
     try:
-        progcache.write(Path(path), progcache.build(b, image_header, names, list(btf_loaded)))
+        progcache.write(Path(path), progcache.build(b, image_header, named_fds, list(loaded), fills))
     except progcache.Unsupported as e:
         return f"no program image: {e} (compiled on every start)"
     except OSError as e:
@@ -211,7 +219,7 @@ def _write_image(path: str, b, header: dict, names: list[str], btf_loaded) -> st
     return None
 
 
-def _child_dns(sock: socket.socket, req: dict) -> None:
+def _child_dns(sock: socket.socket, req: dict, cache_path: str | None = None) -> None:
     if req["cgroup"] is None:
         from .dns.sockcapture import child_attach
         mode = "socket"
@@ -221,7 +229,7 @@ def _child_dns(sock: socket.socket, req: dict) -> None:
         mode = "cgroup_skb"
         args = (req["cgroup"],)
     try:
-        maps, links = child_attach(*args)
+        b, maps, links, loaded = child_attach(*args)
     except errors.NetdiagError:
         raise
     except OSError as e:
@@ -229,7 +237,10 @@ def _child_dns(sock: socket.socket, req: dict) -> None:
     except Exception as e:   # BCC compile or load: the kernel refused a helper, say
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise errors.FeatureMissing(mode, f"DNS capture on {mode} unavailable: {first}") from e
-    header = {"plan": {"dns": mode}, "maps": list(maps)}
+    header = {"plan": {"dns": mode}, "maps": list(maps), "cgroup": req["cgroup"]}
+    if cache_path:
+        from .dns.cgcapture import ring_fills
+        header["cache_note"] = _write_image(cache_path, b, header, maps, loaded, ring_fills(maps))
     socket.send_fds(sock, [json.dumps(header).encode()], list(maps.values()) + links)
     sock.shutdown(socket.SHUT_WR)
     sock.close()

@@ -9,8 +9,9 @@ the bytecode and attaches it with plain bpf()/perf_event_open() calls from the w
 itself: no child, no libbcc. The kernel verifies the programs again, as on every load.
 
 An image is only written where every program is one this module can attach again: classic
-tracepoints, raw tracepoints and tp_btf. Plans with kprobes or fentry programs compile each
-time. An image that does not load (a changed kernel setting, a corrupt file) is removed and the
+tracepoints, raw tracepoints, tp_btf and cgroup_skb (linked to a cgroup). Plans with kprobes or
+fentry programs compile each time. A map of maps is reproduced when the caller says what fills
+it (``fills``: the DNS capture's per-CPU rings, each a map of the image); program arrays never. An image that does not load (a changed kernel setting, a corrupt file) is removed and the
 programs are compiled as before.
 
 Where: ``$NETDIAG_CACHE_DIR``, else ``/var/cache/netdiag/programs``; ``NETDIAG_CACHE=off`` turns
@@ -39,8 +40,8 @@ from .features import BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_MAP_CREATE, _b
 FORMAT = 1
 DEFAULT_DIR = Path("/var/cache/netdiag/programs")
 
-BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_RAW_TRACEPOINT = 5, 17
-BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_CGROUP_SKB, BPF_PROG_TYPE_RAW_TRACEPOINT = 5, 8, 17
+BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET_INFO_BY_FD = 2, 15
 BPF_PSEUDO_MAP_FD = 1
 LD_IMM64 = 0x18
 _NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}.get(platform.machine(), 298)
@@ -48,8 +49,12 @@ PERF_TYPE_TRACEPOINT, PERF_SAMPLE_RAW, PERF_FLAG_FD_CLOEXEC = 2, 1 << 10, 8
 PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF = 0x2400, 0x40042408
 
 
-# program arrays and maps of maps: their contents are fds, which an image cannot carry
+# program arrays and maps of maps: their contents are fds, which an image carries only as the
+# maps of the image a map of maps holds (``fills``)
 _MAPS_WITH_CONTENT = {3, 12, 13}
+_MAPS_OF_MAPS = {12, 13}
+# cgroup_skb programs: linked (BPF_LINK_CREATE) to the cgroup named in the image's header
+CGROUP_SKB_ATTACH = {"ingress": 0, "egress": 1}
 
 
 class Unsupported(Exception):
@@ -147,29 +152,45 @@ def _relocs(insns: bytes) -> list[tuple[int, int]]:
     return out
 
 
-def build(b, header: dict, map_names: list[str], btf_programs: list[tuple[str, str]]) -> dict:
-    """The image of what BCC object ``b`` loaded and attached (plus tp_btf programs loaded from
-    its bytecode). Raises Unsupported for kprobes, fentry and anything else not reproduced."""
+def build(b, header: dict, named_fds: dict[str, int], loaded: list[tuple[str, str, str]] = (),
+          fills: dict | None = None) -> dict:
+    """The image of what BCC object ``b`` loaded and attached, plus:
+
+    * ``named_fds``: the maps the caller reads, by name (BCC's or made by hand);
+    * ``loaded``: programs loaded from BCC's bytecode and attached outside BCC, as (function,
+      kind, target): ``("fn", "tp_btf", event)``, ``("fn", "cgroup_skb", "egress"|"ingress")``;
+    * ``fills``: {map of maps: {"inner": template map name, "entries": {key: map name}}}, names
+      from ``named_fds``, the map of maps being BCC's table of that name.
+
+    Raises Unsupported for kprobes, fentry and anything else not reproduced."""
     for attr in ("kprobe_fds", "uprobe_fds", "kfunc_entry_fds", "kfunc_exit_fds", "lsm_fds"):
         if getattr(b, attr, None):
             raise Unsupported(attr.replace("_fds", "") + " programs")
     progs, fd_index, maps = [], {}, []
+    filled: set[int] = set()
 
     def map_slot(fd: int) -> int:
         if fd not in fd_index:
             info = _map_info(fd)
-            if info["type"] in _MAPS_WITH_CONTENT:
+            if info["type"] in _MAPS_WITH_CONTENT and not (info["type"] in _MAPS_OF_MAPS and fd in filled):
                 raise Unsupported(f"map {info['name']} of type {info['type']} (holds programs or maps)")
             fd_index[fd] = len(maps)
             maps.append(info)
         return fd_index[fd]
 
-    named = {}
-    for n in map_names:
-        named[n] = map_slot(b[n].map_fd)
+    named = {n: map_slot(fd) for n, fd in named_fds.items()}
+    for outer, spec in (fills or {}).items():
+        fd = b[outer].map_fd
+        filled.add(fd)
+        m = maps[map_slot(fd)]
+        m["inner"] = named[spec["inner"]]
+        m["fill"] = sorted((int(k), named[v]) for k, v in spec["entries"].items())
+    own = {name for name, _kind, _target in loaded}
     attached = 0
     for raw_name in b.funcs:
         name = raw_name.decode()
+        if name in own:
+            continue
         if name.startswith("tracepoint__"):
             kind, target, ptype = "tracepoint", name[len("tracepoint__"):].replace("__", ":"), BPF_PROG_TYPE_TRACEPOINT
             if target.encode() not in b.tracepoint_fds:
@@ -184,8 +205,13 @@ def build(b, header: dict, map_names: list[str], btf_programs: list[tuple[str, s
         progs.append(_prog(b, name, kind, target, ptype, map_slot))
     if attached != len(b.tracepoint_fds) + len(b.raw_tracepoint_fds):
         raise Unsupported("attachments without a program of their own")
-    for name, event in btf_programs:
-        progs.append(_prog(b, name, "tp_btf", event, 0, map_slot))
+    for name, kind, target in loaded:
+        if kind == "tp_btf":
+            progs.append(_prog(b, name, kind, target, 0, map_slot))
+        elif kind == "cgroup_skb" and target in CGROUP_SKB_ATTACH:
+            progs.append(_prog(b, name, kind, target, BPF_PROG_TYPE_CGROUP_SKB, map_slot))
+        else:
+            raise Unsupported(f"program {name} attached as {kind} {target}")
     return {"format": FORMAT, "header": header, "maps": maps, "named": named, "programs": progs}
 
 
@@ -239,10 +265,34 @@ def _oserror(err: int, what: str) -> OSError:
     return OSError(err, f"{what}: {errno.errorcode.get(err, err)}")
 
 
-def _create_map(m: dict) -> int:
+def _create_map(m: dict, inner_fd: int = 0) -> int:
     attr = (ctypes.c_uint8 * 72)()
-    struct.pack_into("<5I", attr, 0, m["type"], m["key_size"], m["value_size"], m["max_entries"], m["flags"])
+    struct.pack_into("<6I", attr, 0, m["type"], m["key_size"], m["value_size"], m["max_entries"], m["flags"],
+                     inner_fd)
     return _named_call(BPF_MAP_CREATE, attr, 28, m["name"], "map")
+
+
+def _fill(outer_fd: int, key: int, fd: int) -> None:
+    k, v = ctypes.c_uint32(key), ctypes.c_uint32(fd)
+    attr = (ctypes.c_uint8 * 32)()
+    struct.pack_into("<IIQQ", attr, 0, outer_fd, 0, ctypes.addressof(k), ctypes.addressof(v))
+    r, err = _bpf(BPF_MAP_UPDATE_ELEM, attr)
+    if r < 0:
+        raise _oserror(err, f"map of maps entry {key}")
+
+
+def _create_maps(specs: list[dict], fds: list[int]) -> None:
+    """Every map of the image, appended to ``fds`` in the image's order (closed by the caller on
+    failure): a map of maps after the maps it holds, then filled with them."""
+    made: dict[int, int] = {}
+    for slot in sorted(range(len(specs)), key=lambda i: "inner" in specs[i]):
+        m = specs[slot]
+        made[slot] = _create_map(m, made[m["inner"]] if "inner" in m else 0)
+        fds.append(made[slot])
+    fds[:] = [made[i] for i in range(len(specs))]
+    for slot, m in enumerate(specs):
+        for key, entry in m.get("fill", ()):
+            _fill(made[slot], key, made[entry])
 
 
 def _named_call(cmd: int, attr, name_off: int, name: str, what: str) -> int:
@@ -255,12 +305,22 @@ def _named_call(cmd: int, attr, name_off: int, name: str, what: str) -> int:
     return fd
 
 
-def _load_prog(p: dict, insns: bytes, prog_type: int) -> int:
+def _load_prog(p: dict, insns: bytes, prog_type: int, expected_attach: int = 0) -> int:
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
     attr = (ctypes.c_uint8 * 128)()
     struct.pack_into("<IIQQ", attr, 0, prog_type, len(insns) // 8, ctypes.addressof(code), ctypes.addressof(lic))
+    struct.pack_into("<I", attr, 68, expected_attach)
     return _named_call(BPF_PROG_LOAD, attr, 48, p["name"], "program")
+
+
+def _attach_cgroup(prog_fd: int, cgroup: str, attach_type: int) -> int:
+    from .dns.cgcapture import link_create
+    cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return link_create(prog_fd, cg, attach_type)
+    finally:
+        os.close(cg)
 
 
 def _attach_tracepoint(prog_fd: int, target: str) -> int:
@@ -301,8 +361,7 @@ def load(image: dict) -> tuple[dict, dict[str, int], list[int]]:
     attach: list[int] = []
     progs: list[int] = []
     try:
-        for m in image["maps"]:
-            map_fds.append(_create_map(m))
+        _create_maps(image["maps"], map_fds)
         for p in image["programs"]:
             insns = bytearray(base64.b64decode(p["insns"]))
             for i, slot in p["relocs"]:
@@ -310,6 +369,12 @@ def load(image: dict) -> tuple[dict, dict[str, int], list[int]]:
             if p["kind"] == "tp_btf":
                 prog, link = load_tp_btf(bytes(insns), p["target"], name=p["name"][:15])
                 attach += [link, prog]
+                continue
+            if p["kind"] == "cgroup_skb":
+                kind = CGROUP_SKB_ATTACH[p["target"]]
+                prog = _load_prog(p, bytes(insns), BPF_PROG_TYPE_CGROUP_SKB, kind)
+                progs.append(prog)
+                attach.append(_attach_cgroup(prog, image["header"]["cgroup"], kind))
                 continue
             prog = _load_prog(p, bytes(insns), p["type"])
             progs.append(prog)

@@ -101,17 +101,24 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
         plan = dict(watcher.plan, tracepoints=watcher.modes["tracepoints"])
         modes = " ".join(f"{k}={v}" for k, v in plan.items())
         program = watcher.prog.program if watcher.prog is not None else "compiled"
-        click.echo(f"netdiag: attached ({modes} program={program})", err=True)
+        dns_program = enricher.program
+        click.echo(f"netdiag: attached ({modes} program={program}"
+                   f"{f' dns_program={dns_program}' if dns_program else ''})", err=True)
         verbose = (click.get_current_context().find_root().obj or {}).get("verbose")
         if watcher.prog is not None and watcher.prog.cache_note and verbose:
             click.echo(f"netdiag: {watcher.prog.cache_note}", err=True)
+        if dns_program and enricher.observer.cache_note and verbose:
+            click.echo(f"netdiag: DNS capture: {enricher.observer.cache_note}", err=True)
         if watcher.prog is not None and watcher.prog.btf_refused:
             click.echo(f"netdiag: the kernel refused the BTF-typed tracepoint programs, raw tracepoints "
                        f"instead: {watcher.prog.btf_refused}", err=True)
         if ready_file:
             # whole or not at all: a waiter polls for the file and reads it as soon as it exists
             tmp = ready_file.with_name(ready_file.name + ".tmp")
-            tmp.write_text(json.dumps({"modes": plan, "program": program}) + "\n")
+            ready = {"modes": plan, "program": program}
+            if dns_program:
+                ready["dns_program"] = dns_program
+            tmp.write_text(json.dumps(ready) + "\n")
             tmp.replace(ready_file)
         view = LiveView(top) if tty else None
         deadline = time.monotonic() + duration if duration else None

@@ -117,15 +117,26 @@ def compile_with_rings(cflags: list[str] = ()):
     return b, maps
 
 
-def child_attach(cgroup: str) -> tuple[dict, list[int]]:
+PROGRAMS = (("nd_dns_egress", BPF_CGROUP_INET_EGRESS, "egress"), ("nd_dns_ingress", BPF_CGROUP_INET_INGRESS, "ingress"))
+
+
+def ring_fills(maps: dict[str, int]) -> dict:
+    """What fills nd_dns_rings, for a program image (netdiag/progcache.py ``build``)."""
+    rings = {n for n in maps if n.startswith("nd_dns_ring")}
+    return {"nd_dns_rings": {"inner": "nd_dns_ring0",
+                             "entries": {int(n[len("nd_dns_ring"):]): n for n in rings}}}
+
+
+def child_attach(cgroup: str) -> tuple[object, dict, list[int], list[tuple[str, str, str]]]:
     """In the loader child: compile bpf/dns.c with its rings, load both programs, link them to
-    ``cgroup``. Returns ({map name: fd}, [link fds])."""
+    ``cgroup``. Returns (the BPF object, {map name: fd}, [link fds], the programs as
+    netdiag/progcache.py's ``build`` names them)."""
     from bcc import BPF
     b, maps = compile_with_rings()
     links = []
     cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for fn, kind in (("nd_dns_egress", BPF_CGROUP_INET_EGRESS), ("nd_dns_ingress", BPF_CGROUP_INET_INGRESS)):
+        for fn, kind, _ in PROGRAMS:
             prog = b.load_func(fn, BPF.CGROUP_SKB)
             links.append(link_create(prog.fd, cg, kind))
     except BaseException:
@@ -134,7 +145,7 @@ def child_attach(cgroup: str) -> tuple[dict, list[int]]:
         raise
     finally:
         os.close(cg)
-    return maps, links
+    return b, maps, links, [(fn, "cgroup_skb", where) for fn, _, where in PROGRAMS]
 
 
 def netns_cookie() -> int:

@@ -80,9 +80,10 @@ def cflags(machine: str | None = None, btf: "btfmod.Btf | None" = None) -> list[
     return flags
 
 
-def child_attach() -> tuple[dict, list[int]]:
+def child_attach() -> tuple[object, dict, list[int], list[tuple[str, str, str]]]:
     """In the loader child: compile bpf/dns.c for the socket path with its rings, load both
-    programs as tp_btf and attach them. Returns ({map name: fd}, [link and program fds])."""
+    programs as tp_btf and attach them. Returns (the BPF object, {map name: fd}, [link and
+    program fds], the programs as netdiag/progcache.py's ``build`` names them)."""
     from ..features import load_tp_btf
     from .cgcapture import compile_with_rings
     b, maps = compile_with_rings(cflags())
@@ -95,4 +96,4 @@ def child_attach() -> tuple[dict, list[int]]:
         for fd in fds:
             os.close(fd)
         raise
-    return maps, fds
+    return b, maps, fds, [(fn, "tp_btf", event) for fn, event in EVENTS]

@@ -61,6 +61,11 @@ class Enricher:
         self.note = None
 
     @property
+    def program(self) -> str | None:
+        """Where the DNS capture's programs came from ("compiled" or "cached"); None without any."""
+        return self.observer.program if self.observer is not None else None
+
+    @property
     def active(self) -> bool:
         return self.dns or self.per_pod or self.resolve
 

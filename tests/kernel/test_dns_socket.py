@@ -4,6 +4,7 @@ can send a lookup and read its answer is seen once, in the client's namespace, b
 from __future__ import annotations
 
 import json
+import stat
 import sys
 from pathlib import Path
 
@@ -19,12 +20,22 @@ pytestmark = [pytest.mark.kernel]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def observer(doctor):
+@pytest.fixture(params=["compiled", "cached"])
+def observer(doctor, request, tmp_path, monkeypatch):
+    """The capture compiled (leaving a program image), or loaded from that image."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NETDIAG_CACHE_DIR", str(cache))
     try:
         obs = DnsObserver(capture="socket", threaded=False).start()
     except FeatureMissing as e:
         pytest.skip(f"DNS capture on the socket calls unavailable here: {e}")
+    assert obs.program == "compiled" and obs.cache_note is None
+    images = list(cache.glob("*.json"))
+    assert len(images) == 1 and stat.S_IMODE(images[0].stat().st_mode) == 0o600
+    if request.param == "cached":
+        obs.close()
+        obs = DnsObserver(capture="socket", threaded=False).start()
+        assert obs.program == "cached", obs.cache_note
     try:
         assert obs.mode == "socket"
         yield obs

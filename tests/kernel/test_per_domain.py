@@ -81,6 +81,8 @@ def observed(lab, request):
     w.start()
     obs = DnsObserver(capture=request.param).start()
     assert obs.mode == MODES[request.param]
+    if request.param != "packet":          # the probing start above left a program image
+        assert obs.program == "cached", obs.cache_note
     try:
         obs.poll()
         assert {lab.inode(lab.cli1), lab.inode(lab.cli2), lab.inode(lab.srv)} <= set(obs.covered)

@@ -129,3 +129,72 @@ def test_verbose_says_why_an_image_was_not_loaded(cache, tmp_path, doctor):
     assert p.returncode == 0, p.stderr
     assert "program=compiled" in p.stderr
     assert "program image not loaded" in p.stderr and "EINVAL" in p.stderr, p.stderr
+
+
+# -- the DNS capture (netdiag/dns): its map of per-CPU rings is made again and filled ---------
+@pytest.mark.parametrize("kind", ["socket", "cgroup"])
+def test_dns_capture_loads_from_its_image_sees_a_query_and_detaches(cache, doctor, kind):
+    from netdiag.dns.cgcapture import RingCapture
+    from netdiag.errors import FeatureMissing
+    from .test_dns_capture import our_links
+    try:
+        first = RingCapture(kind)
+    except FeatureMissing as e:
+        pytest.skip(f"DNS capture {kind} unavailable here: {e}")
+    assert first.det.program == "compiled"
+    nrings = len(first.rings)
+    first.close()
+    assert our_links() == []
+    image = only_image(cache)
+    assert stat.S_IMODE(image.stat().st_mode) == 0o600
+
+    def query_seen(cap, qid: bytes) -> bool:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.sendto(qid + b"\x01\x00\x00\x01" + b"\x00" * 6 + b"\x01a\x00\x00\x01\x00\x01", ("127.0.0.1", 53))
+        finally:
+            s.close()
+        return any(qid + b"\x01\x00\x00\x01" in rec for rec in cap.records())
+
+    cap = RingCapture(kind)
+    try:
+        assert cap.det.program == "cached", cap.det.cache_note
+        assert len(cap.rings) == nrings and len(our_links()) == 2
+        assert query_seen(cap, b"\xbe\xef")           # the rings were filled into the map of maps
+        assert cap.lost() == 0
+    finally:
+        cap.close()
+    assert our_links() == []
+
+    data = json.loads(image.read_text())              # refused by the verifier: compiled again
+    for p in data["programs"]:
+        p["insns"], p["relocs"] = base64.b64encode(bytes([0x95, 0, 0, 0, 0, 0, 0, 0])).decode(), []
+    image.write_text(json.dumps(data))
+    cap = RingCapture(kind)
+    try:
+        assert cap.det.program == "compiled" and "program image not loaded" in cap.det.cache_note
+        assert query_seen(cap, b"\xca\xfe")
+    finally:
+        cap.close()
+    cap = RingCapture(kind)
+    assert cap.det.program == "cached"
+    cap.close()
+    assert our_links() == []
+
+
+def test_per_domain_start_says_where_the_dns_programs_came_from(cache, tmp_path, doctor):
+    seen = []
+    for i in range(2):
+        run = tmp_path / f"pd{i}"
+        run.mkdir()
+        w = Watch(run, "--per-domain", "--duration", "1")
+        try:
+            w.until(lambda: w.intervals(), timeout=15)
+        finally:
+            w.stop()
+        dns_mode = w.intervals()[0]["modes"]["dns"]
+        if dns_mode == "packet":
+            assert "dns_program" not in w.info
+            pytest.skip("DNS capture on packet sockets here: no programs of its own")
+        seen.append(w.info["dns_program"])
+    assert seen == ["compiled", "cached"]
