@@ -11,7 +11,8 @@ itself: no child, no libbcc. The kernel verifies the programs again, as on every
 An image is only written where every program is one this module can attach again: classic
 tracepoints, raw tracepoints, tp_btf and cgroup_skb (linked to a cgroup). Plans with kprobes or
 fentry programs compile each time. A map of maps is reproduced when the caller says what fills
-it (``fills``: the DNS capture's per-CPU rings, each a map of the image); program arrays never. An image that does not load (a changed kernel setting, a corrupt file) is removed and the
+it (``fills``: the DNS capture's per-CPU rings, each a map of the image); program arrays never.
+An image that does not load (a changed kernel setting, a corrupt file) is removed and the
 programs are compiled as before.
 
 Where: ``$NETDIAG_CACHE_DIR``, else ``/var/cache/netdiag/programs``; ``NETDIAG_CACHE=off`` turns
