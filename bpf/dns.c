@@ -343,6 +343,23 @@ static __always_inline u32 nd_dns_ucopy(u8 *data, const struct nd_dns_uio *u, u6
     return off;
 }
 
+_Static_assert(__builtin_offsetof(struct nd_dns_sk_small, s) == sizeof(struct nd_dns_hdr) &&
+               __builtin_offsetof(struct nd_dns_sk_rec, s) == sizeof(struct nd_dns_hdr),
+               "struct nd_dns_sk follows the header in both socket records");
+
+/* fill a reserved socket record's header and socket part (struct nd_dns_sk right after the
+ * header in both record sizes) and submit it */
+static __always_inline void nd_dns_sk_commit(struct nd_dns_hdr *h, const void *sk, const struct nd_dns_sk *s,
+                                             u8 dir, u32 len)
+{
+    h->ts_ns = bpf_ktime_get_ns();
+    h->netns_cookie = nd_dns_sk_cookie(sk);
+    h->len = len;
+    h->dir = dir;
+    __builtin_memcpy((struct nd_dns_sk *)(h + 1), s, sizeof(*s));
+    bpf_ringbuf_submit(h, 0);
+}
+
 static __always_inline void nd_dns_emit(const void *sk, struct nd_dns_sk *s, u8 dir, const struct nd_dns_uio *u, u32 total)
 {
     u32 cpu = bpf_get_smp_processor_id();
@@ -359,12 +376,7 @@ static __always_inline void nd_dns_emit(const void *sk, struct nd_dns_sk *s, u8 
             bpf_ringbuf_discard(r, 0);
             return;
         }
-        r->h.ts_ns = bpf_ktime_get_ns();
-        r->h.netns_cookie = nd_dns_sk_cookie(sk);
-        r->h.len = total;
-        r->h.dir = dir;
-        __builtin_memcpy(&r->s, s, sizeof(*s));
-        bpf_ringbuf_submit(r, 0);
+        nd_dns_sk_commit(&r->h, sk, s, dir, total);
         return;
     }
     struct nd_dns_sk_rec *r = bpf_ringbuf_reserve(ring, sizeof(*r), 0);
@@ -375,12 +387,7 @@ static __always_inline void nd_dns_emit(const void *sk, struct nd_dns_sk *s, u8 
         bpf_ringbuf_discard(r, 0);
         return;
     }
-    r->h.ts_ns = bpf_ktime_get_ns();
-    r->h.netns_cookie = nd_dns_sk_cookie(sk);
-    r->h.len = n;
-    r->h.dir = dir;
-    __builtin_memcpy(&r->s, s, sizeof(*s));
-    bpf_ringbuf_submit(r, 0);
+    nd_dns_sk_commit(&r->h, sk, s, dir, n);
     return;
 lost:
     nd_dns_lost_one();
