@@ -289,8 +289,13 @@ static __always_inline int nd_dns_uio_of(struct nd_dns_uio *u, int ret)
     return 1;
 }
 
+/* the socket's ports (the peer's is 53 for both directions' records) and addresses */
 static __always_inline void nd_dns_sk_addrs(struct nd_dns_sk *s, const void *sk)
 {
+    u16 num = 0;
+    bpf_probe_read_kernel(&num, sizeof(num), (const char *)sk + ND_OFF_SKC_NUM);
+    s->lport = num;
+    s->rport = 53;
     if (s->family == 2) {
         bpf_probe_read_kernel(s->laddr, 4, (const char *)sk + ND_OFF_SKC_RCV_SADDR);
         bpf_probe_read_kernel(s->raddr, 4, (const char *)sk + ND_OFF_SKC_DADDR);
@@ -408,6 +413,20 @@ static __always_inline int nd_dns_sk_kind(const void *sk, struct nd_dns_sk *s)
     return 1;
 }
 
+/* 1: a socket connected to port 53; 0: an unconnected UDP socket (DNS when its datagrams say
+ * so); -1: not DNS. Connected elsewhere is the common case: three reads (family, protocol,
+ * peer port), one for a socket that is not inet. */
+static __always_inline int nd_dns_sk_peer53(const void *sk, struct nd_dns_sk *s)
+{
+    if (!nd_dns_sk_kind(sk, s))
+        return -1;
+    u16 dport = 0;
+    bpf_probe_read_kernel(&dport, sizeof(dport), (const char *)sk + ND_OFF_SKC_DPORT);
+    if (dport)
+        return dport == bpf_htons(53) ? 1 : -1;
+    return s->proto == 17 ? 0 : -1;
+}
+
 int nd_dns_send(u64 *ctx)
 {
     const void *sk = (const void *)ctx[0];
@@ -415,22 +434,14 @@ int nd_dns_send(u64 *ctx)
     if (!sk || ret <= 0)
         return 0;
     struct nd_dns_sk s = {};
-    if (!nd_dns_sk_kind(sk, &s))
-        return 0;
-    u16 dport = 0, num = 0;
-    bpf_probe_read_kernel(&dport, sizeof(dport), (const char *)sk + ND_OFF_SKC_DPORT);
-    if (dport && dport != bpf_htons(53))
-        return 0;                            /* connected elsewhere: the common case, and cheap */
-    if (!dport && s.proto != 17)
+    int connected = nd_dns_sk_peer53(sk, &s);
+    if (connected < 0)
         return 0;
     struct nd_dns_uio u = {};
     if (!nd_dns_uio_of(&u, ret))
         return 0;
-    bpf_probe_read_kernel(&num, sizeof(num), (const char *)sk + ND_OFF_SKC_NUM);
-    s.lport = num;
-    s.rport = 53;
     nd_dns_sk_addrs(&s, sk);
-    if (!dport) {
+    if (!connected) {
         /* unconnected UDP: DNS only when msg_name says port 53 */
         struct { u16 family; u16 port; u8 addr4[4]; } sa = {};     /* sockaddr_in's head */
         if (!u.name || bpf_probe_read_user(&sa, sizeof(sa), (const void *)u.name) < 0)
@@ -459,16 +470,11 @@ int nd_dns_recv(u64 *ctx)
     if (!sk || ret <= 0 || (flags & ND_MSG_PEEK))
         return 0;
     struct nd_dns_sk s = {};
-    if (!nd_dns_sk_kind(sk, &s))
-        return 0;
-    u16 dport = 0, num = 0;
-    bpf_probe_read_kernel(&dport, sizeof(dport), (const char *)sk + ND_OFF_SKC_DPORT);
-    if (dport && dport != bpf_htons(53))
-        return 0;
-    if (!dport && s.proto != 17)
+    int connected = nd_dns_sk_peer53(sk, &s);
+    if (connected < 0)
         return 0;
     struct nd_dns_peer *peer = 0;
-    if (!dport) {
+    if (!connected) {
         u64 key = (u64)sk;
         peer = nd_dns_socks.lookup(&key);
         if (!peer)
@@ -477,9 +483,6 @@ int nd_dns_recv(u64 *ctx)
     struct nd_dns_uio u = {};
     if (!nd_dns_uio_of(&u, ret))
         return 0;
-    bpf_probe_read_kernel(&num, sizeof(num), (const char *)sk + ND_OFF_SKC_NUM);
-    s.lport = num;
-    s.rport = 53;
     nd_dns_sk_addrs(&s, sk);
     if (peer) {
         __builtin_memcpy(s.raddr, peer->addr, 16);
