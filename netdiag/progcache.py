@@ -54,8 +54,6 @@ PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF = 0x2400, 0x40042408
 # maps of the image a map of maps holds (``fills``)
 _MAPS_WITH_CONTENT = {3, 12, 13}
 _MAPS_OF_MAPS = {12, 13}
-# cgroup_skb programs: linked (BPF_LINK_CREATE) to the cgroup named in the image's header
-CGROUP_SKB_ATTACH = {"ingress": 0, "egress": 1}
 
 
 class Unsupported(Exception):
@@ -186,6 +184,7 @@ def build(b, header: dict, named_fds: dict[str, int], loaded: list[tuple[str, st
         m = maps[map_slot(fd)]
         m["inner"] = named[spec["inner"]]
         m["fill"] = sorted((int(k), named[v]) for k, v in spec["entries"].items())
+    from .dns.cgcapture import CGROUP_ATTACH
     own = {name for name, _kind, _target in loaded}
     attached = 0
     for raw_name in b.funcs:
@@ -209,7 +208,7 @@ def build(b, header: dict, named_fds: dict[str, int], loaded: list[tuple[str, st
     for name, kind, target in loaded:
         if kind == "tp_btf":
             progs.append(_prog(b, name, kind, target, 0, map_slot))
-        elif kind == "cgroup_skb" and target in CGROUP_SKB_ATTACH:
+        elif kind == "cgroup_skb" and target in CGROUP_ATTACH:
             progs.append(_prog(b, name, kind, target, BPF_PROG_TYPE_CGROUP_SKB, map_slot))
         else:
             raise Unsupported(f"program {name} attached as {kind} {target}")
@@ -315,15 +314,6 @@ def _load_prog(p: dict, insns: bytes, prog_type: int, expected_attach: int = 0) 
     return _named_call(BPF_PROG_LOAD, attr, 48, p["name"], "program")
 
 
-def _attach_cgroup(prog_fd: int, cgroup: str, attach_type: int) -> int:
-    from .dns.cgcapture import link_create
-    cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return link_create(prog_fd, cg, attach_type)
-    finally:
-        os.close(cg)
-
-
 def _attach_tracepoint(prog_fd: int, target: str) -> int:
     from .tracefs import tracefs_root
     cat, _, event = target.partition(":")
@@ -371,11 +361,11 @@ def load(image: dict) -> tuple[dict, dict[str, int], list[int]]:
                 prog, link = load_tp_btf(bytes(insns), p["target"], name=p["name"][:15])
                 attach += [link, prog]
                 continue
-            if p["kind"] == "cgroup_skb":
-                kind = CGROUP_SKB_ATTACH[p["target"]]
-                prog = _load_prog(p, bytes(insns), BPF_PROG_TYPE_CGROUP_SKB, kind)
+            if p["kind"] == "cgroup_skb":       # linked to the cgroup named in the image's header
+                from .dns.cgcapture import CGROUP_ATTACH, link_cgroup
+                prog = _load_prog(p, bytes(insns), BPF_PROG_TYPE_CGROUP_SKB, CGROUP_ATTACH[p["target"]])
                 progs.append(prog)
-                attach.append(_attach_cgroup(prog, image["header"]["cgroup"], kind))
+                attach.append(link_cgroup(prog, image["header"]["cgroup"], p["target"]))
                 continue
             prog = _load_prog(p, bytes(insns), p["type"])
             progs.append(prog)

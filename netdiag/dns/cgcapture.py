@@ -26,7 +26,7 @@ from ..errors import FeatureMissing
 
 BPF_LINK_CREATE = 28
 BPF_MAP_TYPE_RINGBUF = 27
-BPF_CGROUP_INET_INGRESS, BPF_CGROUP_INET_EGRESS = 0, 1
+CGROUP_ATTACH = {"ingress": 0, "egress": 1}       # BPF_CGROUP_INET_INGRESS / _EGRESS
 SO_NETNS_COOKIE = 71
 DIR_EGRESS, DIR_INGRESS = 1, 2
 DIR_SEND, DIR_RECV = 3, 4                 # the socket path's records (netdiag/dns/sockcapture.py)
@@ -70,13 +70,19 @@ def cgroup2_root(mountinfo: str = "/proc/self/mountinfo", proc1_cgroup: str = "/
     raise FeatureMissing("cgroup2", "no cgroup v2 hierarchy is mounted")
 
 
-def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+def link_cgroup(prog_fd: int, cgroup: str, where: str) -> int:
+    """A bpf_link of a cgroup_skb program to the cgroup directory ``cgroup``, on its ``where``
+    ("ingress" or "egress") path; the link fd."""
     from ..features import _bpf
-    attr = (ctypes.c_uint8 * 64)()
-    ctypes.c_uint32.from_buffer(attr, 0).value = prog_fd
-    ctypes.c_uint32.from_buffer(attr, 4).value = target_fd
-    ctypes.c_uint32.from_buffer(attr, 8).value = attach_type
-    fd, err = _bpf(BPF_LINK_CREATE, attr)
+    cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        attr = (ctypes.c_uint8 * 64)()
+        ctypes.c_uint32.from_buffer(attr, 0).value = prog_fd
+        ctypes.c_uint32.from_buffer(attr, 4).value = cg
+        ctypes.c_uint32.from_buffer(attr, 8).value = CGROUP_ATTACH[where]
+        fd, err = _bpf(BPF_LINK_CREATE, attr)
+    finally:
+        os.close(cg)
     if fd < 0:
         raise OSError(err, f"cgroup_skb link refused ({errno.errorcode.get(err, err)})")
     return fd
@@ -117,7 +123,7 @@ def compile_with_rings(cflags: list[str] = ()):
     return b, maps
 
 
-PROGRAMS = (("nd_dns_egress", BPF_CGROUP_INET_EGRESS, "egress"), ("nd_dns_ingress", BPF_CGROUP_INET_INGRESS, "ingress"))
+PROGRAMS = (("nd_dns_egress", "egress"), ("nd_dns_ingress", "ingress"))
 
 
 def ring_fills(maps: dict[str, int]) -> dict:
@@ -134,18 +140,14 @@ def child_attach(cgroup: str) -> tuple[object, dict, list[int], list[tuple[str, 
     from bcc import BPF
     b, maps = compile_with_rings()
     links = []
-    cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for fn, kind, _ in PROGRAMS:
-            prog = b.load_func(fn, BPF.CGROUP_SKB)
-            links.append(link_create(prog.fd, cg, kind))
+        for fn, where in PROGRAMS:
+            links.append(link_cgroup(b.load_func(fn, BPF.CGROUP_SKB).fd, cgroup, where))
     except BaseException:
         for fd in links:
             os.close(fd)
         raise
-    finally:
-        os.close(cg)
-    return b, maps, links, [(fn, "cgroup_skb", where) for fn, _, where in PROGRAMS]
+    return b, maps, links, [(fn, "cgroup_skb", where) for fn, where in PROGRAMS]
 
 
 def netns_cookie() -> int:

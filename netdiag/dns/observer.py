@@ -157,8 +157,6 @@ class DnsObserver:
         self.capture = capture
         self.mode = None                 # "socket", "cgroup_skb" or "packet" once started
         self.fallback = None             # why auto passed over the paths before it
-        self.program = None              # the ring paths' programs: "compiled" or "cached"
-        self.cache_note = None           # why they were compiled although an image could hold them
         self._ring = None
         self._cookies: dict[int, int] = {}     # netns cookie -> inode (cgroup path)
         self._unmapped: list = []              # records from a namespace not known yet
@@ -186,8 +184,6 @@ class DnsObserver:
         if self._ring is None:
             self.mode = "packet"
         self.fallback = "; ".join(why) or None
-        if self._ring is not None:     # "compiled", or "cached": from a program image
-            self.program, self.cache_note = self._ring.det.program, self._ring.det.cache_note
         self._mono_off = time.time() - time.monotonic()
         if self._ring is not None:
             for r in self._ring.rings:
@@ -200,6 +196,17 @@ class DnsObserver:
             self._thread = threading.Thread(target=self._loop, name="dns-observer", daemon=True)
             self._thread.start()
         return self
+
+    @property
+    def program(self) -> str | None:
+        """The ring paths' programs: "compiled", or "cached" (from a program image); None for
+        packet sockets."""
+        return self._ring.det.program if self._ring is not None else None
+
+    @property
+    def cache_note(self) -> str | None:
+        """Why they were compiled although an image could hold them."""
+        return self._ring.det.cache_note if self._ring is not None else None
 
     def close(self) -> None:
         self._stop.set()
