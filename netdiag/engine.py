@@ -14,11 +14,11 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
 from . import tracefs
+from .bpf import source_dir
 from .errors import BccMissing, BpfLoadError, FeatureMissing
 from .features import Features, kprobe_target, require_privileges
 from .options import DST_SLOTS, SOCKET_SLOTS
@@ -103,14 +103,11 @@ def ephemeral_range() -> tuple[int, int] | None:
 
 
 def bpf_dir() -> Path:
-    """bpf/ sources: package data of an installed netdiag, or the checkout's bpf/ folder."""
-    try:
-        d = Path(str(resources.files("netdiag.bpf")))
-        if (d / "nd_common.h").is_file():
-            return d
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parent.parent / "bpf"
+    """bpf/ sources: the package ``netdiag.bpf`` wherever netdiag is installed."""
+    d = source_dir()
+    if not (d / "nd_common.h").is_file():
+        raise BpfLoadError(f"netdiag's BPF sources are missing from {d} (reinstall netdiag)")
+    return d
 
 
 def _tp_exists(name: str) -> bool:

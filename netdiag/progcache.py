@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 from . import btf as btfmod
+from .bpf import digest as bpf_digest
 from .features import BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_MAP_CREATE, _bpf, _close, _libc
 
 FORMAT = 1
@@ -72,13 +73,10 @@ def _code_digest() -> str:
     """netdiag's own code (Python and BPF C) and BCC's version: a change in any makes a new key."""
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent
-    files = sorted(root.rglob("*.py"))
-    bpf = root.parent / "bpf"
-    if bpf.is_dir():
-        files += sorted(p for p in bpf.iterdir() if p.suffix in (".c", ".h"))
-    for p in files:
+    for p in sorted(root.rglob("*.py")):
         h.update(str(p.relative_to(root.parent)).encode() + b"\0")
         h.update(p.read_bytes())
+    h.update(bpf_digest().encode())         # the C sources actually compiled, in any install form
     spec = importlib.util.find_spec("bcc")        # located, not imported (no libbcc here)
     if spec and spec.origin:
         vfile = Path(spec.origin).with_name("version.py")
