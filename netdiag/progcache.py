@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 from . import btf as btfmod
-from .bpf import digest as bpf_digest
+from .bpfsrc import digest as bpf_digest
 from .features import BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_MAP_CREATE, _bpf, _close, _libc
 
 FORMAT = 1

@@ -63,14 +63,17 @@ def record_result(name: str, values: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-class Tracer:
-    """`netdiag trace --json` in the background; events collected by a reader thread."""
+NETDIAG = (sys.executable, "-m", "netdiag")     # the checkout's editable install
 
-    def __init__(self, tmp: Path, *args: str):
+
+class Tracer:
+    """`netdiag trace --json` in the background; events collected by a reader thread.
+    ``netdiag`` is the command to run (an installed form's entry point, say)."""
+
+    def __init__(self, tmp: Path, *args: str, netdiag=NETDIAG, **popen):
         self.ready = tmp / "trace.ready"
-        self.proc = subprocess.Popen([sys.executable, "-m", "netdiag", "trace", "--json",
-                                      "--ready-file", str(self.ready), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([*netdiag, "trace", "--json", "--ready-file", str(self.ready), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
         self.events: list[dict] = []
         self.lock = threading.Lock()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -108,6 +111,59 @@ class Tracer:
         with self.lock:
             summaries = [e for e in self.events if e.get("type") == "summary"]
         return summaries[-1] if summaries else {}
+
+
+class Watch:
+    """`netdiag watch --json --interval 0.5` in the background, started and attached; its
+    records collected by a reader thread."""
+
+    def __init__(self, tmp: Path, *args, netdiag=NETDIAG, **popen):
+        self.ready = tmp / "watch.ready"
+        self.proc = subprocess.Popen([*netdiag, "watch", "--json", "--interval", "0.5",
+                                      "--ready-file", str(self.ready), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+        self.records: list[dict] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self.ready.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"watch exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            assert time.monotonic() < deadline, "watch did not attach in time"
+            time.sleep(0.05)
+        self.info = json.loads(self.ready.read_text())
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self.lock:
+                self.records.append(json.loads(line))
+
+    def intervals(self):
+        with self.lock:
+            return [r for r in self.records if r["type"] == "interval"]
+
+    def rows(self, netns, dst, direction):
+        return [r for rec in self.intervals() for r in rec["destinations"]
+                if r["netns"] == netns and r["dst"] == dst and r["direction"] == direction]
+
+    def total(self, netns, dst, direction, field):
+        return sum(r[field] for r in self.rows(netns, dst, direction))
+
+    def until(self, pred, timeout=30.0):
+        """Poll the records for a condition (bounded); returns its last value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = pred()
+            if v or time.monotonic() > deadline:
+                return v
+            time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)
+            self.proc.wait(timeout=60)
+        with self.lock:
+            return self.records
 
 
 class Peer:

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from .test_watch import Watch
+from .conftest import Watch
 
 pytestmark = pytest.mark.kernel
 HOST_NS = os.stat("/proc/self/ns/net").st_ino

@@ -3,72 +3,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from netdiag.topology import Topology
 
-from .conftest import READY_TIMEOUT, Peer, record_result
+from .conftest import Peer, Watch, record_result
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "docs" / "schema" / "watch-interval.schema.json").read_text())
 SRV, CLI = "198.18.4.1", "198.18.4.2"
-
-
-class Watch:
-    def __init__(self, tmp: Path, *args):
-        self.ready = tmp / "watch.ready"
-        self.proc = subprocess.Popen([sys.executable, "-m", "netdiag", "watch", "--json", "--interval", "0.5",
-                                      "--ready-file", str(self.ready), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.records: list[dict] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not self.ready.exists():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"watch exited {self.proc.returncode}: {self.proc.stderr.read()}")
-            assert time.monotonic() < deadline, "watch did not attach in time"
-            time.sleep(0.05)
-        self.info = json.loads(self.ready.read_text())
-
-    def _read(self):
-        for line in self.proc.stdout:
-            with self.lock:
-                self.records.append(json.loads(line))
-
-    def intervals(self):
-        with self.lock:
-            return [r for r in self.records if r["type"] == "interval"]
-
-    def rows(self, netns, dst, direction):
-        return [r for rec in self.intervals() for r in rec["destinations"]
-                if r["netns"] == netns and r["dst"] == dst and r["direction"] == direction]
-
-    def total(self, netns, dst, direction, field):
-        return sum(r[field] for r in self.rows(netns, dst, direction))
-
-    def until(self, pred, timeout=30.0):
-        """Poll the records for a condition (bounded); returns its last value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            v = pred()
-            if v or time.monotonic() > deadline:
-                return v
-            time.sleep(0.05)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(2)
-            self.proc.wait(timeout=60)
-        with self.lock:
-            return self.records
 
 
 @pytest.fixture(scope="module")

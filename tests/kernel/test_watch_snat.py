@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import record_result, snat_lab
 from .test_conntrack import Proc, _flush
-from .test_watch import Watch
+from .conftest import Watch
 
 pytestmark = pytest.mark.kernel
 
