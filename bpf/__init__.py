@@ -2,5 +2,5 @@
 
 This folder is the package ``netdiag.bpf`` in every installed form (editable, wheel, sdist, the
 container image). It is a regular package, so its location is a real directory on disk;
-``netdiag.bpfsrc`` finds it from the import system, never from the current directory.
+``netdiag.kernel.bpfsrc`` finds it from the import system, never from the current directory.
 """

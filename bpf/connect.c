@@ -1,6 +1,6 @@
 /* Signal "connect": attempt, outcome (errno), latency, pid/comm/netns, both address families.
  *
- * Modes (one chosen per run by netdiag/engine.py, -DND_CONNECT_MODE=...):
+ * Modes (one chosen per run by netdiag/kernel/engine.py, -DND_CONNECT_MODE=...):
  *   ND_MODE_KPROBE     kprobe+kretprobe on tcp_v4_connect/tcp_v6_connect; dst from the sockaddr
  *                      argument (a UAPI struct), synchronous errno from the return value.
  *   ND_MODE_FENTRY     the same through fentry/fexit.

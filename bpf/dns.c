@@ -4,7 +4,7 @@
  * port 53 (a query, or its TCP handshake) or receives from port 53 (an answer) is copied, from
  * its IP header on, up to ND_DNS_SNAP bytes (the record has the packet's length: userspace
  * takes min(len, the record's room)), into its CPU's ring buffer with the socket's namespace
- * cookie; userspace (netdiag/dns/cgcapture.py) decodes it as it decodes a packet socket's.
+ * cookie; userspace (netdiag/sources/dns/cgcapture.py) decodes it as it decodes a packet socket's.
  * Every program returns 1: the packet always goes on. Needs bpf_get_netns_cookie() in
  * cgroup_skb programs; without it netdiag falls back to packet sockets.
  * Built with -DND_DNS_SOCK, the file holds the socket path instead (at its end): tracepoints on
@@ -141,7 +141,7 @@ int nd_dns_ingress(struct __sk_buff *skb)
 #endif /* !ND_DNS_SOCK */
 
 #ifdef ND_DNS_SOCK
-/* The socket path (-DND_DNS_SOCK, netdiag/dns/sockcapture.py): BTF-typed tracepoints on
+/* The socket path (-DND_DNS_SOCK, netdiag/sources/dns/sockcapture.py): BTF-typed tracepoints on
  * sock:sock_send_length and sock:sock_recv_length, which fire once per sendmsg/recvmsg a socket
  * completes (not per packet: a handshake, an ACK or an RST runs nothing). A client's DNS
  * message is taken from the calling thread's own buffers, named by the syscall's arguments in
@@ -156,7 +156,7 @@ int nd_dns_ingress(struct __sk_buff *skb)
  * socket's addresses (struct nd_dns_sk), then the payload as the application wrote or read it
  * (for TCP: part of the byte stream, length prefixes included; userspace reassembles it).
  * Offsets come from BTF (-DND_OFF_*), syscall numbers and the user registers' layout from
- * netdiag/dns/sockcapture.py for this architecture. */
+ * netdiag/sources/dns/sockcapture.py for this architecture. */
 
 #define ND_DNS_SEND 3
 #define ND_DNS_RECV 4

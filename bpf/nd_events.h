@@ -1,5 +1,5 @@
 /* Events netdiag streams to userspace, and the limits of its maps.
- * netdiag/decode.py mirrors struct nd_event; tests/unit/test_decode.py checks the mirror
+ * netdiag/analysis/decode.py mirrors struct nd_event; tests/unit/test_decode.py checks the mirror
  * field by field against this header. Widest fields first, explicit padding. */
 #ifndef ND_EVENTS_H
 #define ND_EVENTS_H

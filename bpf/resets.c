@@ -59,7 +59,7 @@ static __always_inline int nd_tuple_of_rst_skb(struct nd_tuple *t, const void *s
 }
 #endif
 
-/* loaded as tp_btf by netdiag/engine.py: (sk, skb[, reason]), both BTF-typed. The tuple is the
+/* loaded as tp_btf by netdiag/kernel/engine.py: (sk, skb[, reason]), both BTF-typed. The tuple is the
  * classic record's: from a full socket (read only if the row needs it: the RST an abort sends
  * takes its row from the just-closed slot), else from the segment the RST answers (6.10+). */
 int nd_btf_tcp_send_reset(u64 *ctx)
@@ -148,7 +148,7 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
 #endif
 
 #ifdef ND_BTF_TP
-/* loaded as tp_btf by netdiag/engine.py (BCC has no loader for it) */
+/* loaded as tp_btf by netdiag/kernel/engine.py (BCC has no loader for it) */
 int nd_btf_tcp_receive_reset(u64 *ctx)
 {
     const void *skp = (const void *)ctx[0];

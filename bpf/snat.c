@@ -2,7 +2,7 @@
  * (netns of the NAT, NAT address, destination ip:port, protocol), counted in the kernel.
  *
  * Mode ND_MODE_KPROBE only (no tracepoint exists for these; without kprobes the ctnetlink path
- * of netdiag/conntrack/ is used instead):
+ * of netdiag/sources/conntrack/ is used instead):
  *   nf_nat_setup_info(ct, range, maniptype)  entry: the nf_nat_range2 (a UAPI struct) of a SRC
  *       mapping (layout of the UAPI header); return (NF_ACCEPT): the chosen reply tuple, read from ct through BTF offsets.
  *       A source-NATed ct (reply dst != orig src) waits in nd_snat_pending for its confirmation.

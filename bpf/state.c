@@ -67,7 +67,7 @@ static __always_inline void nd_state_change(void *ctx, u64 sk, int oldstate, int
 }
 
 #ifdef ND_BTF_TP
-/* loaded as tp_btf by netdiag/engine.py (BCC has no loader for it): ctx[0] is a typed sock * */
+/* loaded as tp_btf by netdiag/kernel/engine.py (BCC has no loader for it): ctx[0] is a typed sock * */
 int nd_btf_inet_sock_set_state(u64 *ctx)
 {
     const void *skp = (const void *)ctx[0];

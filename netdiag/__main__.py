@@ -1,3 +1,3 @@
-from .cli import main
+from netdiag.cli import main
 
 main()

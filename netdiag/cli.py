@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import NetdiagError
+from netdiag import __version__
+from netdiag.errors import NetdiagError
 
 # command name -> module under netdiag.commands exposing `command`; imported only when used,
 # so `netdiag --help` needs neither bcc nor root.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..options import duration_option, interval_option, json_option
+from netdiag.commands.options import duration_option, interval_option, json_option
 
 
 def _pct(x):
@@ -68,10 +68,10 @@ def command(as_json, interval, duration, netns_spec, once, ready_file):
       sudo netdiag conntrack --netns nd-nat --interval 2 --duration 30
       sudo netdiag conntrack --json --once | jq '.snat[] | select(.utilization >= 0.9)'
     """
-    from ..features import require_privileges
+    from netdiag.kernel.features import require_privileges
     require_privileges()
-    from .. import namespaces as nsmod
-    from ..conntrack import ConntrackMonitor
+    from netdiag.sources import namespaces as nsmod
+    from netdiag.sources.conntrack import ConntrackMonitor
 
     flt = None
     if netns_spec:

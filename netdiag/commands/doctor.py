@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ..errors import EXIT_NOPERM
-from ..options import json_option
+from netdiag.errors import EXIT_NOPERM
+from netdiag.commands.options import json_option
 
 STYLE = {"yes": "green", "no": "red", "skipped": "yellow", "stand-in": "yellow"}
 
@@ -22,7 +22,7 @@ def command(as_json):
       sudo netdiag doctor
       sudo netdiag doctor --json | jq .modes
     """
-    from ..doctor import run_checks
+    from netdiag.kernel.doctor import run_checks
 
     report = run_checks()
     if as_json:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ..options import json_option
+from netdiag.commands.options import json_option
 
 EPILOG = "Run `netdiag lab list` for the scenarios and the incidents they reproduce."
 
@@ -38,7 +38,7 @@ def list_cmd(as_json):
     Example:
       netdiag lab list
     """
-    from ..labs.scenarios import SCENARIOS
+    from netdiag.labs.scenarios import SCENARIOS
     rows = [{"scenario": s.name, "verdict": s.verdict, "seed": s.seed, "what": s.summary,
              "options": {p.name.replace("_", "-"): {"default": p.default, "help": p.help} for p in s.params}}
             for s in SCENARIOS.values()]
@@ -61,8 +61,8 @@ def cleanup_cmd(all_nd):
     Example:
       sudo netdiag lab cleanup
     """
-    from ..features import require_privileges
-    from ..labs import cleanup
+    from netdiag.kernel.features import require_privileges
+    from netdiag.labs import cleanup
     require_privileges()
     removed = cleanup(all_nd)
     click.echo(f"removed {len(removed)} namespace(s)" + (": " + " ".join(removed) if removed else ""))
@@ -89,7 +89,7 @@ def _scenario_command(sc):
 
 
 def _register():
-    from ..labs.scenarios import SCENARIOS
+    from netdiag.labs.scenarios import SCENARIOS
     for sc in SCENARIOS.values():
         _scenario_command(sc)
 
@@ -98,13 +98,13 @@ _register()
 
 
 def _run_lab(name, params, as_json, keep, allow_host_sysctl):
-    from ..features import require_privileges
-    from ..labs import LabRunner
+    from netdiag.kernel.features import require_privileges
+    from netdiag.labs import LabRunner
     require_privileges()
     tty = sys.stdout.isatty() and not as_json
     view = None
     if tty:
-        from .watch import LiveView
+        from netdiag.commands.watch import LiveView
         view = LiveView(12)
 
     shown = set()
@@ -154,7 +154,7 @@ def _run_lab(name, params, as_json, keep, allow_host_sysctl):
 
 
 def verdict_line(v: dict) -> str:
-    from ..diagnose import NUMBER
+    from netdiag.analysis.diagnose import NUMBER
     num = NUMBER.get(v["kind"])
     target = v.get("dst") or v.get("listener") or v.get("netns_name") or ""
     return f"{v['kind']} {target} {num}={v.get(num)} — {v['where']}"

@@ -9,8 +9,8 @@ import time
 
 import click
 
-from ..errors import BadInput
-from ..options import json_option
+from netdiag.errors import BadInput
+from netdiag.commands.options import json_option
 
 EXAMPLES_GROUP = """
 \b
@@ -66,8 +66,8 @@ Examples:
 @json_option
 def server_cmd(bind, port_spec, max_conns, backlog, accept_delay_ms, mode, max_requests, idle_timeout,
                workers, stats_interval, duration, ready_file, as_json):
-    from ..load.server import Server, ServerConfig
-    from ..load.targets import parse_ports
+    from netdiag.load.server import Server, ServerConfig
+    from netdiag.load.targets import parse_ports
 
     if stats_interval <= 0:
         raise BadInput(f"--stats-interval must be above 0, not {stats_interval}")
@@ -210,8 +210,8 @@ def client_cmd(targets, port_spec, connections, concurrency, threads, single, ra
                burst_window_ms, burst_interval_ms, hold, keepalive, delay_threshold_ms, timeout,
                requests_per_conn, requests, idle_ms, source_ips, workers, duration, max_time,
                allow_remote, as_json):
-    from ..load.client import ClientConfig, NothingEstablished, run_client
-    from ..load.targets import (check_source_ips_local, check_targets_allowed, parse_ports,
+    from netdiag.load.client import ClientConfig, NothingEstablished, run_client
+    from netdiag.load.targets import (check_source_ips_local, check_targets_allowed, parse_ports,
                                 parse_source_ips, parse_target)
 
     if not targets:

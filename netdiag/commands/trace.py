@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..options import duration_option, flavour_kwargs, flavour_of, json_option, tracepoints_option
+from netdiag.commands.options import duration_option, flavour_kwargs, flavour_of, json_option, tracepoints_option
 
 WHAT = {"connect": ("connect",), "accept": ("accept",), "all": ("connect", "accept")}
 HEADER = f"{'TIME(s)':<9} {'EVENT':<7} {'PID':<7} {'COMM':<15} {'NETNS':<14} {'LOCAL':<28} {'REMOTE':<28} {'RESULT':<13} {'MS':>8}"
@@ -41,9 +41,9 @@ def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf
       sudo netdiag trace connect --json --duration 10 | jq 'select(.result=="error")'
       sudo netdiag trace --netns nd-client --pid 1234
     """
-    from .. import netns as nsmod
-    from ..decode import decode_event, endpoint
-    from ..engine import ProbeEngine
+    from netdiag.sources import netns as nsmod
+    from netdiag.analysis.decode import decode_event, endpoint
+    from netdiag.kernel.engine import ProbeEngine
 
     signals = WHAT[what]
     netns_inode = nsmod.resolve(netns) if netns else None
@@ -51,7 +51,7 @@ def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf
         click.echo(ProbeEngine.for_dump(signals, mode, pid=pid, netns=netns_inode).dump())
         return
 
-    from ..features import require_privileges
+    from netdiag.kernel.features import require_privileges
     require_privileges()
     engine = ProbeEngine(signals, mode=mode, pid=pid, netns=netns_inode,
                          **flavour_kwargs(tracepoints))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from ..dns.watchcli import Enricher, dns_options, print_plain_rollups, rich_rollup_tables
-from ..options import DST_SLOTS, SOCKET_SLOTS, duration_option, flavour_kwargs, interval_option, json_option, tracepoints_option
+from netdiag.pipeline.dnswatch import Enricher, dns_options, print_plain_rollups, rich_rollup_tables
+from netdiag.commands.options import DST_SLOTS, SOCKET_SLOTS, duration_option, flavour_kwargs, interval_option, json_option, tracepoints_option
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -57,10 +57,10 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
       sudo netdiag watch --json | jq -c '.destinations[] | select(.failed > 0)'
       sudo netdiag watch --port 443 --dst 10.0.0.0/8 --interval 5
     """
-    from .. import netns as nsmod
-    from ..features import require_privileges
-    from ..diagnose import Diagnoser
-    from ..watch import Watcher
+    from netdiag.sources import netns as nsmod
+    from netdiag.kernel.features import require_privileges
+    from netdiag.analysis.diagnose import Diagnoser
+    from netdiag.pipeline.collector import Watcher
 
     netns_inode = nsmod.resolve(netns) if netns else None
     if dst:
@@ -248,7 +248,7 @@ def print_plain(rec, top):
 
 
 def verdict_text(v: dict) -> str:
-    from ..diagnose import NUMBER
+    from netdiag.analysis.diagnose import NUMBER
     num = NUMBER.get(v["kind"])
     target = v.get("dst") or v.get("listener") or v.get("netns_name") or ""
     return f"{v['kind']} {target} {num}={v.get(num)} ({v['where']}): {v['advice']}"
@@ -335,7 +335,7 @@ class LiveView:
             vt = Table(title="verdicts", title_justify="left", expand=True, title_style="bold red")
             for col in ("verdict", "where", "number", "evidence", "fix"):
                 vt.add_column(col, overflow="fold")
-            from ..diagnose import NUMBER
+            from netdiag.analysis.diagnose import NUMBER
             for v in rec["verdicts"]:
                 num = NUMBER.get(v["kind"])
                 vt.add_row(f"{v['kind']} {v.get('dst') or v.get('listener') or ''}".strip(), v["where"],

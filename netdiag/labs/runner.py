@@ -10,10 +10,10 @@ import tempfile
 import threading
 import time
 
-from ..diagnose import Diagnoser
-from ..errors import EXIT_DATAERR, NetdiagError
-from ..topology import _ip
-from .scenarios import BUILD, RUN, SCENARIOS, Ctx
+from netdiag.analysis.diagnose import Diagnoser
+from netdiag.errors import EXIT_DATAERR, NetdiagError
+from netdiag.labs.topology import _ip
+from netdiag.labs.scenarios import BUILD, RUN, SCENARIOS, Ctx
 
 LAB_MARK = "l"                      # lab namespaces are nd-l<hex>-<role>
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
@@ -31,7 +31,7 @@ def lab_leftovers() -> list[str]:
 
 def cleanup(all_nd: bool = False) -> list[str]:
     """Remove lab namespaces left behind (their veths and rules go with them)."""
-    from ..topology import leftovers
+    from netdiag.labs.topology import leftovers
     names = leftovers() if all_nd else lab_leftovers()
     removed = []
     for ns in names:
@@ -118,7 +118,7 @@ class LabRunner:
         self.stop_event.set()
 
     def run(self) -> dict:
-        from ..watch import Watcher
+        from netdiag.pipeline.collector import Watcher
         tmp = tempfile.mkdtemp(prefix="netdiag-lab-")
         ctx = Ctx(self, self.params, tmp)
         t0 = time.time()

@@ -8,9 +8,9 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..natlab import SnatLab
-from ..topology import Topology, ns_exec
-from .procs import LabProc, netdiag_argv, peer_argv
+from netdiag.labs.natlab import SnatLab
+from netdiag.labs.topology import Topology, ns_exec
+from netdiag.labs.procs import LabProc, netdiag_argv, peer_argv
 
 SERVER_PORT = 8080
 

@@ -3,7 +3,7 @@ holds, churns or bursts TCP connections, so every verdict can be reproduced on d
 
 The library raises typed errors (netdiag.errors); ``netdiag load`` turns them into messages.
 """
-from .client import ClientConfig, run_client
-from .server import Server, ServerConfig
+from netdiag.load.client import ClientConfig, run_client
+from netdiag.load.server import Server, ServerConfig
 
 __all__ = ["ClientConfig", "run_client", "Server", "ServerConfig"]

@@ -10,7 +10,7 @@ import resource
 from pathlib import Path
 from typing import Tuple
 
-from ..errors import EXIT_CONFIG, NetdiagError
+from netdiag.errors import EXIT_CONFIG, NetdiagError
 
 # fds a worker uses besides its connections: stdio, epoll, pipes, listeners, imports.
 FD_SLACK = 64

@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..errors import BadInput, NetdiagError
-from . import _sys
-from .limits import FD_SLACK, raise_nofile
+from netdiag.errors import BadInput, NetdiagError
+from netdiag.load import _sys
+from netdiag.load.limits import FD_SLACK, raise_nofile
 
 MODES = ("hold", "echo", "http")
 

@@ -5,7 +5,7 @@ import ipaddress
 import socket
 from typing import List, Tuple
 
-from ..errors import BadInput
+from netdiag.errors import BadInput
 
 MAX_PORTS = 4096
 MAX_SOURCE_IPS = 65536

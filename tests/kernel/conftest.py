@@ -29,7 +29,7 @@ def doctor_report() -> dict:
 
 @pytest.fixture(scope="session", autouse=True)
 def program_cache(tmp_path_factory):
-    """Program images (netdiag/progcache.py) go to a directory of this run, which starts empty:
+    """Program images (netdiag/kernel/progcache.py) go to a directory of this run, which starts empty:
     the first start of each configuration compiles, a repeated one loads the image."""
     d = tmp_path_factory.mktemp("program-cache")
     old = os.environ.get("NETDIAG_CACHE_DIR")
@@ -197,11 +197,11 @@ class Peer:
 
 
 def snat_lab(**kw):
-    """A netdiag.natlab.SnatLab with a 10-port MASQUERADE range (40000-40009), for a module
+    """A netdiag.labs.natlab.SnatLab with a 10-port MASQUERADE range (40000-40009), for a module
     fixture: yields it, removes it, and checks nothing of it is left. Skips where it cannot be
     built."""
-    from netdiag.natlab import SnatLab
-    from netdiag.topology import TopologyError, leftovers
+    from netdiag.labs.natlab import SnatLab
+    from netdiag.labs.topology import TopologyError, leftovers
     try:
         lab = SnatLab(40000, 40009, **kw)
     except TopologyError as e:

@@ -1,6 +1,6 @@
 """ConntrackMonitor on the real kernel: a real MASQUERADE with a 10-port range, real conntrack.
 
-Topology (netdiag.natlab.SnatLab): client 198.18.1.2 -> NAT (MASQUERADE --to-ports 40000-40009)
+Topology (netdiag.labs.natlab.SnatLab): client 198.18.1.2 -> NAT (MASQUERADE --to-ports 40000-40009)
 -> server 198.19.1.2. Every namespace and rule is removed at the end, also on failure.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def lab():
 
 @pytest.fixture(scope="module")
 def mon(lab):
-    from netdiag.conntrack import ConntrackMonitor
+    from netdiag.sources.conntrack import ConntrackMonitor
     prefix = f"nd-{lab.tag}-"
     m = ConntrackMonitor(lambda ns: bool(ns.name and ns.name.startswith(prefix)), discover_every_s=0.1)
     m.start()
@@ -94,7 +94,7 @@ def _flush(ns):
     """Delete the NAT's conntrack entries over ctnetlink (DESTROY events follow at once)."""
     from pyroute2 import NFCTSocket
 
-    from netdiag.namespaces import run_in
+    from netdiag.sources.namespaces import run_in
 
     def flush():
         with NFCTSocket() as s:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from netdiag.dns.cgcapture import RingCapture, decode, netns_cookie
+from netdiag.sources.dns.cgcapture import RingCapture, decode, netns_cookie
 from netdiag.errors import FeatureMissing
 
 pytestmark = [pytest.mark.kernel]
@@ -66,7 +66,7 @@ def test_closing_and_killing_detach(doctor):
     except FeatureMissing as e:
         pytest.skip(f"DNS capture on cgroup_skb unavailable here: {e}")
     assert our_links() == []                                   # close() detached
-    code = ("import sys, time; from netdiag.dns.cgcapture import RingCapture; c = RingCapture();"
+    code = ("import sys, time; from netdiag.sources.dns.cgcapture import RingCapture; c = RingCapture();"
             "print('up', flush=True); time.sleep(600)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

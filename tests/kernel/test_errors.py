@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from netdiag.engine import ProbeEngine
+from netdiag.kernel.engine import ProbeEngine
 from netdiag.errors import EXIT_UNAVAILABLE, BpfLoadError
 
 pytestmark = pytest.mark.kernel
@@ -51,7 +51,7 @@ def test_refused_tp_btf_falls_back_to_raw_and_says_why(doctor, monkeypatch):
     tracepoints, runs, and keeps the reason (watch and trace print it)."""
     if not any(c["name"] == "BTF tracepoints" and c["status"] == "yes" for c in doctor["checks"]):
         pytest.skip("no tp_btf on this kernel: nothing to fall back from")
-    from netdiag import features
+    from netdiag.kernel import features
 
     def refuse(insns, event, name=""):
         raise OSError(13, f"tp_btf {event} refused (EACCES): made up by the test")

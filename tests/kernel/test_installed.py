@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from netdiag.topology import Topology
+from netdiag.labs.topology import Topology
 
 from .conftest import Peer, Tracer, Watch, record_result
 
@@ -76,7 +76,7 @@ def installed(request, dists, tmp_path_factory):
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NETDIAG_CACHE_DIR")}
     env["NETDIAG_CACHE_DIR"] = str(tmp / "program-cache")
-    where = _run(py, "-c", "import netdiag, netdiag.bpfsrc as b; print(netdiag.__file__); print(b.source_dir())",
+    where = _run(py, "-c", "import netdiag, netdiag.kernel.bpfsrc as b; print(netdiag.__file__); print(b.source_dir())",
                  cwd=work, env=env).stdout.split()
     for p in where:                       # imported from the virtualenv, not from the checkout
         assert Path(p).is_relative_to(site), (form, where)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from netdiag.dns import annotate, rollup_domains, rollup_pods
-from netdiag.dns.observer import DnsObserver
-from netdiag.pods import PodMap
-from netdiag.topology import Topology
+from netdiag.analysis.domains import annotate, rollup_domains, rollup_pods
+from netdiag.sources.dns.observer import DnsObserver
+from netdiag.sources.pods import PodMap
+from netdiag.labs.topology import Topology
 
 from .conftest import Peer
 
@@ -43,7 +43,7 @@ def lab(doctor):
         t.cli2 = t.add_ns("dcli2")
         t.link(t.srv, "198.18.5.1/24", t.cli1, "198.18.5.2/24")
         t.link(t.srv, "198.18.6.1/24", t.cli2, "198.18.6.2/24")
-        from netdiag.topology import ns_exec
+        from netdiag.labs.topology import ns_exec
         for ip in API:
             ns_exec(t.srv, "ip", "addr", "add", f"{ip}/32", "dev", "lo")
         ns_exec(t.cli1, "ip", "route", "add", "198.18.7.0/24", "via", "198.18.5.1")
@@ -71,7 +71,7 @@ MODES = {"socket": "socket", "cgroup": "cgroup_skb", "packet": "packet"}
 @pytest.fixture(params=list(MODES))
 def observed(lab, request):
     from netdiag.errors import FeatureMissing
-    from netdiag.watch import Watcher
+    from netdiag.pipeline.collector import Watcher
     if request.param != "packet":
         try:
             DnsObserver(capture=request.param).start().close()
@@ -162,7 +162,7 @@ def test_per_domain_per_pod_and_late_namespace(lab, observed):
     # a namespace created after start is covered
     lab.cli3 = lab.add_ns("dcli3")
     lab.link(lab.srv, "198.18.8.1/24", lab.cli3, "198.18.8.2/24")
-    from netdiag.topology import ns_exec
+    from netdiag.labs.topology import ns_exec
     ns_exec(lab.cli3, "ip", "route", "add", "198.18.7.0/24", "via", "198.18.8.1")
     if obs.mode == "packet":
         obs.poll()                  # a packet socket is opened in it by the next rescan

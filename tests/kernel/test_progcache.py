@@ -1,4 +1,4 @@
-"""Program images (netdiag/progcache.py): a second `watch` start loads the first one's bytecode
+"""Program images (netdiag/kernel/progcache.py): a second `watch` start loads the first one's bytecode
 without compiling, counts the same, and a bad image costs a compile, never a failed start."""
 from __future__ import annotations
 
@@ -131,10 +131,10 @@ def test_verbose_says_why_an_image_was_not_loaded(cache, tmp_path, doctor):
     assert "program image not loaded" in p.stderr and "EINVAL" in p.stderr, p.stderr
 
 
-# -- the DNS capture (netdiag/dns): its map of per-CPU rings is made again and filled ---------
+# -- the DNS capture (netdiag/sources/dns): its map of per-CPU rings is made again and filled ---------
 @pytest.mark.parametrize("kind", ["socket", "cgroup"])
 def test_dns_capture_loads_from_its_image_sees_a_query_and_detaches(cache, doctor, kind):
-    from netdiag.dns.cgcapture import RingCapture
+    from netdiag.sources.dns.cgcapture import RingCapture
     from netdiag.errors import FeatureMissing
     from .test_dns_capture import our_links
     try:

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from netdiag.topology import Topology, ns_exec
+from netdiag.labs.topology import Topology, ns_exec
 
 from .conftest import Peer, Tracer, record_result
 

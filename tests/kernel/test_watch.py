@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from netdiag.topology import Topology
+from netdiag.labs.topology import Topology
 
 from .conftest import Peer, Watch, record_result
 
@@ -31,7 +31,7 @@ def topo(doctor):
 # takes the LRU hash path the table falls back to when a slot is taken, and a destination table
 # of one slot per CPU, so all but one row per CPU live in the LRU hash (and a row can be in the
 # table on one CPU and in the hash on another). auto/cached: the programs of a second start with
-# the same options, loaded from the program image the first one left (netdiag/progcache.py).
+# the same options, loaded from the program image the first one left (netdiag/kernel/progcache.py).
 FLAVOURS = [f for f in os.environ.get("ND_WATCH_FLAVOURS", "auto,raw,classic,auto/spill,auto/cached").split(",")
             if f]
 

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.kernel
 
 
 def _expected_snat_mode() -> str:
-    from netdiag.engine import SIGNALS, mode_available
-    from netdiag.features import Features
+    from netdiag.kernel.engine import SIGNALS, mode_available
+    from netdiag.kernel.features import Features
     ok, _ = mode_available(SIGNALS["snat"], "kprobe", Features.probe(want_fentry=False))
     return "kprobe" if ok else "netlink"
 

@@ -1,4 +1,4 @@
-from netdiag import aggregate as agg
+from netdiag.analysis import aggregate as agg
 
 K = agg.DstKey(1, 4, "198.18.0.1", 8080)
 K2 = agg.DstKey(1, 4, "198.18.0.1", 8081)

@@ -3,7 +3,7 @@ import struct
 
 import pytest
 
-from netdiag import btf as B
+from netdiag.kernel import btf as B
 
 
 def build_btf():

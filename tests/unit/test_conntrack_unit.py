@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from netdiag.conntrack import ctmsg, natrules, snat, stats
-from netdiag.conntrack.ctmsg import CtRecord, Tuple
+from netdiag.sources.conntrack import ctmsg, natrules, snat, stats
+from netdiag.sources.conntrack.ctmsg import CtRecord, Tuple
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "conntrack"
 
@@ -227,7 +227,7 @@ def test_utilization():
 # --- namespaces ------------------------------------------------------------------------------------
 
 def test_namespace_discovery_dedupes_and_diffs(tmp_path):
-    from netdiag import namespaces
+    from netdiag.sources import namespaces
     run, proc = tmp_path / "run", tmp_path / "proc"
     run.mkdir()
     (run / "nd-a").write_text("")

@@ -4,7 +4,7 @@ import struct
 import pytest
 from pathlib import Path
 
-from netdiag.decode import EVENT, EVENT_FIELDS, decode_event, errno_name
+from netdiag.analysis.decode import EVENT, EVENT_FIELDS, decode_event, errno_name
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "nd_events.h"
 
@@ -72,13 +72,13 @@ def c_struct_fields(text, name):
     return tuple(out)
 
 
-@pytest.mark.parametrize("name", sorted(__import__("netdiag.decode", fromlist=["x"]).AGG_STRUCTS))
+@pytest.mark.parametrize("name", sorted(__import__("netdiag.analysis.decode", fromlist=["x"]).AGG_STRUCTS))
 def test_agg_mirrors_match_c(name):
-    from netdiag.decode import AGG_STRUCTS
+    from netdiag.analysis.decode import AGG_STRUCTS
     assert c_struct_fields(AGG.read_text(), name) == AGG_STRUCTS[name]
 
 
 def test_agg_sizes():
-    from netdiag.decode import CODE_KEY, CODE_SLOT, DROP_KEY, DST_KEY, DST_SLOT, DST_VAL, SOCK_KEY
+    from netdiag.analysis.decode import CODE_KEY, CODE_SLOT, DROP_KEY, DST_KEY, DST_SLOT, DST_VAL, SOCK_KEY
     assert (DST_KEY.size, DST_VAL.size, CODE_KEY.size, SOCK_KEY.size, DROP_KEY.size, DST_SLOT.size,
             CODE_SLOT.size) == (24, 96, 32, 48, 8, 128, 48)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from netdiag.diagnose import KINDS, NUMBER, Diagnoser, replay
-from netdiag.thresholds import DEFAULT, Thresholds
+from netdiag.analysis.diagnose import KINDS, NUMBER, Diagnoser, replay
+from netdiag.analysis.thresholds import DEFAULT, Thresholds
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text())

@@ -1,8 +1,9 @@
 """annotate / rollup_domains / rollup_pods / dns_rate_limit_verdict on hand-made records."""
-from netdiag.dns import (NameCache, ReverseResolver, annotate, dns_rate_limit_verdict, rollup_domains,
-                         rollup_pods)
-from netdiag.dns.observer import build_snapshot
-from netdiag.dns.cache import QueryStats
+from netdiag.analysis.domains import (ReverseResolver, annotate, dns_rate_limit_verdict, rollup_domains,
+                                      rollup_pods)
+from netdiag.sources.dns.cache import NameCache
+from netdiag.sources.dns.observer import build_snapshot
+from netdiag.sources.dns.cache import QueryStats
 
 NS1, NS2 = 11, 12
 

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from netdiag.dns.cgcapture import REC_HDR, cgroup2_root, decode, ring_bytes
+from netdiag.sources.dns.cgcapture import REC_HDR, cgroup2_root, decode, ring_bytes
 from netdiag.errors import FeatureMissing
 
 HYBRID = ("35 25 0:30 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n"

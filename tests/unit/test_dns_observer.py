@@ -2,9 +2,9 @@
 per-namespace scoping, forwarded packets, timeouts, TCP; the name cache; snapshots."""
 import pytest
 
-from netdiag.dns.cache import NameCache, QueryStats, merge_dns, percentile
-from netdiag.dns.observer import PACKET_OUTGOING, DnsObserver, _Capture, build_snapshot
-from netdiag.namespaces import Namespace
+from netdiag.sources.dns.cache import NameCache, QueryStats, merge_dns, percentile
+from netdiag.sources.dns.observer import PACKET_OUTGOING, DnsObserver, _Capture, build_snapshot
+from netdiag.sources.namespaces import Namespace
 
 from .dnspkt import answer, ipv4, query, tcp, tcp_framed, udp
 

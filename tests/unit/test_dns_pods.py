@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from netdiag.pods import PodMap, parse_cgroup_path, parse_container_log, parse_pod_log_dir
+from netdiag.sources.pods import PodMap, parse_cgroup_path, parse_container_log, parse_pod_log_dir
 
 UID1 = "3f2a1b2c-0d4e-4f5a-8b6c-7d8e9f0a1b2c"
 UID2 = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"

@@ -8,9 +8,9 @@ import struct
 
 import pytest
 
-from netdiag.dns import sockcapture
-from netdiag.dns.cgcapture import DIR_RECV, DIR_SEND, PEER_GUESSED, REC_HDR, SK_HDR, decode, decode_sock
-from netdiag.dns.observer import DnsObserver
+from netdiag.sources.dns import sockcapture
+from netdiag.sources.dns.cgcapture import DIR_RECV, DIR_SEND, PEER_GUESSED, REC_HDR, SK_HDR, decode, decode_sock
+from netdiag.sources.dns.observer import DnsObserver
 from netdiag.errors import FeatureMissing
 
 from .dnspkt import answer, query, tcp_framed

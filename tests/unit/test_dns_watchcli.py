@@ -4,7 +4,7 @@ import io
 import click
 from click.testing import CliRunner
 
-from netdiag.dns.watchcli import Enricher, dns_options, print_plain_rollups, rich_rollup_tables
+from netdiag.pipeline.dnswatch import Enricher, dns_options, print_plain_rollups, rich_rollup_tables
 
 from .test_dns_attribute import NS1, FakePods, lab_observer, record, row
 

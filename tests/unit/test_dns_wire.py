@@ -3,8 +3,8 @@ import socket
 
 import pytest
 
-from netdiag.dns import filter as bpf
-from netdiag.dns.wire import TCP, UDP, ParseCache, decode_ip, parse, tcp_messages
+from netdiag.sources.dns import filter as bpf
+from netdiag.sources.dns.wire import TCP, UDP, ParseCache, decode_ip, parse, tcp_messages
 
 from .dnspkt import answer, ipv4, ipv6, query, tcp, tcp_framed, udp
 

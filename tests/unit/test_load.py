@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netdiag import inetdiag
+from netdiag.sources import inetdiag
 from netdiag.load import stats
 from netdiag.load.client import _response_complete, max_per_tuple, target_of
 from netdiag.load.targets import is_safe_address, parse_ports, parse_source_ips

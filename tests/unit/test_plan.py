@@ -1,9 +1,9 @@
 """Mode planning per signal: kprobe -> fentry -> tracepoint, forced modes fail clearly."""
 import pytest
 
-from netdiag import engine
+from netdiag.kernel import engine
 from netdiag.errors import EXIT_UNAVAILABLE, FeatureMissing
-from netdiag.features import Features
+from netdiag.kernel.features import Features
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_accept_tracepoint_mode_needs_btf(kernel_has):
 
 
 def test_snat_is_kprobe_only_and_needs_conntrack_offsets(kernel_has):
-    from netdiag.btf import CT_OFFSETS, CT_SIZES
+    from netdiag.kernel.btf import CT_OFFSETS, CT_SIZES
     kernel_has()
     ct = {n: 8 for n in (*CT_OFFSETS, *CT_SIZES)}
     with_ct = Features(kprobes=True, fentry=True, ringbuf=True, btf_offsets={"ND_OFF_SOCK_NET": 48, **ct})

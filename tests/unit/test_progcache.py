@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from netdiag import progcache as pc
+from netdiag.kernel import progcache as pc
 
 
 def insn(code, dst=0, src=0, off=0, imm=0):

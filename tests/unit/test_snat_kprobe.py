@@ -1,7 +1,7 @@
-"""The kprobe SNAT path's rows (netdiag/conntrack/kprobe.py) from raw nd_snat map entries."""
+"""The kprobe SNAT path's rows (netdiag/sources/conntrack/kprobe.py) from raw nd_snat map entries."""
 import socket
 
-from netdiag.conntrack import kprobe as K
+from netdiag.sources.conntrack import kprobe as K
 
 
 def _entry(netns, nat, dst, port, in_use, allocs=0, rels=0, failed=0, setups=0, rng=None, proto=6):

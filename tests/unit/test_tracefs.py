@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from netdiag.errors import BadInput
-from netdiag.tracefs import enum_value, parse_fields, parse_symbolic
+from netdiag.kernel.tracefs import enum_value, parse_fields, parse_symbolic
 
 FORMATS = Path(__file__).resolve().parents[1] / "data" / "formats"
 

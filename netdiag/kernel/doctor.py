@@ -1,0 +1,96 @@
+"""The checks behind `netdiag doctor`: what this kernel offers and which hook each signal gets."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from netdiag.kernel import features as F
+from netdiag.kernel import tracefs
+from netdiag.kernel.engine import MODES, SIGNALS, mode_available, plan_modes
+from netdiag.errors import FeatureMissing
+
+
+@dataclass
+class Check:
+    name: str
+    status: str          # yes | no | skipped | stand-in
+    detail: str
+    fix: str = ""
+
+
+def _yn(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+def run_checks() -> dict:
+    checks: list[Check] = []
+    priv, priv_note = F.capabilities()
+    checks.append(Check("privileges", _yn(priv), priv_note,
+                        "" if priv else "run as root (sudo netdiag …) or grant CAP_BPF and CAP_PERFMON"))
+    ok, note = F.bcc_importable()
+    checks.append(Check("bcc", _yn(ok), note, "" if ok else "run scripts/setup.sh as root (installs python3-bpfcc)"))
+
+    def privileged(name, fn, fix):
+        if not priv:
+            checks.append(Check(name, "skipped", "needs root"))
+            return False
+        ok, note = fn()
+        checks.append(Check(name, _yn(ok), note, "" if ok else fix))
+        return ok
+
+    privileged("bpf() syscall", F.bpf_syscall,
+               "kernel.unprivileged_bpf_disabled or a seccomp/LSM policy blocks bpf(); run on the host as root")
+    ok, note = F.btf()
+    checks.append(Check("BTF", _yn(ok), note, "" if ok else
+                        "use a kernel with CONFIG_DEBUG_INFO_BTF=y (needed for netns and accept attribution)"))
+    ok, note = F.kprobes()
+    checks.append(Check("kprobes", _yn(ok), note, "" if ok else
+                        "kernel built without CONFIG_KPROBES: netdiag falls back to tracepoints"))
+    privileged("fentry", F.fentry, "BPF trampolines refused (lockdown/EPERM): netdiag falls back")
+    try:
+        root = tracefs.tracefs_root()
+        checks.append(Check("tracefs", "yes", str(root)))
+    except FeatureMissing as e:
+        checks.append(Check("tracefs", "no", str(e), "mount -t tracefs none /sys/kernel/tracing"))
+    used = sorted({tp for s in SIGNALS.values() for tp in s.common + s.tracepoints})
+    for tp in used:
+        cat, ev = tp.split(":")
+        ok = tracefs.tracepoint_exists(cat, ev)
+        checks.append(Check(f"tracepoint {tp}", _yn(ok), "present" if ok else "absent",
+                            "" if ok else "kernel too old or tracepoint compiled out"))
+    privileged("raw tracepoints", F.raw_tracepoint,
+               "kernel < 4.17 or BPF_PROG_TYPE_RAW_TRACEPOINT refused: classic tracepoints are used")
+    privileged("BTF tracepoints", F.btf_tracepoint,
+               "tp_btf refused (kernel < 5.5 or no BTF): raw tracepoints, fields read by bpf_probe_read_kernel")
+    privileged("ring buffer", F.ringbuf, "kernel < 5.8: netdiag uses the perf buffer instead")
+    state, note = F.headers()
+    checks.append(Check("kernel headers", {"matching": "yes", "stand-in": "stand-in", "missing": "no"}[state], note,
+                        {"matching": "", "stand-in": "stand-in headers are enough: netdiag reads no struct through them",
+                         "missing": "run scripts/setup.sh (installs/links headers for BCC)"}[state]))
+    if priv:
+        ok, note = F.conntrack_netlink()
+        checks.append(Check("conntrack netlink", _yn(ok), note, "" if ok else
+                            "modprobe nf_conntrack (apt-get install conntrack for the CLI)"))
+    else:
+        checks.append(Check("conntrack netlink", "skipped", "needs root"))
+
+    # signals whose BPF path is optional: without it, netlink carries them
+    netlink_fallback = {"snat": any(c.name == "conntrack netlink" and c.status == "yes" for c in checks)}
+    modes, available = {}, {}
+    feats = F.Features.probe(want_fentry=priv) if priv else F.Features.probe(want_fentry=False)
+    for sig, spec in SIGNALS.items():
+        available[sig] = {m: mode_available(spec, m, feats)[0] for m in MODES}
+        try:
+            modes[sig] = plan_modes([sig], "auto", feats)[sig]
+        except FeatureMissing:
+            modes[sig] = "netlink" if netlink_fallback.get(sig) else None
+    bpf_works = priv and all(c.status == "yes" for c in checks if c.name in ("bpf() syscall", "bcc")) \
+        and all(modes[s] for s in ("connect", "accept"))
+    return {
+        "kernel": os.uname().release,
+        "checks": [asdict(c) for c in checks],
+        "modes": modes,
+        "available_modes": available,
+        "headers": state,
+        "bpf_works": bool(bpf_works),
+    }
