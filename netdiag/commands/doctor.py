@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from netdiag.errors import EXIT_NOPERM
 from netdiag.commands.options import json_option
+from netdiag.errors import EXIT_NOPERM
 
 STYLE = {"yes": "green", "no": "red", "skipped": "yellow", "stand-in": "yellow"}
 

@@ -9,8 +9,8 @@ import time
 
 import click
 
-from netdiag.errors import BadInput
 from netdiag.commands.options import json_option
+from netdiag.errors import BadInput
 
 EXAMPLES_GROUP = """
 \b
@@ -211,8 +211,13 @@ def client_cmd(targets, port_spec, connections, concurrency, threads, single, ra
                requests_per_conn, requests, idle_ms, source_ips, workers, duration, max_time,
                allow_remote, as_json):
     from netdiag.load.client import ClientConfig, NothingEstablished, run_client
-    from netdiag.load.targets import (check_source_ips_local, check_targets_allowed, parse_ports,
-                                parse_source_ips, parse_target)
+    from netdiag.load.targets import (
+        check_source_ips_local,
+        check_targets_allowed,
+        parse_ports,
+        parse_source_ips,
+        parse_target,
+    )
 
     if not targets:
         raise BadInput("no target: give TARGET[:PORT] (there is no default target)")

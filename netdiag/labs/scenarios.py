@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 
 from netdiag.labs.natlab import SnatLab
-from netdiag.labs.topology import Topology, ns_exec
 from netdiag.labs.procs import LabProc, netdiag_argv, peer_argv
+from netdiag.labs.topology import Topology, ns_exec
 
 SERVER_PORT = 8080
 

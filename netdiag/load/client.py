@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from netdiag.errors import BadInput, NetdiagError
-from netdiag.load import _sys
-from netdiag.load import stats
-from netdiag.load.limits import (FD_SLACK, ResourceLimit, check_file_max, check_port_capacity, max_fds_per_process,
-                     raise_nofile)
+from netdiag.load import _sys, stats
+from netdiag.load.limits import (
+    FD_SLACK,
+    ResourceLimit,
+    check_file_max,
+    check_port_capacity,
+    max_fds_per_process,
+    raise_nofile,
+)
 from netdiag.load.targets import IP_BIND_ADDRESS_NO_PORT
 
 Target = Tuple[str, int]

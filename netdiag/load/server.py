@@ -18,7 +18,7 @@ import select
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from netdiag.errors import BadInput, NetdiagError

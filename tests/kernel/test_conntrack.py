@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
 
 from .conftest import Peer, snat_lab
 

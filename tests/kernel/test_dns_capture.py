@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from netdiag.sources.dns.cgcapture import RingCapture, decode, netns_cookie
 from netdiag.errors import FeatureMissing
+from netdiag.sources.dns.cgcapture import RingCapture, decode, netns_cookie
 
 pytestmark = [pytest.mark.kernel]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from netdiag.sources.dns.observer import DnsObserver
 from netdiag.errors import FeatureMissing
 from netdiag.labs.topology import Topology, ns_exec
+from netdiag.sources.dns.observer import DnsObserver
 
 from .test_per_domain import DNSPEER, DnsPeer
 

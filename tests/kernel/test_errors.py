@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from netdiag.kernel.engine import ProbeEngine
 from netdiag.errors import EXIT_UNAVAILABLE, BpfLoadError
+from netdiag.kernel.engine import ProbeEngine
 
 pytestmark = pytest.mark.kernel
 

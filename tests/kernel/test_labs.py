@@ -25,11 +25,11 @@ LAB_TIMEOUT = float(os.environ.get("ND_LAB_TIMEOUT", "150"))   # the emulated VM
 def run_lab(*args, timeout=LAB_TIMEOUT):
     p = subprocess.run([sys.executable, "-m", "netdiag", "lab", *map(str, args), "--json"],
                        capture_output=True, text=True, timeout=timeout)
-    lines = [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
+    lines = [json.loads(rec) for rec in p.stdout.splitlines() if rec.strip()]
     assert lines and lines[-1]["type"] == "lab", f"exit {p.returncode}: {p.stderr[-2000:]}"
     res = lines[-1]
     res["_tag"] = lab_tag(p.stderr)
-    res["_records"] = [l for l in lines if l["type"] == "interval"]
+    res["_records"] = [rec for rec in lines if rec["type"] == "interval"]
     assert p.returncode == 0, f"exit {p.returncode}: {p.stderr[-2000:]}"
     assert res["error"] is None and not res["interrupted"]
     assert_gone(res["_tag"])

@@ -4,16 +4,14 @@ and `DnsObserver` in this process doing what `watch --per-domain [--per-pod]` do
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from netdiag.analysis.domains import annotate, rollup_domains, rollup_pods
+from netdiag.labs.topology import Topology
 from netdiag.sources.dns.observer import DnsObserver
 from netdiag.sources.pods import PodMap
-from netdiag.labs.topology import Topology
 
 from .conftest import Peer
 

@@ -134,8 +134,9 @@ def test_verbose_says_why_an_image_was_not_loaded(cache, tmp_path, doctor):
 # -- the DNS capture (netdiag/sources/dns): its map of per-CPU rings is made again and filled ---------
 @pytest.mark.parametrize("kind", ["socket", "cgroup"])
 def test_dns_capture_loads_from_its_image_sees_a_query_and_detaches(cache, doctor, kind):
-    from netdiag.sources.dns.cgcapture import RingCapture
     from netdiag.errors import FeatureMissing
+    from netdiag.sources.dns.cgcapture import RingCapture
+
     from .test_dns_capture import our_links
     try:
         first = RingCapture(kind)

@@ -101,11 +101,11 @@ def test_23_connects_active_then_closed(topo, watch):
     assert watch.total(cli, dst, "out", "established") == 23
     assert watch.total(cli, dst, "out", "failed") == 0
     assert watch.total(srv, dst, "in", "established") == 23      # handshakes completed on the listener
-    lst = [l for rec in watch.intervals() for l in rec["listeners"] if l["listen"] == dst and l["netns"] == srv]
-    assert sum(l["established"] for l in lst) == 23
+    lst = [li for rec in watch.intervals() for li in rec["listeners"] if li["listen"] == dst and li["netns"] == srv]
+    assert sum(li["established"] for li in lst) == 23
     if watch.info["modes"].get("accept"):                          # accept() hooked (kprobe / fentry)
         assert watch.total(srv, dst, "in", "accepts") == 23
-        assert sum(l["accepts"] for l in lst) == 23
+        assert sum(li["accepts"] for li in lst) == 23
     assert max(r["active"] for r in rows) == 23
     # after close the row reports active 0 once (then leaves the table while idle)
     assert rows[-1]["active"] == 0, "active never returned to 0 after close"
@@ -179,17 +179,17 @@ def test_listen_overflow_and_syn_retrans(topo, watch):
         client = Peer(topo.cli, "burst", SRV, 8083, 20)
         client.line()        # after up to 4 s: SYNs were retransmitted at 1 s and 3 s
         settle(watch, cli, dst, "out", "syn_retrans", 1)
-        watch.until(lambda: any(l["overflows"] > 0 for rec in watch.intervals() for l in rec["listeners"]
-                                if l["listen"] == dst and l["netns"] == srv))
+        watch.until(lambda: any(li["overflows"] > 0 for rec in watch.intervals() for li in rec["listeners"]
+                                if li["listen"] == dst and li["netns"] == srv))
     finally:
         listener.close()
         if client:
             client.close()
-    lst = [l for rec in watch.intervals() for l in rec["listeners"] if l["listen"] == dst and l["netns"] == srv]
-    record_result(f"{watch.prefix}/overflow", {"overflows": sum(l["overflows"] for l in lst),
+    lst = [li for rec in watch.intervals() for li in rec["listeners"] if li["listen"] == dst and li["netns"] == srv]
+    record_result(f"{watch.prefix}/overflow", {"overflows": sum(li["overflows"] for li in lst),
                                      "syn_retrans": watch.total(cli, dst, "out", "syn_retrans")})
-    assert lst and max(l["backlog"] for l in lst) == 1
-    assert sum(l["overflows"] for l in lst) > 0
+    assert lst and max(li["backlog"] for li in lst) == 1
+    assert sum(li["overflows"] for li in lst) > 0
     assert watch.total(cli, dst, "out", "syn_retrans") > 0
 
 
@@ -216,7 +216,7 @@ def test_50000_destinations_stay_bounded(topo, tmp_path):
         assert res["refused"] == 50000
         w.until(lambda: sum(rec["evictions"] for rec in w.intervals()) >= 50000 - 4096 - table_rows, timeout=60)
         with open(f"/proc/{w.proc.pid}/status") as f:
-            hwm_kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+            hwm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
         sweep.close()
     finally:
         recs = w.stop()

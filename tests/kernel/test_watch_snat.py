@@ -6,10 +6,8 @@ import os
 
 import pytest
 
-
-from .conftest import record_result, snat_lab
+from .conftest import Watch, record_result, snat_lab
 from .test_conntrack import Proc, _flush
-from .conftest import Watch
 
 pytestmark = pytest.mark.kernel
 

@@ -79,7 +79,7 @@ def test_hist_delta():
 def test_overflows_go_to_the_full_listener():
     ls = [{"listen": "a", "backlog": 1, "max_queue": 2}, {"listen": "b", "backlog": 128, "max_queue": 0}]
     agg.attribute_overflows(ls, 9)
-    assert [l["overflows"] for l in ls] == [9, 0]
+    assert [li["overflows"] for li in ls] == [9, 0]
     ls = [{"listen": "a", "backlog": 1, "max_queue": 0}]
     agg.attribute_overflows(ls, 0)
     assert ls[0]["overflows"] == 0

@@ -1,8 +1,7 @@
 import re
-import struct
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from netdiag.analysis.decode import EVENT, EVENT_FIELDS, decode_event, errno_name
 

@@ -4,14 +4,13 @@ and where it refuses to run."""
 from __future__ import annotations
 
 import socket
-import struct
 
 import pytest
 
+from netdiag.errors import FeatureMissing
 from netdiag.sources.dns import sockcapture
 from netdiag.sources.dns.cgcapture import DIR_RECV, DIR_SEND, PEER_GUESSED, REC_HDR, SK_HDR, decode, decode_sock
 from netdiag.sources.dns.observer import DnsObserver
-from netdiag.errors import FeatureMissing
 
 from .dnspkt import answer, query, tcp_framed
 from .test_dns_observer import cap

@@ -1,5 +1,4 @@
 """The port-53 cBPF filter, IP/UDP/TCP decoding and DNS message parsing, on crafted packets."""
-import socket
 
 import pytest
 

@@ -1,8 +1,8 @@
 """Mode planning per signal: kprobe -> fentry -> tracepoint, forced modes fail clearly."""
 import pytest
 
-from netdiag.kernel import engine
 from netdiag.errors import EXIT_UNAVAILABLE, FeatureMissing
+from netdiag.kernel import engine
 from netdiag.kernel.features import Features
 
 

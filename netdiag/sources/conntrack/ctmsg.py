@@ -142,7 +142,10 @@ def _pr_tuple(t) -> Tuple:
         return EMPTY
     ip = t.get_attr("CTA_TUPLE_IP") or {}
     pr = t.get_attr("CTA_TUPLE_PROTO") or {}
-    g = (lambda a, k: a.get_attr(k) if a else None)
+
+    def g(a, k):
+        return a.get_attr(k) if a else None
+
     src = g(ip, "CTA_IP_V4_SRC") or g(ip, "CTA_IP_V6_SRC") or ""
     dst = g(ip, "CTA_IP_V4_DST") or g(ip, "CTA_IP_V6_DST") or ""
     return Tuple(src, dst, g(pr, "CTA_PROTO_NUM") or 0, g(pr, "CTA_PROTO_SRC_PORT") or 0,

@@ -20,7 +20,15 @@ import socket
 from pyroute2.netlink import NETLINK_NETFILTER
 from pyroute2.netlink.nfnetlink import NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW
 
-from netdiag.sources.conntrack.ctmsg import MSG_DELETE, MSG_NEW, NLM_F_CREATE, decode_fast, entry_key, fast_fields, snat_of
+from netdiag.sources.conntrack.ctmsg import (
+    MSG_DELETE,
+    MSG_NEW,
+    NLM_F_CREATE,
+    decode_fast,
+    entry_key,
+    fast_fields,
+    snat_of,
+)
 
 SO_RCVBUFFORCE = 33
 GROUPS = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))

@@ -21,12 +21,12 @@ import time
 from dataclasses import dataclass, field
 
 from netdiag.errors import NetdiagError
-from netdiag.sources.namespaces import Namespace, NamespaceWatcher, NetnsExecutor
 from netdiag.sources.conntrack import natrules
 from netdiag.sources.conntrack.ctmsg import from_pyroute2
 from netdiag.sources.conntrack.events import DEFAULT_RCVBUF, NetlinkEvents
 from netdiag.sources.conntrack.snat import SnatTable, attribute_failures, utilization
 from netdiag.sources.conntrack.stats import deltas, fill, from_pyroute2_cpu, read_conntrack_max, sum_cpu_stats
+from netdiag.sources.namespaces import Namespace, NamespaceWatcher, NetnsExecutor
 
 INTERVAL_COUNTERS = ("insert_failed", "drop", "early_drop", "clash_resolve", "chaintoolong",
                      "search_restart", "found", "invalid", "error")
@@ -155,7 +155,6 @@ class ConntrackMonitor:
         for ns in removed:
             if ns.inode in self.ns:
                 with self._lock:
-                    st = self.ns.get(ns.inode)
                     self.gone.append({"netns": ns.inode, "name": ns.label})
                     self._detach(ns.inode)
         for ns in added:

@@ -7,9 +7,8 @@ in the interval, ``releases`` DESTROYed ones.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import socket
+from dataclasses import dataclass
 
 from netdiag.sources.conntrack.ctmsg import PROTO_NAMES, CtRecord, entry_key, snat_of
 
