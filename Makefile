@@ -1,5 +1,5 @@
 # netdiag: `make demo` and `make test` need root (they install packages and load eBPF).
-.PHONY: setup demo test test-unit test-kernel test-vm clean
+.PHONY: setup demo test lint test-unit test-integration test-kernel test-vm clean
 
 setup:
 	bash scripts/setup.sh
@@ -10,8 +10,14 @@ demo: setup
 test: setup
 	bash scripts/test.sh
 
+lint: setup
+	bash scripts/lint.sh
+
 test-unit: setup
 	.venv/bin/python -m pytest tests/unit -q -rs
+
+test-integration: setup
+	.venv/bin/python -m pytest tests/integration -q -rs
 
 test-kernel: setup
 	.venv/bin/python -m pytest tests/kernel -q -rs

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every test tier: unit (no root), kernel (root, real BPF), vm (Debian 6.1 guest, kprobes).
-# Fails loudly; fails if a tier that can run here was skipped.
+# Every test tier: lint (ruff, the layers contract, declared dependencies), unit (no root, no
+# sockets), integration (no root; loopback sockets and the load generator), kernel (root, real BPF),
+# vm (Debian 6.1 guest, kprobes). Fails loudly; fails if a tier that can run here was skipped.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -27,7 +28,13 @@ print(len(reasons))
 PY
 }
 
+echo "== lint tier" >&2
+if ! bash "$here/scripts/lint.sh"; then
+    echo "== lint tier FAILED (scripts/lint.sh)" >&2
+    status=1
+fi
 tier unit tests/unit
+tier integration tests/integration
 tier kernel tests/kernel
 bpf_works="$("$py" -m netdiag doctor --json 2>/dev/null | "$py" -c 'import json,sys; print(json.load(sys.stdin).get("bpf_works"))' 2>/dev/null || echo False)"
 n="$(skips "$out/kernel.xml")"
