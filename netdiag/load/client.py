@@ -898,7 +898,7 @@ def prepare(cfg: ClientConfig) -> int:
 
 def run_client(cfg: ClientConfig, on_progress: Optional[Callable[[dict], None]] = None,
                progress_interval: float = 0.1) -> dict:
-    """Run the load and return the summary dict of DESIGN.md's ``load client --json`` contract."""
+    """Run the load and return the summary dict of the ``load client --json`` contract (docs/contracts.md)."""
     nw = prepare(cfg)
     ctx = multiprocessing.get_context("fork")
     counters = ctx.Array("q", nw * NSLOTS + 1, lock=False)
