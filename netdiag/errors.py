@@ -1,6 +1,9 @@
 """Typed errors raised by the library; only the CLI turns them into messages and exit codes."""
 from __future__ import annotations
 
+import errno
+import os
+
 # Exit codes (sysexits.h where one fits). Documented in docs/commands/*.md.
 EXIT_USAGE = 2          # click's own usage errors
 EXIT_DATAERR = 65       # corrupt input (recording, format file)
@@ -41,3 +44,21 @@ class BpfLoadError(NetdiagError):
 
 class BadInput(NetdiagError):
     exit_code = EXIT_DATAERR
+
+
+class BpfSyscallError(NetdiagError, OSError):
+    """A bpf() command (or the perf_event_open() that attaches a tracepoint) the kernel refused.
+    ``command`` names it ("BPF_PROG_LOAD"), ``errno`` is the kernel's; an OSError too, so
+    callers that fall back on any refusal keep doing so."""
+    exit_code = EXIT_SOFTWARE
+
+    def __init__(self, command: str, err: int, what: str = "", detail: str | None = None):
+        name = errno.errorcode.get(err, f"E{err}")
+        message = f"{what + ': ' if what else ''}{command} refused ({name}: {os.strerror(err)})"
+        NetdiagError.__init__(self, message, detail)
+        OSError.__init__(self, err, message)
+        self.command = command
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

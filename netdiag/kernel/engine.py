@@ -414,7 +414,7 @@ class ProbeEngine:
         text = self.source()
         self.bpf = BPF(text=text.encode(), cflags=self.cflags())
         if self.btf_tp:
-            from netdiag.kernel.features import load_tp_btf
+            from netdiag.kernel.bpfsys import load_tp_btf
             for fn, event in BTF_PROGRAMS:
                 if fn in text:
                     prog, link = load_tp_btf(self.bpf.dump_func(fn.encode()), event, name=fn[:15])

@@ -5,160 +5,88 @@ Each probe is cheap (a bpf() syscall with a two-instruction program, a file in t
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import platform
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from netdiag.errors import BpfSyscallError, FeatureMissing
+from netdiag.kernel import bpfsys
 from netdiag.kernel import btf as btfmod
 from netdiag.kernel import tracefs
-from netdiag.errors import FeatureMissing
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_NR_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
-
-BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
-BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_RINGBUF = 2, 27
-BPF_PROG_TYPE_TRACING = 26
-BPF_PROG_TYPE_RAW_TRACEPOINT = 17
-BPF_TRACE_FENTRY = 24
-BPF_TRACE_RAW_TP = 23
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
-def _bpf(cmd: int, attr: ctypes.Array) -> tuple[int, int]:
-    fd = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
-    return fd, (ctypes.get_errno() if fd < 0 else 0)
-
-
-def _close(fd: int) -> None:
-    if fd >= 0:
-        os.close(fd)
-
-
-def _map_create(map_type: int, key: int, value: int, entries: int) -> tuple[int, int]:
-    attr = (ctypes.c_uint8 * 128)()
-    ctypes.memmove(attr, (ctypes.c_uint32 * 4)(map_type, key, value, entries), 16)
-    return _bpf(BPF_MAP_CREATE, attr)
+def _why(e: Exception) -> str:
+    if isinstance(e, BpfSyscallError):
+        return errno.errorcode.get(e.errno, str(e.errno))
+    return str(e)
 
 
 def bpf_syscall() -> tuple[bool, str]:
-    fd, err = _map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1)
-    _close(fd)
-    if fd >= 0:
-        return True, "bpf() creates maps"
-    return False, f"bpf() failed: {errno.errorcode.get(err, err)}"
+    try:
+        bpfsys.close_fd(bpfsys.map_create(bpfsys.BPF_MAP_TYPE_ARRAY, 4, 8, 1))
+    except (BpfSyscallError, FeatureMissing) as e:
+        return False, f"bpf() failed: {_why(e)}"
+    return True, "bpf() creates maps"
 
 
 def ringbuf() -> tuple[bool, str]:
-    fd, err = _map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 1 << 16)
-    _close(fd)
-    if fd >= 0:
-        return True, "BPF ring buffer maps work"
-    return False, f"ring buffer map refused ({errno.errorcode.get(err, err)}): perf buffer is used"
+    try:
+        bpfsys.close_fd(bpfsys.ringbuf_create(1 << 16))
+    except (BpfSyscallError, FeatureMissing) as e:
+        return False, f"ring buffer map refused ({_why(e)}): perf buffer is used"
+    return True, "BPF ring buffer maps work"
+
+
+NOOP = bytes((0xB7, 0, 0, 0, 0, 0, 0, 0,      # r0 = 0
+              0x95, 0, 0, 0, 0, 0, 0, 0))     # exit
 
 
 def _load_and_attach(prog_type: int, what: str, attach_type: int = 0, btf_id: int = 0,
                      tp_name: str | None = None) -> tuple[bool, str]:
     """Load a do-nothing program (r0 = 0; exit) and attach it with BPF_RAW_TRACEPOINT_OPEN (by
     ``tp_name`` for a raw tracepoint, by the program's BTF target otherwise); detach at once."""
-    insns = (ctypes.c_uint8 * 16)(0xB7, 0, 0, 0, 0, 0, 0, 0,   # r0 = 0
-                                  0x95, 0, 0, 0, 0, 0, 0, 0)   # exit
-    lic = ctypes.create_string_buffer(b"GPL")
-    attr = (ctypes.c_uint8 * 128)()
-    for off, ctype, value in ((0, ctypes.c_uint32, prog_type), (4, ctypes.c_uint32, 2),
-                              (8, ctypes.c_uint64, ctypes.addressof(insns)),
-                              (16, ctypes.c_uint64, ctypes.addressof(lic)),
-                              (68, ctypes.c_uint32, attach_type), (108, ctypes.c_uint32, btf_id)):
-        ctype.from_buffer(attr, off).value = value
-    fd, err = _bpf(BPF_PROG_LOAD, attr)
-    if fd < 0:
-        return False, f"{what} program load refused ({errno.errorcode.get(err, err)})"
     try:
-        name = ctypes.create_string_buffer(tp_name.encode()) if tp_name else None
-        attr2 = (ctypes.c_uint8 * 16)()
-        if name is not None:
-            ctypes.c_uint64.from_buffer(attr2, 0).value = ctypes.addressof(name)
-        ctypes.c_uint32.from_buffer(attr2, 8).value = fd
-        link, err = _bpf(BPF_RAW_TRACEPOINT_OPEN, attr2)
-        _close(link)
-        if link < 0:
-            return False, f"{what} attach refused ({errno.errorcode.get(err, err)})"
-        return True, ""
+        fd = bpfsys.prog_load(prog_type, NOOP, expected_attach_type=attach_type, attach_btf_id=btf_id)
+    except (BpfSyscallError, FeatureMissing) as e:
+        return False, f"{what} program load refused ({_why(e)})"
+    try:
+        bpfsys.close_fd(bpfsys.raw_tracepoint_open(fd, tp_name))
+    except BpfSyscallError as e:
+        return False, f"{what} attach refused ({_why(e)})"
     finally:
-        _close(fd)
+        bpfsys.close_fd(fd)
+    return True, ""
 
 
 def fentry(func: str = "tcp_v4_connect") -> tuple[bool, str]:
     """Load and attach a do-nothing fentry program to ``func``: the only honest test."""
     try:
-        b = btfmod.kernel_btf()
-        from netdiag.kernel.btf import FUNC
-        btf_id = b.find(FUNC, func)
+        btf_id = btfmod.kernel_btf().find(btfmod.FUNC, func)
     except (FeatureMissing, KeyError) as e:
         return False, f"no BTF for {func}: {e}"
-    ok, note = _load_and_attach(BPF_PROG_TYPE_TRACING, "fentry", BPF_TRACE_FENTRY, btf_id)
+    ok, note = _load_and_attach(bpfsys.BPF_PROG_TYPE_TRACING, "fentry", bpfsys.BPF_TRACE_FENTRY, btf_id)
     return ok, note or f"fentry on {func} loads and attaches"
 
 
 def btf_tracepoint(event: str = "inet_sock_set_state") -> tuple[bool, str]:
     """Load a do-nothing BTF-typed tracepoint program (tp_btf) on ``event`` and attach it."""
     try:
-        from netdiag.kernel.btf import TYPEDEF
-        btf_id = btfmod.kernel_btf().find(TYPEDEF, "btf_trace_" + event)
+        btf_id = btfmod.kernel_btf().find(btfmod.TYPEDEF, "btf_trace_" + event)
     except (FeatureMissing, KeyError) as e:
         return False, f"no BTF for tracepoint {event}: {e}"
-    ok, note = _load_and_attach(BPF_PROG_TYPE_TRACING, "tp_btf", BPF_TRACE_RAW_TP, btf_id)
+    ok, note = _load_and_attach(bpfsys.BPF_PROG_TYPE_TRACING, "tp_btf", bpfsys.BPF_TRACE_RAW_TP, btf_id)
     return ok, note or f"tp_btf on {event} loads and attaches"
-
-
-def load_tp_btf(insns: bytes, event: str, name: str = "") -> tuple[int, int]:
-    """Load compiled bytecode (BCC's ``dump_func``: map fds already in it) as a tp_btf program
-    on ``event`` and attach it; returns (program fd, link fd). OSError with the verifier's last
-    words when the kernel refuses."""
-    from netdiag.kernel.btf import TYPEDEF
-    tid = btfmod.kernel_btf().find(TYPEDEF, "btf_trace_" + event)
-    code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(1 << 22)
-
-    def load(log_level: int) -> tuple[int, int]:
-        attr = (ctypes.c_uint8 * 128)()
-        fields = [(0, ctypes.c_uint32, BPF_PROG_TYPE_TRACING), (4, ctypes.c_uint32, len(insns) // 8),
-                  (8, ctypes.c_uint64, ctypes.addressof(code)), (16, ctypes.c_uint64, ctypes.addressof(lic)),
-                  (68, ctypes.c_uint32, BPF_TRACE_RAW_TP), (108, ctypes.c_uint32, tid)]
-        if log_level:
-            fields += [(24, ctypes.c_uint32, log_level), (28, ctypes.c_uint32, len(log)),
-                       (32, ctypes.c_uint64, ctypes.addressof(log))]
-        for off, ctype, value in fields:
-            ctype.from_buffer(attr, off).value = value
-        if name:
-            ctypes.memmove(ctypes.addressof(attr) + 48, name.encode()[:15], min(len(name), 15))
-        return _bpf(BPF_PROG_LOAD, attr)
-
-    fd, err = load(0)
-    if fd < 0:                         # again with the verifier's log, for the message
-        fd2, _ = load(1)
-        _close(fd2)
-        tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
-        raise OSError(err, f"tp_btf {event} refused ({errno.errorcode.get(err, err)}): {' / '.join(tail)}")
-    attr2 = (ctypes.c_uint8 * 16)()
-    ctypes.c_uint32.from_buffer(attr2, 8).value = fd
-    link, err = _bpf(BPF_RAW_TRACEPOINT_OPEN, attr2)
-    if link < 0:
-        _close(fd)
-        raise OSError(err, f"tp_btf {event} attach refused ({errno.errorcode.get(err, err)})")
-    return fd, link
 
 
 def raw_tracepoint(event: str = "inet_sock_set_state") -> tuple[bool, str]:
     """Load a do-nothing raw tracepoint program and attach it to ``event``: BPF gets the
     tracepoint's arguments directly, without the record a classic tracepoint fills first."""
-    ok, note = _load_and_attach(BPF_PROG_TYPE_RAW_TRACEPOINT, "raw tracepoint", tp_name=event)
+    ok, note = _load_and_attach(bpfsys.BPF_PROG_TYPE_RAW_TRACEPOINT, "raw tracepoint", tp_name=event)
     return ok, note or f"raw tracepoint on {event} loads and attaches"
 
 

@@ -114,12 +114,12 @@ def _detached(header: dict, maps: dict, attach: list[int], program: str) -> Deta
 
 def load_dns_capture(cgroup: str | None) -> Detached:
     """Compile bpf/dns.c in a child and link its cgroup_skb programs to ``cgroup``
-    (netdiag/sources/dns/cgcapture.py), or with ``cgroup=None`` attach its socket-path tracepoints
-    (netdiag/sources/dns/sockcapture.py); maps nd_dns_lost and nd_dns_ring<cpu> (one ring buffer per
+    (netdiag/kernel/dnsprog.py), or with ``cgroup=None`` attach its socket-path tracepoints;
+    maps nd_dns_lost and nd_dns_ring<cpu> (one ring buffer per
     CPU), the links (and programs) as attachments. Loaded from a program image where an earlier
     compile left one (the rings are made again and filled into the map of maps)."""
-    from netdiag.kernel.bpfsys import _ncpus
-    return _cached_or_child({"dns_capture": {"cgroup": cgroup, "ncpus": _ncpus()}})
+    from netdiag.kernel.bpfsys import ncpus
+    return _cached_or_child({"dns_capture": {"cgroup": cgroup, "ncpus": ncpus()}})
 
 
 def _run_child(request: dict) -> Detached:
@@ -220,16 +220,15 @@ def _write_image(path: str, b, header: dict, named_fds: dict[str, int], loaded, 
 
 
 def _child_dns(sock: socket.socket, req: dict, cache_path: str | None = None) -> None:
+    from netdiag.kernel import dnsprog
     if req["cgroup"] is None:
-        from netdiag.sources.dns.sockcapture import child_attach
         mode = "socket"
-        args = ()
+        attach, args = dnsprog.socket_child_attach, ()
     else:
-        from netdiag.sources.dns.cgcapture import child_attach
         mode = "cgroup_skb"
-        args = (req["cgroup"],)
+        attach, args = dnsprog.cgroup_child_attach, (req["cgroup"],)
     try:
-        b, maps, links, loaded = child_attach(*args)
+        b, maps, links, loaded = attach(*args)
     except errors.NetdiagError:
         raise
     except OSError as e:
@@ -239,8 +238,7 @@ def _child_dns(sock: socket.socket, req: dict, cache_path: str | None = None) ->
         raise errors.FeatureMissing(mode, f"DNS capture on {mode} unavailable: {first}") from e
     header = {"plan": {"dns": mode}, "maps": list(maps), "cgroup": req["cgroup"]}
     if cache_path:
-        from netdiag.sources.dns.cgcapture import ring_fills
-        header["cache_note"] = _write_image(cache_path, b, header, maps, loaded, ring_fills(maps))
+        header["cache_note"] = _write_image(cache_path, b, header, maps, loaded, dnsprog.ring_fills(maps))
     socket.send_fds(sock, [json.dumps(header).encode()], list(maps.values()) + links)
     sock.shutdown(socket.SHUT_WR)
     sock.close()

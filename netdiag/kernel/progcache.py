@@ -24,37 +24,31 @@ from __future__ import annotations
 import base64
 import ctypes
 import errno
-import fcntl
 import hashlib
 import importlib.util
 import json
 import os
-import platform
 import stat
 import struct
 import tempfile
 from pathlib import Path
 
+from netdiag.errors import BpfSyscallError
+from netdiag.kernel import bpfsys
 from netdiag.kernel import btf as btfmod
 from netdiag.kernel.bpfsrc import digest as bpf_digest
-from netdiag.kernel.features import BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_MAP_CREATE, _bpf, _close, _libc
+from netdiag.kernel.dnsprog import CGROUP_ATTACH, link_cgroup
+from netdiag.kernel.bpfsys import (BPF_PROG_TYPE_CGROUP_SKB, BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_PROG_TYPE_TRACEPOINT,
+                                   BPF_PSEUDO_MAP_FD)
 
 FORMAT = 1
 DEFAULT_DIR = Path("/var/cache/netdiag/programs")
-
-BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_CGROUP_SKB, BPF_PROG_TYPE_RAW_TRACEPOINT = 5, 8, 17
-BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET_INFO_BY_FD = 2, 15
-BPF_PSEUDO_MAP_FD = 1
 LD_IMM64 = 0x18
-_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}.get(platform.machine(), 298)
-PERF_TYPE_TRACEPOINT, PERF_SAMPLE_RAW, PERF_FLAG_FD_CLOEXEC = 2, 1 << 10, 8
-PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF = 0x2400, 0x40042408
-
 
 # program arrays and maps of maps: their contents are fds, which an image carries only as the
 # maps of the image a map of maps holds (``fills``)
-_MAPS_WITH_CONTENT = {3, 12, 13}
-_MAPS_OF_MAPS = {12, 13}
+_MAPS_OF_MAPS = {bpfsys.BPF_MAP_TYPE_ARRAY_OF_MAPS, bpfsys.BPF_MAP_TYPE_HASH_OF_MAPS}
+_MAPS_WITH_CONTENT = {bpfsys.BPF_MAP_TYPE_PROG_ARRAY} | _MAPS_OF_MAPS
 
 
 class Unsupported(Exception):
@@ -118,18 +112,12 @@ def _trusted(path: Path) -> bool:
 
 # -- writing (the loader child, after BCC compiled and attached) ---------------------------------
 def _map_info(fd: int) -> dict:
-    info = (ctypes.c_uint8 * 88)()
-    attr = (ctypes.c_uint8 * 16)()
-    ctypes.c_uint32.from_buffer(attr, 0).value = fd
-    ctypes.c_uint32.from_buffer(attr, 4).value = len(info)
-    ctypes.c_uint64.from_buffer(attr, 8).value = ctypes.addressof(info)
-    r, err = _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-    if r < 0:
-        raise Unsupported(f"map info: {os.strerror(err)}")
-    mtype, _id, ksz, vsz, entries, flags = struct.unpack_from("<6I", info, 0)
-    name = bytes(info[24:40]).split(b"\0", 1)[0].decode()
-    return {"type": mtype, "key_size": ksz, "value_size": vsz, "max_entries": entries,
-            "flags": flags, "name": name}
+    try:
+        info = bpfsys.map_info(fd)
+    except BpfSyscallError as e:
+        raise Unsupported(f"map info: {e}") from None
+    del info["id"]
+    return info
 
 
 def _relocs(insns: bytes) -> list[tuple[int, int]]:
@@ -182,7 +170,6 @@ def build(b, header: dict, named_fds: dict[str, int], loaded: list[tuple[str, st
         m = maps[map_slot(fd)]
         m["inner"] = named[spec["inner"]]
         m["fill"] = sorted((int(k), named[v]) for k, v in spec["entries"].items())
-    from netdiag.sources.dns.cgcapture import CGROUP_ATTACH
     own = {name for name, _kind, _target in loaded}
     attached = 0
     for raw_name in b.funcs:
@@ -259,93 +246,38 @@ def discard(path: Path) -> None:
         pass
 
 
-def _oserror(err: int, what: str) -> OSError:
-    return OSError(err, f"{what}: {errno.errorcode.get(err, err)}")
-
-
-def _create_map(m: dict, inner_fd: int = 0) -> int:
-    attr = (ctypes.c_uint8 * 72)()
-    struct.pack_into("<6I", attr, 0, m["type"], m["key_size"], m["value_size"], m["max_entries"], m["flags"],
-                     inner_fd)
-    return _named_call(BPF_MAP_CREATE, attr, 28, m["name"], "map")
-
-
-def _fill(outer_fd: int, key: int, fd: int) -> None:
-    k, v = ctypes.c_uint32(key), ctypes.c_uint32(fd)
-    attr = (ctypes.c_uint8 * 32)()
-    struct.pack_into("<IIQQ", attr, 0, outer_fd, 0, ctypes.addressof(k), ctypes.addressof(v))
-    r, err = _bpf(BPF_MAP_UPDATE_ELEM, attr)
-    if r < 0:
-        raise _oserror(err, f"map of maps entry {key}")
-
-
 def _create_maps(specs: list[dict], fds: list[int]) -> None:
     """Every map of the image, appended to ``fds`` in the image's order (closed by the caller on
     failure): a map of maps after the maps it holds, then filled with them."""
     made: dict[int, int] = {}
     for slot in sorted(range(len(specs)), key=lambda i: "inner" in specs[i]):
         m = specs[slot]
-        made[slot] = _create_map(m, made[m["inner"]] if "inner" in m else 0)
+        made[slot] = bpfsys.map_create(m["type"], m["key_size"], m["value_size"], m["max_entries"], m["flags"],
+                                       made[m["inner"]] if "inner" in m else 0, m["name"])
         fds.append(made[slot])
     fds[:] = [made[i] for i in range(len(specs))]
     for slot, m in enumerate(specs):
         for key, entry in m.get("fill", ()):
-            _fill(made[slot], key, made[entry])
-
-
-def _named_call(cmd: int, attr, name_off: int, name: str, what: str) -> int:
-    """bpf(cmd) with the object's name (15 bytes at most) at ``name_off`` of ``attr``."""
-    nm = name.encode()[:15]
-    ctypes.memmove(ctypes.addressof(attr) + name_off, nm, len(nm))
-    fd, err = _bpf(cmd, attr)
-    if fd < 0:
-        raise _oserror(err, f"{what} {name}")
-    return fd
+            bpfsys.map_update(made[slot], ctypes.c_uint32(key), ctypes.c_uint32(made[entry]))
 
 
 def _load_prog(p: dict, insns: bytes, prog_type: int, expected_attach: int = 0) -> int:
-    code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(b"GPL")
-    attr = (ctypes.c_uint8 * 128)()
-    struct.pack_into("<IIQQ", attr, 0, prog_type, len(insns) // 8, ctypes.addressof(code), ctypes.addressof(lic))
-    struct.pack_into("<I", attr, 68, expected_attach)
-    return _named_call(BPF_PROG_LOAD, attr, 48, p["name"], "program")
+    try:
+        return bpfsys.prog_load(prog_type, insns, p["name"], expected_attach)
+    except BpfSyscallError as e:
+        raise BpfSyscallError(e.command, e.errno, f"program {p['name']}") from None
 
 
 def _attach_tracepoint(prog_fd: int, target: str) -> int:
     from netdiag.kernel.tracefs import tracefs_root
     cat, _, event = target.partition(":")
     tp_id = int((tracefs_root() / "events" / cat / event / "id").read_text())
-    attr = (ctypes.c_uint8 * 128)()
-    struct.pack_into("<IIQQQ", attr, 0, PERF_TYPE_TRACEPOINT, len(attr), tp_id, 1, PERF_SAMPLE_RAW)
-    struct.pack_into("<I", attr, 48, 1)                                  # wakeup_events
-    fd = _libc.syscall(_NR_PERF_EVENT_OPEN, ctypes.byref(attr), -1, 0, -1, PERF_FLAG_FD_CLOEXEC)
-    if fd < 0:
-        raise _oserror(ctypes.get_errno(), f"perf event for {target}")
-    try:
-        fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
-        fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _attach_raw(prog_fd: int, target: str) -> int:
-    name = ctypes.create_string_buffer(target.encode())
-    attr = (ctypes.c_uint8 * 16)()
-    ctypes.c_uint64.from_buffer(attr, 0).value = ctypes.addressof(name)
-    ctypes.c_uint32.from_buffer(attr, 8).value = prog_fd
-    fd, err = _bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
-    if fd < 0:
-        raise _oserror(err, f"raw tracepoint {target}")
-    return fd
+    return bpfsys.perf_tracepoint(prog_fd, tp_id, target)
 
 
 def load(image: dict) -> tuple[dict, dict[str, int], list[int]]:
     """Make the maps, load and attach the programs: (header, {map name: fd}, attachment fds).
     On any failure, whatever was made is closed (detached) and the OSError raised."""
-    from netdiag.kernel.features import load_tp_btf
     map_fds: list[int] = []
     attach: list[int] = []
     progs: list[int] = []
@@ -356,11 +288,10 @@ def load(image: dict) -> tuple[dict, dict[str, int], list[int]]:
             for i, slot in p["relocs"]:
                 struct.pack_into("<i", insns, 8 * i + 4, map_fds[slot])
             if p["kind"] == "tp_btf":
-                prog, link = load_tp_btf(bytes(insns), p["target"], name=p["name"][:15])
+                prog, link = bpfsys.load_tp_btf(bytes(insns), p["target"], name=p["name"][:15])
                 attach += [link, prog]
                 continue
             if p["kind"] == "cgroup_skb":       # linked to the cgroup named in the image's header
-                from netdiag.sources.dns.cgcapture import CGROUP_ATTACH, link_cgroup
                 prog = _load_prog(p, bytes(insns), BPF_PROG_TYPE_CGROUP_SKB, CGROUP_ATTACH[p["target"]])
                 progs.append(prog)
                 attach.append(link_cgroup(prog, image["header"]["cgroup"], p["target"]))
@@ -370,13 +301,13 @@ def load(image: dict) -> tuple[dict, dict[str, int], list[int]]:
             if p["kind"] == "tracepoint":
                 attach.append(_attach_tracepoint(prog, p["target"]))
             elif p["kind"] == "raw_tracepoint":
-                attach.append(_attach_raw(prog, p["target"]))
+                attach.append(bpfsys.raw_tracepoint_open(prog, p["target"]))
             else:
                 raise OSError(errno.EINVAL, f"program {p['name']}: unknown attachment {p['kind']!r}")
         named = {n: map_fds[slot] for n, slot in image["named"].items()}
     except (OSError, KeyError, IndexError, TypeError, ValueError, struct.error) as e:
         for fd in attach + progs + map_fds:
-            _close(fd)
+            bpfsys.close_fd(fd)
         if isinstance(e, OSError):
             raise
         raise OSError(errno.EINVAL, f"program image malformed ({type(e).__name__}: {e})") from e
@@ -384,8 +315,8 @@ def load(image: dict) -> tuple[dict, dict[str, int], list[int]]:
     # caller reads (named maps) and the attachments
     keep = set(named.values())
     for fd in progs:
-        _close(fd)
+        bpfsys.close_fd(fd)
     for fd in map_fds:
         if fd not in keep:
-            _close(fd)
+            bpfsys.close_fd(fd)
     return image["header"], named, attach

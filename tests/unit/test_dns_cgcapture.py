@@ -6,7 +6,8 @@ import struct
 import pytest
 
 from netdiag.errors import FeatureMissing
-from netdiag.sources.dns.cgcapture import REC_HDR, cgroup2_root, decode, ring_bytes
+from netdiag.kernel.dnsprog import ring_bytes
+from netdiag.sources.dns.cgcapture import REC_HDR, cgroup2_root, decode
 
 HYBRID = ("35 25 0:30 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n"
           "36 25 0:31 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n")

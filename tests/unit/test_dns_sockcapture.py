@@ -8,8 +8,9 @@ import socket
 import pytest
 
 from netdiag.errors import FeatureMissing
-from netdiag.sources.dns import sockcapture
-from netdiag.sources.dns.cgcapture import DIR_RECV, DIR_SEND, PEER_GUESSED, REC_HDR, SK_HDR, decode, decode_sock
+from netdiag.kernel import dnsprog
+from netdiag.sources.dns.cgcapture import REC_HDR, decode
+from netdiag.sources.dns.sockcapture import DIR_RECV, DIR_SEND, PEER_GUESSED, SK_HDR, decode_sock
 from netdiag.sources.dns.observer import DnsObserver
 
 from .dnspkt import answer, query, tcp_framed
@@ -115,16 +116,16 @@ def test_cflags_name_offsets_and_syscalls(monkeypatch):
         def find(self, kind, name):
             return 1
 
-    monkeypatch.setattr(sockcapture.os.path, "isdir", lambda p: True)
-    flags = sockcapture.cflags("x86_64", FakeBtf())
+    monkeypatch.setattr(dnsprog.os.path, "isdir", lambda p: True)
+    flags = dnsprog.sock_cflags("x86_64", FakeBtf())
     assert "-DND_DNS_SOCK" in flags and "-DND_NR_SENDMMSG=307" in flags
     assert f"-DND_OFF_REGS_NR={100 + len('orig_ax')}" in flags
     assert any(f.startswith("-DND_OFF_NET_COOKIE=") for f in flags)
     with pytest.raises(FeatureMissing, match="aarch64"):
-        sockcapture.cflags("aarch64", FakeBtf())
-    monkeypatch.setattr(sockcapture.os.path, "isdir", lambda p: False)
+        dnsprog.sock_cflags("aarch64", FakeBtf())
+    monkeypatch.setattr(dnsprog.os.path, "isdir", lambda p: False)
     with pytest.raises(FeatureMissing, match="sock:sock_send_length"):
-        sockcapture.cflags("x86_64", FakeBtf())
+        dnsprog.sock_cflags("x86_64", FakeBtf())
 
 
 def test_cflags_refuse_a_kernel_without_the_fields(monkeypatch):
@@ -140,6 +141,6 @@ def test_cflags_refuse_a_kernel_without_the_fields(monkeypatch):
         def find(self, kind, name):
             return 1
 
-    monkeypatch.setattr(sockcapture.os.path, "isdir", lambda p: True)
+    monkeypatch.setattr(dnsprog.os.path, "isdir", lambda p: True)
     with pytest.raises(FeatureMissing, match="pt_regs.orig_ax"):
-        sockcapture.cflags("x86_64", OldBtf())
+        dnsprog.sock_cflags("x86_64", OldBtf())

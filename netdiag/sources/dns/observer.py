@@ -49,8 +49,9 @@ from pathlib import Path
 from netdiag.sources import namespaces as nsx
 from netdiag.sources.dns import filter as bpf
 from netdiag.sources.dns.cache import NameCache, QueryStats
-from netdiag.sources.dns.cgcapture import DIR_EGRESS, DIR_RECV, DIR_SEND, decode_sock, netns_cookie
+from netdiag.sources.dns.cgcapture import DIR_EGRESS, netns_cookie
 from netdiag.sources.dns.cgcapture import decode as decode_record
+from netdiag.sources.dns.sockcapture import DIR_RECV, DIR_SEND, decode_sock
 from netdiag.sources.dns.wire import TCP, UDP, Packet, ParseCache, decode_ip, msg_id, tcp_messages
 
 ETH_P_ALL = 0x0003
