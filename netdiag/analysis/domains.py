@@ -3,7 +3,8 @@
 ``annotate(record, observer, pods)`` fills ``domain`` on each outbound destination row from what
 that row's namespace resolved to its address (most recent resolution at or before the record's
 time; ties listed in ``domain_ties``), adds ``pod`` when a PodMap is given, puts the observer's
-interval snapshot in ``record["dns"]`` and names domains and pods in the verdicts.
+interval snapshot in ``record["dns"]``; ``name_verdicts`` names the domain and pods of each
+verdict once the verdicts exist.
 ``rollup_domains`` / ``rollup_pods`` turn the rows into per-domain / per-pod rows with the same
 counter keys plus ``ips`` and ``dns``. ``dns_rate_limit_verdict`` reads a snapshot.
 """
@@ -126,24 +127,44 @@ def annotate(record: dict, observer, pods=None, reverse: ReverseResolver | None 
             for r in snapshot.get("netns", []) + snapshot.get("netns_domains", []):
                 r["pod"] = pods.label(r["netns"])
         record["dns"] = snapshot
-    _name_verdicts(record)
 
 
-def _name_verdicts(record: dict) -> None:
-    by_dst: dict = {}
-    for row in record.get("destinations", []):
-        by_dst.setdefault(row["dst"], []).append(row)
-    for v in record.get("verdicts", []):
-        rows = by_dst.get(v.get("dst") or "", [])
-        if not rows:
-            continue
-        out = [r for r in rows if r.get("direction") == "out"] or rows
-        doms = sorted({r["domain"] for r in out if r.get("domain")})
-        if doms and "domain" not in v:
-            v["domain"] = doms[0] if len(doms) == 1 else doms
-        who = sorted({r.get("pod") or r.get("netns_name") or f"netns:{r['netns']}" for r in out})
-        if who and "pods" not in v:
-            v["pods"] = who
+def name_verdicts(verdicts: list[dict], record: dict, memo: dict | None = None) -> None:
+    """Give each verdict ``domain`` (str or None) and ``pods`` (list) from the destination rows it
+    is about: rows of its ``dst`` in its ``netns`` (any namespace when none there: a NAT's
+    verdict names the clients' rows), or for a listener the inbound rows it serves, or for a
+    namespace-wide verdict that namespace's rows. ``domain`` is the rows' domain when they
+    agree on one. A verdict that stands without rows this interval keeps what ``memo`` (a dict
+    kept across intervals) last saw for it. A ``pods`` already there is kept."""
+    rows = record.get("destinations", [])
+    for v in verdicts:
+        mine = _verdict_rows(v, rows)
+        key = (v.get("kind"), v.get("netns"), v.get("dst") or v.get("listener"))
+        if mine:
+            doms = {r.get("domain") for r in mine if r.get("domain")}
+            named = (doms.pop() if len(doms) == 1 else None, sorted({_who(r) for r in mine}))
+            if memo is not None:
+                memo[key] = named
+        else:
+            named = (memo or {}).get(key, (None, []))
+        v.setdefault("domain", named[0])
+        v.setdefault("pods", list(named[1]))
+
+
+def _verdict_rows(v: dict, rows: list[dict]) -> list[dict]:
+    ns, dst, listen = v.get("netns"), v.get("dst"), v.get("listener")
+    if dst:
+        same = [r for r in rows if r["dst"] == dst]
+        here = [r for r in same if r["netns"] == ns]
+        out = [r for r in (here or same) if r.get("direction") == "out"]
+        return out or here or same
+    if listen:
+        addr, port = split_dst(listen)
+        return [r for r in rows if r["netns"] == ns and r.get("direction") == "in"
+                and split_dst(r["dst"])[1] == port and (addr in ("0.0.0.0", "::") or split_dst(r["dst"])[0] == addr)]
+    if ns is not None:
+        return [r for r in rows if r["netns"] == ns]
+    return []
 
 
 def _who(row: dict) -> str:

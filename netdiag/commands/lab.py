@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 
 import click
@@ -100,78 +99,27 @@ _register()
 def _run_lab(name, params, as_json, keep, allow_host_sysctl):
     from netdiag.kernel.features import require_privileges
     from netdiag.labs import LabRunner
+    from netdiag.pipeline.run import stop_on_signals
     require_privileges()
-    tty = sys.stdout.isatty() and not as_json
-    view = None
-    if tty:
-        from netdiag.commands.watch import LiveView
-        view = LiveView(12)
-
-    shown = set()
-
-    def on_record(rec):
-        if as_json:
-            sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
-            sys.stdout.flush()
-        elif view is not None:
-            view.update(rec)
-        else:
-            for v in rec["verdicts"]:
-                key = (v["kind"], v.get("netns"), v.get("dst") or v.get("listener"))
-                if key not in shown:
-                    shown.add(key)
-                    click.echo("verdict: " + verdict_line(v))
+    if as_json:
+        from netdiag.sinks.ndjson import NdjsonSink
+        sink = NdjsonSink()
+    elif sys.stdout.isatty():
+        from netdiag.sinks.live import LiveView
+        sink = LiveView(12, title=f"netdiag lab {name}")
+    else:
+        from netdiag.sinks.plain import VerdictLines
+        sink = VerdictLines()
 
     def on_status(msg):
         click.echo(f"netdiag lab: {msg}", err=True)
 
     runner = LabRunner(name, params, keep=keep, allow_host_sysctl=allow_host_sysctl,
-                       on_record=on_record, on_status=on_status)
-
-    def on_signal(signum, _frame):
-        runner.stop()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        if view is not None:
-            with view.live():
-                result = runner.run()
-        else:
-            result = runner.run()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    if as_json:
-        sys.stdout.write(json.dumps(result, separators=(",", ":")) + "\n")
-        sys.stdout.flush()
-    else:
-        print_result(result)
+                       sinks=[sink], on_status=on_status)
+    with stop_on_signals(runner.stop):
+        result = runner.run()
     if result["error"]:
         click.echo(f"netdiag lab: error: {result['error']}", err=True)
         sys.exit(70)
     if result["interrupted"]:
         sys.exit(130)
-
-
-def verdict_line(v: dict) -> str:
-    from netdiag.analysis.diagnose import NUMBER
-    num = NUMBER.get(v["kind"])
-    target = v.get("dst") or v.get("listener") or v.get("netns_name") or ""
-    return f"{v['kind']} {target} {num}={v.get(num)} — {v['where']}"
-
-
-def print_result(r: dict) -> None:
-    out = sys.stdout
-    out.write(f"\nlab {r['scenario']} ({' '.join(f'{k}={v}' for k, v in r['params'].items())}): "
-              f"{r['intervals']} intervals in {r['duration_s']} s; expected verdict: {r['expected'] or 'none'}\n")
-    if not r["verdicts"]:
-        out.write("verdicts: none\n")
-    for v in r["verdicts"]:
-        out.write("verdict: " + verdict_line(v) + "\n")
-        out.write("  evidence: " + ", ".join(f"{k}={val}" for k, val in v["evidence"].items()) + "\n")
-        out.write("  fix: " + v["advice"] + "\n")
-    for n in r["notes"]:
-        out.write(f"note: {n}\n")
-    if r["kept"]:
-        out.write("kept: " + " ".join(r["namespaces"]) + "  (remove with: netdiag lab cleanup)\n")
-    out.flush()

@@ -94,8 +94,8 @@ def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf
             click.echo(f"netdiag: the kernel refused the BTF-typed tracepoint programs, raw tracepoints "
                        f"instead: {engine.btf_refused}", err=True)
         if ready_file:
-            ready_file.write_text(json.dumps({"modes": engine.plan, "buffer": engine.buffer,
-                                              "tracepoints": flavour}) + "\n")
+            from netdiag.sinks.ready import write_ready
+            write_ready(ready_file, {"modes": engine.plan, "buffer": engine.buffer, "tracepoints": flavour})
         if not as_json:
             out.write(HEADER + "\n")
             out.flush()

@@ -74,19 +74,18 @@ def scope(record: dict, inodes: set) -> dict:
 
 class LabRunner:
     def __init__(self, scenario: str, params: dict | None = None, keep: bool = False,
-                 allow_host_sysctl: bool = False, on_record=None, on_status=None):
+                 allow_host_sysctl: bool = False, sinks=(), on_status=None):
         self.sc = SCENARIOS[scenario]
         self.params = {**self.sc.defaults(), **{k: v for k, v in (params or {}).items() if v is not None}}
         self.keep = keep
         self.allow_host_sysctl = allow_host_sysctl
-        self.on_record = on_record or (lambda rec: None)
+        self.sinks = list(sinks)        # netdiag/sinks/: each interval record, then the result
         self.on_status = on_status or (lambda msg: None)
         self.stop_event = threading.Event()
         self.procs: list = []
         self.topo = None
-        self.watcher = None
+        self.pipeline = None
         self.diag = Diagnoser()
-        self.records = 0
         self.error = None
         self._ct_max_saved = None
         self.tag = new_tag()
@@ -118,7 +117,10 @@ class LabRunner:
         self.stop_event.set()
 
     def run(self) -> dict:
+        """Build, watch, drive, clean up; hands every interval record and then the result (the
+        returned dict) to the sinks."""
         from netdiag.pipeline.collector import Watcher
+        from netdiag.pipeline.run import Pipeline
         tmp = tempfile.mkdtemp(prefix="netdiag-lab-")
         ctx = Ctx(self, self.params, tmp)
         t0 = time.time()
@@ -128,13 +130,15 @@ class LabRunner:
             self._set_ct_max()
             inodes = {os.stat(f"/run/netns/{ns}").st_ino for ns in self.topo.namespaces}
             client_inode = os.stat(f"/run/netns/{self.topo.client}").st_ino
-            self.on_status("attaching probes (BPF compile takes a few seconds)")
-            self.watcher = Watcher(netns=client_inode if self.sc.watch_client_only else None)
-            self.watcher.start()
             if self.sc.watch_client_only:
                 inodes = {client_inode}
+            self.on_status("attaching probes (BPF compile takes a few seconds)")
+            self.pipeline = Pipeline(Watcher(netns=client_inode if self.sc.watch_client_only else None),
+                                     self.diag, sinks=self.sinks, scope=lambda rec: scope(rec, inodes))
+            self.pipeline.start()
             if self.stop_event.is_set():
                 raise KeyboardInterrupt
+            self.pipeline.open({"scenario": self.sc.name, "modes": self.pipeline.watcher.plan})
             done = threading.Event()
 
             def drive():
@@ -147,47 +151,41 @@ class LabRunner:
                     done.set()
             self.on_status(f"running {self.sc.name} {self._param_text()}")
             threading.Thread(target=drive, name="lab-load", daemon=True).start()
-            interval = self.sc.interval
-            next_tick = time.monotonic() + interval
-            deadline = time.monotonic() + self.sc.max_s
-            tail_until = None
-            while not self.stop_event.is_set():
-                now = time.monotonic()
-                if now >= deadline or (tail_until is not None and now >= tail_until):
-                    break
-                if done.is_set() and tail_until is None:
-                    tail_until = now + self.sc.tail_s
-                if now < next_tick:
-                    time.sleep(min(0.02, next_tick - now))
-                    continue
-                next_tick += interval
-                if next_tick < now:
-                    next_tick = now + interval
-                rec = scope(self.watcher.sample(), inodes)
-                rec["verdicts"] = self.diag.update(rec)
-                self.records += 1
-                self.on_record(rec)
-            interrupted = self.stop_event.is_set()
+            tail = {}
+
+            def over(now: float) -> bool:
+                # the workload ended: keep watching for the scenario's tail
+                if done.is_set() and "until" not in tail:
+                    tail["until"] = now + self.sc.tail_s
+                return "until" in tail and now >= tail["until"]
+            interrupted = self.pipeline.run(self.sc.interval, self.stop_event,
+                                            deadline=time.monotonic() + self.sc.max_s, until=over)
         except KeyboardInterrupt:
             interrupted = True
+        except BaseException:
+            for s in self.sinks:            # a live view gives the terminal back
+                s.close(None)
+            raise
         finally:
             self.stop_event.set()
             for p in self.procs:
                 p.stop()
-            if self.watcher is not None:
-                self.watcher.close()
+            if self.pipeline is not None:
+                self.pipeline.close()
             self._restore_ct_max()
             if self.topo is not None and not self.keep:
                 for ns in self.topo.namespaces:
                     kill_inside(ns)
                 self.topo.close()
             shutil.rmtree(tmp, ignore_errors=True)
-        verdicts = self.diag.all()
-        return {"type": "lab", "scenario": self.sc.name, "params": self.params, "expected": self.sc.verdict,
-                "seed": self.sc.seed, "namespaces": list(self.topo.namespaces) if self.keep and self.topo else [],
-                "kept": bool(self.keep), "intervals": self.records, "duration_s": round(time.time() - t0, 1),
-                "interrupted": interrupted, "error": self.error, "notes": ctx.notes, "load": ctx.load,
-                "verdicts": verdicts}
+        result = {"type": "lab", "scenario": self.sc.name, "params": self.params, "expected": self.sc.verdict,
+                  "seed": self.sc.seed, "namespaces": list(self.topo.namespaces) if self.keep and self.topo else [],
+                  "kept": bool(self.keep), "intervals": self.pipeline.intervals if self.pipeline else 0,
+                  "duration_s": round(time.time() - t0, 1), "interrupted": interrupted, "error": self.error,
+                  "notes": ctx.notes, "load": ctx.load, "verdicts": self.diag.all()}
+        for s in self.sinks:
+            s.close(result)
+        return result
 
     def _param_text(self) -> str:
         return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in self.params.items())

@@ -1,5 +1,6 @@
 """The collector behind `netdiag watch`: loads the aggregating probes, seeds the `active` gauges
-from inet_diag, and turns each interval's kernel maps into one record of DESIGN.md's contract."""
+from inet_diag, and turns each interval's kernel maps into one record of DESIGN.md's contract
+(verdicts empty: enrichment and diagnosis are the pipeline's, netdiag/pipeline/run.py)."""
 from __future__ import annotations
 
 import ipaddress
@@ -44,7 +45,7 @@ def _enum_namer(category: str, event: str, field: str):
 class Watcher:
     def __init__(self, mode: str = "auto", netns: int | None = None, port: int | None = None,
                  dst: str | None = None, max_dsts: int = 16384, syscall_tracepoints: bool = False,
-                 conntrack: bool = True, diagnoser=None, enrich=None, raw_tracepoints: bool | None = None,
+                 conntrack: bool = True, raw_tracepoints: bool | None = None,
                  btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS,
                  dst_slots: int = DST_SLOTS):
         # Syscall tracepoints put every syscall of every task on the slow path: off by default.
@@ -59,10 +60,6 @@ class Watcher:
         self.want_conntrack = conntrack
         self.conntrack = None          # netdiag.sources.conntrack.ConntrackMonitor when ctnetlink answers
         self.conntrack_note = None
-        # anything with .update(interval_record) -> list of verdict dicts (netdiag/analysis/diagnose.py)
-        self.diagnoser = diagnoser
-        # anything called with each record before diagnosis (DNS domains, pods: netdiag/pipeline/dnswatch.py)
-        self.enrich = enrich
         self.netns_filter = netns
         self.port = port
         self.dst_net = ipaddress.ip_network(dst, strict=False) if dst else None
@@ -279,10 +276,6 @@ class Watcher:
             snap = ksnat.merge_into_snapshot(snap or {}, krows)
         if snap is not None:
             merge_conntrack(record, snap)
-        if self.enrich is not None:
-            self.enrich(record)
-        if self.diagnoser is not None:
-            record["verdicts"] = self.diagnoser.update(record) + record["verdicts"]
         self.prev_vals, self.prev_drops, self.prev_hist = cur, drops, hist
         self.prev_codes = agg.codes_seen(codes, self.prev_codes, shown)
         self.prev_active = active

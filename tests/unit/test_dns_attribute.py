@@ -1,9 +1,7 @@
 """annotate / rollup_domains / rollup_pods / dns_rate_limit_verdict on hand-made records."""
-from netdiag.analysis.domains import (ReverseResolver, annotate, dns_rate_limit_verdict, rollup_domains,
-                                      rollup_pods)
-from netdiag.sources.dns.cache import NameCache
+from netdiag.analysis.domains import ReverseResolver, annotate, dns_rate_limit_verdict, name_verdicts, rollup_domains, rollup_pods
+from netdiag.sources.dns.cache import NameCache, QueryStats
 from netdiag.sources.dns.observer import build_snapshot
-from netdiag.sources.dns.cache import QueryStats
 
 NS1, NS2 = 11, 12
 
@@ -73,6 +71,7 @@ def test_annotate_fills_domains_per_namespace_and_names_verdicts():
     rec = record(rows, verdicts=[{"kind": "connection_churn", "dst": "198.18.7.2:8080", "where": "x",
                                   "evidence": {}, "advice": ""}])
     annotate(rec, o, pods=FakePods())
+    name_verdicts(rec["verdicts"], rec)
     d = rec["destinations"]
     assert d[0]["domain"] == "other.lab.test" and d[0]["domain_source"] == "dns"
     assert d[1]["domain"] == "api.lab.test"

@@ -4,7 +4,11 @@ import io
 import click
 from click.testing import CliRunner
 
-from netdiag.pipeline.dnswatch import Enricher, dns_options, print_plain_rollups, rich_rollup_tables
+from netdiag.commands.watch import dns_options
+from netdiag.pipeline.dnswatch import Enricher
+from netdiag.sinks.live import rollup_tables
+from netdiag.sinks.plain import print_plain_rollups
+from netdiag.sinks.text import verdict_line
 
 from .test_dns_attribute import NS1, FakePods, lab_observer, record, row
 
@@ -45,14 +49,16 @@ def test_enricher_apply_and_render():
     assert {(r["pod"], r["name"]) for r in rec["domains"]} >= {("default/web-1", "other.lab.test"),
                                                               ("shop/api-0", "api.lab.test")}
     assert {p["pod"] for p in rec["pods"]} == {"default/web-1", "shop/api-0"}
+    rec["verdicts"] = e.verdicts(rec)
     assert rec["verdicts"][-1]["kind"] == "dns_rate_limit_risk"       # 8 pkt/s over a 1-pkt/s threshold
     buf = io.StringIO()
     print_plain_rollups(rec, 10, buf)
     text = buf.getvalue()
-    assert "dom default/web-1 other.lab.test" in text and "pod shop/api-0" in text and "VERDICT" in text
+    assert "dom default/web-1 other.lab.test" in text and "pod shop/api-0" in text
+    assert verdict_line(rec["verdicts"][-1]).startswith("dns_rate_limit_risk")
     from rich.console import Console
     con = Console(file=io.StringIO(), width=160)
-    for t in rich_rollup_tables(rec, 10):
+    for t in rollup_tables(rec, 10):
         con.print(t)
     assert "gone.lab.test" in con.file.getvalue()
 
