@@ -3,65 +3,12 @@
  * counters every interval and subtracts: no increment is lost or counted twice at a boundary.
  * The maps are bounded LRU hashes (after a fixed per-CPU table for the first destinations, see
  * nd_dst); every key inserted in nd_dsts is counted (ND_STAT_DST_NEW), so
- * evictions = inserted - present. */
-
-#define ND_DIR_OUT 1
-#define ND_DIR_IN  2
-
-#define ND_CODE_CONNECT_ERRNO 1
-#define ND_CODE_RST_OUT_REASON 2
+ * evictions = inserted - present.
+ * The maps' keys and values, ND_DIR_*, ND_CODE_* and the slot states: nd_events.h (userspace reads them). */
 
 #ifndef ND_MAX_DSTS
 #define ND_MAX_DSTS 16384
 #endif
-
-struct nd_dst_key {
-    u32 netns;
-    u8 family;
-    u8 dir;             /* ND_DIR_OUT (remote endpoint) or ND_DIR_IN (local endpoint): on loopback
-                         * one ip:port is both, and the two rows must not merge */
-    u16 port;           /* host order */
-    u8 addr[16];
-};
-
-struct nd_dst_val {
-    u64 connects;       /* outbound attempts */
-    u64 established;    /* outbound: connects that succeeded; inbound: handshakes completed */
-    u64 failed;
-    u64 resets_in;
-    u64 resets_out;
-    u64 syn_retrans;    /* outbound SYNs; inbound SYN-ACKs */
-    u64 retrans;        /* data retransmits */
-    u64 accepts;        /* inbound: taken by accept() */
-    u64 lat_sum_ns;     /* outbound connect latency */
-    u64 lat_count;
-    s64 active;         /* outbound: established now (seeded from inet_diag at start) */
-    u32 dir;            /* ND_DIR_* bits */
-    u32 pad;
-};
-
-struct nd_code_key {
-    struct nd_dst_key d;
-    u32 kind;           /* ND_CODE_* */
-    u32 code;           /* errno, reset reason */
-};
-
-/* an outbound connection by 4-tuple (inet_diag seeding has no socket addresses) */
-struct nd_sock_key {
-    u32 netns;
-    u16 family;
-    u16 lport;
-    u16 rport;
-    u16 pad;
-    u32 pad2;
-    u8 laddr[16];
-    u8 raddr[16];
-};
-
-struct nd_drop_key {
-    u32 netns;
-    u32 reason;
-};
 
 /* per-CPU values: no atomic, no cache line bouncing between CPUs; userspace sums them */
 BPF_F_TABLE("lru_percpu_hash", struct nd_dst_key, struct nd_dst_val, nd_dsts, ND_MAX_DSTS, BPF_F_NO_COMMON_LRU);
@@ -121,23 +68,9 @@ static __always_inline void nd_sock_key_of(struct nd_sock_key *s, u32 netns, str
 #ifndef ND_DST_SLOT_BITS
 #define ND_DST_SLOT_BITS 10
 #endif
-#define ND_DST_SLOT_FREE 0
-#define ND_DST_SLOT_CLAIMING 1      /* a program nested on this CPU finds it so: it uses nd_dsts */
-#define ND_DST_SLOT_HELD 2
-
-struct nd_dst_slot {
-    u64 state;
-    struct nd_dst_key k;
-    struct nd_dst_val v;
-};
 BPF_PERCPU_ARRAY(nd_dst_table, struct nd_dst_slot, 1 << ND_DST_SLOT_BITS);
 
-/* The same for the errno / reset-reason breakdown (nd_codes). */
-struct nd_code_slot {
-    u64 state;
-    struct nd_code_key k;
-    u64 n;
-};
+/* The same for the errno / reset-reason breakdown (nd_codes): struct nd_code_slot. */
 BPF_PERCPU_ARRAY(nd_code_table, struct nd_code_slot, 1 << ND_DST_SLOT_BITS);
 
 /* a slot index from a key's 8-byte words */

@@ -10,9 +10,6 @@
  * Built with -DND_DNS_SOCK, the file holds the socket path instead (at its end): tracepoints on
  * the socket calls, sharing the rings and the record header. */
 
-#ifndef ND_DNS_SNAP
-#define ND_DNS_SNAP 2048
-#endif
 #ifndef ND_DNS_RB_PAGES
 #define ND_DNS_RB_PAGES 1024
 #endif
@@ -20,27 +17,7 @@
 #define ND_DNS_MAX_CPUS 1024
 #endif
 
-#define ND_DNS_EGRESS 1
-#define ND_DNS_INGRESS 2
-
-struct nd_dns_hdr {
-    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
-    u64 netns_cookie;
-    u32 len;            /* the packet's length; the data after the header holds min(len, room) */
-    u8 dir;             /* ND_DNS_EGRESS / ND_DNS_INGRESS */
-    u8 pad[3];
-};
-
-/* most lookups fit a small record; bigger packets (EDNS, DNS over TCP) take a full one */
-#define ND_DNS_SMALL 512
-struct nd_dns_small {
-    struct nd_dns_hdr h;
-    u8 data[ND_DNS_SMALL];
-};
-struct nd_dns_rec {
-    struct nd_dns_hdr h;
-    u8 data[ND_DNS_SNAP];
-};
+#include "nd_dns.h"
 
 /* One ring buffer per CPU (netdiag fills nd_dns_rings[cpu]; nd_dns_ring0 is the template and
  * CPU 0's): producers on different CPUs never wait on one ring's lock. Userspace merges the
@@ -156,23 +133,10 @@ int nd_dns_ingress(struct __sk_buff *skb)
  * socket's addresses (struct nd_dns_sk), then the payload as the application wrote or read it
  * (for TCP: part of the byte stream, length prefixes included; userspace reassembles it).
  * Offsets come from BTF (-DND_OFF_*), syscall numbers and the user registers' layout from
- * netdiag/sources/dns/sockcapture.py for this architecture. */
+ * netdiag/kernel/dnsprog.py for this architecture. */
 
-#define ND_DNS_SEND 3
-#define ND_DNS_RECV 4
-#define ND_DNS_PEER_GUESSED 1
 #define ND_MSG_PEEK 2
 
-struct nd_dns_sk {
-    u8 family;          /* AF_INET / AF_INET6 */
-    u8 proto;           /* 17 / 6 */
-    u16 lport;          /* host order */
-    u16 rport;          /* host order */
-    u8 flags;           /* ND_DNS_PEER_GUESSED */
-    u8 pad;
-    u8 laddr[16];
-    u8 raddr[16];
-};
 struct nd_dns_sk_small {
     struct nd_dns_hdr h;
     struct nd_dns_sk s;

@@ -1,6 +1,9 @@
-/* Events netdiag streams to userspace, and the limits of its maps.
- * netdiag/analysis/decode.py mirrors struct nd_event; tests/unit/test_decode.py checks the mirror
- * field by field against this header. Widest fields first, explicit padding. */
+/* What the programs share with userspace: the events they stream, the counters' indexes, the
+ * keys and values of the maps userspace reads, and the limits of its maps.
+ * netdiag/analysis/decode.py mirrors struct nd_event and the aggregation structs,
+ * netdiag/analysis/aggregate.py the directions and code kinds, netdiag/sources/conntrack/kprobe.py
+ * the SNAT rows; tests/unit/test_header_contract.py checks every offset, size and value against
+ * this header. Widest fields first, explicit padding. */
 #ifndef ND_EVENTS_H
 #define ND_EVENTS_H
 
@@ -41,5 +44,99 @@ struct nd_event {
     u8 daddr[16];       /* remote address */
     char comm[16];
 };
+
+/* ---- aggregation (bpf/agg.c) ---- */
+#define ND_DIR_OUT 1
+#define ND_DIR_IN  2
+
+#define ND_CODE_CONNECT_ERRNO 1
+#define ND_CODE_RST_OUT_REASON 2
+
+struct nd_dst_key {
+    u32 netns;
+    u8 family;
+    u8 dir;             /* ND_DIR_OUT (remote endpoint) or ND_DIR_IN (local endpoint): on loopback
+                         * one ip:port is both, and the two rows must not merge */
+    u16 port;           /* host order */
+    u8 addr[16];
+};
+
+struct nd_dst_val {
+    u64 connects;       /* outbound attempts */
+    u64 established;    /* outbound: connects that succeeded; inbound: handshakes completed */
+    u64 failed;
+    u64 resets_in;
+    u64 resets_out;
+    u64 syn_retrans;    /* outbound SYNs; inbound SYN-ACKs */
+    u64 retrans;        /* data retransmits */
+    u64 accepts;        /* inbound: taken by accept() */
+    u64 lat_sum_ns;     /* outbound connect latency */
+    u64 lat_count;
+    s64 active;         /* outbound: established now (seeded from inet_diag at start) */
+    u32 dir;            /* ND_DIR_* bits */
+    u32 pad;
+};
+
+struct nd_code_key {
+    struct nd_dst_key d;
+    u32 kind;           /* ND_CODE_* */
+    u32 code;           /* errno, reset reason */
+};
+
+/* an outbound connection by 4-tuple (inet_diag seeding has no socket addresses) */
+struct nd_sock_key {
+    u32 netns;
+    u16 family;
+    u16 lport;
+    u16 rport;
+    u16 pad;
+    u32 pad2;
+    u8 laddr[16];
+    u8 raddr[16];
+};
+
+struct nd_drop_key {
+    u32 netns;
+    u32 reason;
+};
+
+/* the state word of a slot of nd_dst_table / nd_code_table */
+#define ND_DST_SLOT_FREE 0
+#define ND_DST_SLOT_CLAIMING 1      /* a program nested on this CPU finds it so: it uses nd_dsts */
+#define ND_DST_SLOT_HELD 2
+
+struct nd_dst_slot {
+    u64 state;
+    struct nd_dst_key k;
+    struct nd_dst_val v;
+};
+struct nd_code_slot {
+    u64 state;
+    struct nd_code_key k;
+    u64 n;
+};
+
+/* ---- SNAT rows (bpf/snat.c) ---- */
+struct nd_snat_key {
+    u32 netns;          /* of the ct (the NAT's namespace) */
+    u16 family;         /* AF_INET / AF_INET6 */
+    u16 dport;          /* destination port, host order */
+    u8 proto;
+    u8 pad[7];
+    u8 nat[16];         /* NAT source address (reply tuple dst); zero: a ct without source NAT */
+    u8 dst[16];         /* destination (reply tuple src: the real peer after any DNAT) */
+};
+
+struct nd_snat_val {
+    s64 in_use;         /* confirmed source-NATed entries alive now */
+    u64 allocations;    /* confirmed */
+    u64 releases;
+    u64 insert_failed;  /* __nf_conntrack_confirm == NF_DROP */
+    u64 setups;         /* nf_nat_setup_info picked a mapping (confirmed or not) */
+    u32 range_flags;    /* of the last nf_nat_range2 seen for this row */
+    u16 range_lo;       /* host order; valid when range_flags has NF_NAT_RANGE_PROTO_SPECIFIED */
+    u16 range_hi;
+};
+
 
 #endif

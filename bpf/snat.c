@@ -41,26 +41,7 @@ struct nd_nat_range2 {
 #define ND_MAX_SNAT_LIVE 262144
 #endif
 
-struct nd_snat_key {
-    u32 netns;          /* of the ct (the NAT's namespace) */
-    u16 family;         /* AF_INET / AF_INET6 */
-    u16 dport;          /* destination port, host order */
-    u8 proto;
-    u8 pad[7];
-    u8 nat[16];         /* NAT source address (reply tuple dst); zero: a ct without source NAT */
-    u8 dst[16];         /* destination (reply tuple src: the real peer after any DNAT) */
-};
-
-struct nd_snat_val {
-    s64 in_use;         /* confirmed source-NATed entries alive now */
-    u64 allocations;    /* confirmed */
-    u64 releases;
-    u64 insert_failed;  /* __nf_conntrack_confirm == NF_DROP */
-    u64 setups;         /* nf_nat_setup_info picked a mapping (confirmed or not) */
-    u32 range_flags;    /* of the last nf_nat_range2 seen for this row */
-    u16 range_lo;       /* host order; valid when range_flags has NF_NAT_RANGE_PROTO_SPECIFIED */
-    u16 range_hi;
-};
+/* struct nd_snat_key, struct nd_snat_val: nd_events.h */
 
 struct nd_nat_call {
     u64 ct;

@@ -60,7 +60,7 @@ def test_errno_name_unknown_and_zero():
     assert errno_name(4095) == "E4095"
 
 
-AGG = Path(__file__).resolve().parents[2] / "bpf" / "agg.c"
+AGG = Path(__file__).resolve().parents[2] / "bpf" / "nd_events.h"
 
 
 def c_struct_fields(text, name):
