@@ -177,3 +177,79 @@ def test_per_domain_per_pod_and_late_namespace(lab, observed):
     assert both3[(lab.cli3, "api.lab.test")]["dns"]["answers"] == 1
     for rec in (rec1, rec2, rec3):
         assert rec["dns"]["lost"] == 0
+
+
+CAP = 5
+CAP_PORT = 9090
+
+
+def test_connection_cap_verdict_names_its_domain(lab, tmp_path):
+    """`watch --per-domain --per-pod`'s pipeline: a name answered by the lab's DNS server, a
+    server namespace that drops SYNs beyond CAP concurrent connections to it (connlimit), and
+    the remote_connection_cap verdict names that domain and the client's pod."""
+    import subprocess
+    import threading
+    import time
+    from netdiag.analysis.diagnose import Diagnoser
+    from netdiag.labs.procs import netdiag_argv
+    from netdiag.labs.topology import ns_exec
+    from netdiag.pipeline.collector import Watcher
+    from netdiag.pipeline.dnswatch import Enricher
+    from netdiag.pipeline.run import Pipeline
+
+    ns_exec(lab.srv, "iptables", "-A", "INPUT", "-p", "tcp", "--syn", "--dport", str(CAP_PORT), "-m", "connlimit",
+            "--connlimit-above", str(CAP), "--connlimit-mask", "0", "-j", "DROP")
+    ready = tmp_path / "server.ready"
+    server = subprocess.Popen(["ip", "netns", "exec", lab.srv, *netdiag_argv(
+        "load", "server", "--bind", API[0], "--port", CAP_PORT, "--json", "--duration", 120, "--ready-file", ready)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client = None
+    cli = lab.inode(lab.cli1)
+    records = []
+
+    class Keep:
+        def open(self, info):
+            pass
+
+        def interval(self, rec):
+            records.append(rec)
+
+        def close(self, summary):
+            pass
+
+    pipe = Pipeline(Watcher(netns=cli, conntrack=False), Diagnoser(),
+                    Enricher(per_domain=True, per_pod=True, netns=cli), sinks=[Keep()])
+    try:
+        deadline = time.monotonic() + 15
+        while not ready.exists():
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.poll() else ""
+            time.sleep(0.05)
+        pipe.start()
+        pipe.step()                                          # whatever happened before: not ours
+        assert sorted(lab.c1.ask(resolve="api.lab.test")["addrs"]) == API
+        client = subprocess.Popen(["ip", "netns", "exec", lab.cli1, *netdiag_argv(
+            "load", "client", f"{API[0]}:{CAP_PORT}", "-n", CAP + 10, "--timeout", 3, "--hold", 5, "--json")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stop = threading.Event()
+        tail = {}
+
+        def over(now):
+            if client.poll() is not None and "until" not in tail:
+                tail["until"] = now + 1.0
+            return "until" in tail and now >= tail["until"]
+        pipe.run(0.5, stop, deadline=time.monotonic() + 40, until=over)
+    finally:
+        pipe.close()
+        for p in (client, server):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(timeout=10)
+    caps = [v for rec in records for v in rec["verdicts"] if v["kind"] == "remote_connection_cap"]
+    assert caps, [[v["kind"] for v in rec["verdicts"]] for rec in records]
+    v = caps[-1]
+    assert v["dst"] == f"{API[0]}:{CAP_PORT}" and v["cap"] == CAP and v["netns"] == cli
+    assert v["domain"] == "api.lab.test"
+    assert v["pods"] == [lab.cli1]
+    jsonschema = pytest.importorskip("jsonschema")
+    for rec in records:
+        jsonschema.validate(rec, SCHEMA)
