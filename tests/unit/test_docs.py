@@ -165,3 +165,18 @@ def test_group_page_lists_every_subcommand(path):
     ctx = click.Context(cli)
     for name in command(path).list_commands(ctx):
         assert tuple(path) + (name,) in syn, f"docs/commands/{path[0]}.md: no `netdiag {ids(path)} {name}` line"
+
+
+def test_contracts_page_names_every_field_of_the_watch_schema():
+    import json
+    schema = json.loads((ROOT / "docs" / "schema" / "watch-interval.schema.json").read_text())
+    text = (ROOT / "docs" / "contracts.md").read_text()
+    objects = [schema, schema["properties"]["node_totals"], *schema["$defs"].values()]
+    fields = {k for o in objects for k in o.get("properties", {})}
+    missing = sorted(f for f in fields if f"`{f}`" not in text)
+    assert not missing, f"docs/contracts.md does not describe {missing} of the watch interval schema"
+
+
+def test_contracts_are_linked():
+    for doc in ("README.md", "docs/architecture.md"):
+        assert "contracts.md" in (ROOT / doc).read_text(), f"{doc} does not link docs/contracts.md"
