@@ -190,6 +190,7 @@ def test_connection_cap_verdict_names_its_domain(lab, tmp_path):
     import subprocess
     import threading
     import time
+
     from netdiag.analysis.diagnose import Diagnoser
     from netdiag.labs.procs import netdiag_argv
     from netdiag.labs.topology import ns_exec

@@ -1,5 +1,12 @@
 """annotate / rollup_domains / rollup_pods / dns_rate_limit_verdict on hand-made records."""
-from netdiag.analysis.domains import ReverseResolver, annotate, dns_rate_limit_verdict, name_verdicts, rollup_domains, rollup_pods
+from netdiag.analysis.domains import (
+    ReverseResolver,
+    annotate,
+    dns_rate_limit_verdict,
+    name_verdicts,
+    rollup_domains,
+    rollup_pods,
+)
 from netdiag.sources.dns.cache import NameCache, QueryStats
 from netdiag.sources.dns.observer import build_snapshot
 

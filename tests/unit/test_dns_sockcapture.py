@@ -10,8 +10,8 @@ import pytest
 from netdiag.errors import FeatureMissing
 from netdiag.kernel import dnsprog
 from netdiag.sources.dns.cgcapture import REC_HDR, decode
-from netdiag.sources.dns.sockcapture import DIR_RECV, DIR_SEND, PEER_GUESSED, SK_HDR, decode_sock
 from netdiag.sources.dns.observer import DnsObserver
+from netdiag.sources.dns.sockcapture import DIR_RECV, DIR_SEND, PEER_GUESSED, SK_HDR, decode_sock
 
 from .dnspkt import answer, query, tcp_framed
 from .test_dns_observer import cap

@@ -100,6 +100,7 @@ def test_verdict_lines_show_each_verdict_once_and_the_lab_result():
 
 def test_live_view_renders_a_record():
     from rich.console import Console
+
     from netdiag.sinks.live import LiveView
     view = LiveView(10)
     view.console = Console(file=io.StringIO(), width=200)
