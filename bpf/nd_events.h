@@ -117,6 +117,8 @@ struct nd_code_slot {
 };
 
 /* ---- SNAT rows (bpf/snat.c) ---- */
+#define ND_NAT_RANGE_PROTO_SPECIFIED (1 << 1)     /* NF_NAT_RANGE_PROTO_SPECIFIED, in range_flags */
+
 struct nd_snat_key {
     u32 netns;          /* of the ct (the NAT's namespace) */
     u16 family;         /* AF_INET / AF_INET6 */

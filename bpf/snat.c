@@ -17,7 +17,6 @@
 /* struct nf_nat_range2 as include/uapi/linux/netfilter/nf_nat.h defines it (a UAPI struct, so
  * its layout is ABI). Spelled out here: that header pulls in kernel-internal ones through
  * <linux/netfilter.h>, which clash with the enums nd_common.h declares. */
-#define ND_NAT_RANGE_PROTO_SPECIFIED (1 << 1)     /* NF_NAT_RANGE_PROTO_SPECIFIED */
 struct nd_nat_range2 {
     unsigned int flags;
     u32 min_addr[4];        /* union nf_inet_addr */

@@ -13,9 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from netdiag.errors import BpfSyscallError, FeatureMissing
-from netdiag.kernel import bpfsys
+from netdiag.kernel import bpfsys, tracefs
 from netdiag.kernel import btf as btfmod
-from netdiag.kernel import tracefs
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
@@ -124,7 +123,7 @@ def capabilities() -> tuple[bool, str]:
         return True, "running as root"
     try:
         with open("/proc/self/status") as f:
-            capeff = next(int(l.split()[1], 16) for l in f if l.startswith("CapEff:"))
+            capeff = next(int(ln.split()[1], 16) for ln in f if ln.startswith("CapEff:"))
     except (OSError, StopIteration):
         capeff = 0
     have = lambda c: bool(capeff >> c & 1)  # noqa: E731

@@ -208,6 +208,7 @@ def _child(fd: int) -> None:
 def _write_image(path: str, b, header: dict, named_fds: dict[str, int], loaded, fills=None) -> str | None:
     """Leave a program image for the next start; never fails the load. None, or why not."""
     from pathlib import Path
+
     from netdiag.kernel import progcache
     image_header = {k: v for k, v in header.items() if k != "cache_note"}
     try:

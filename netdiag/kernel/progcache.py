@@ -37,9 +37,13 @@ from netdiag.errors import BpfSyscallError
 from netdiag.kernel import bpfsys
 from netdiag.kernel import btf as btfmod
 from netdiag.kernel.bpfsrc import digest as bpf_digest
+from netdiag.kernel.bpfsys import (
+    BPF_PROG_TYPE_CGROUP_SKB,
+    BPF_PROG_TYPE_RAW_TRACEPOINT,
+    BPF_PROG_TYPE_TRACEPOINT,
+    BPF_PSEUDO_MAP_FD,
+)
 from netdiag.kernel.dnsprog import CGROUP_ATTACH, link_cgroup
-from netdiag.kernel.bpfsys import (BPF_PROG_TYPE_CGROUP_SKB, BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_PROG_TYPE_TRACEPOINT,
-                                   BPF_PSEUDO_MAP_FD)
 
 FORMAT = 1
 DEFAULT_DIR = Path("/var/cache/netdiag/programs")

@@ -51,12 +51,12 @@ def test_refused_tp_btf_falls_back_to_raw_and_says_why(doctor, monkeypatch):
     tracepoints, runs, and keeps the reason (watch and trace print it)."""
     if not any(c["name"] == "BTF tracepoints" and c["status"] == "yes" for c in doctor["checks"]):
         pytest.skip("no tp_btf on this kernel: nothing to fall back from")
-    from netdiag.kernel import features
+    from netdiag.kernel import bpfsys
 
     def refuse(insns, event, name=""):
         raise OSError(13, f"tp_btf {event} refused (EACCES): made up by the test")
 
-    monkeypatch.setattr(features, "load_tp_btf", refuse)
+    monkeypatch.setattr(bpfsys, "load_tp_btf", refuse)
     eng = ProbeEngine(("connect", "accept"), mode="tracepoint", stream=False, aggregate=True)
     assert eng.btf_tp
     eng.start()
