@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 COUNTERS = ("connects", "established", "failed", "resets_in", "resets_out", "syn_retrans", "retrans",
             "accepts", "lat_sum_ns", "lat_count")
-DIR_OUT, DIR_IN = 1, 2
-CODE_CONNECT_ERRNO, CODE_RST_OUT_REASON = 1, 2
+DIR_OUT, DIR_IN = 1, 2                               # bpf/nd_events.h ND_DIR_OUT / ND_DIR_IN
+CODE_CONNECT_ERRNO, CODE_RST_OUT_REASON = 1, 2       # bpf/nd_events.h ND_CODE_*
 
 
 class DstKey(NamedTuple):

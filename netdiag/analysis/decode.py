@@ -1,7 +1,8 @@
 """Decode raw events from the kernel into plain dicts (pure functions, no kernel needed).
 
-``EVENT_FIELDS`` mirrors ``struct nd_event`` in bpf/nd_events.h; tests/unit/test_decode.py
-checks the mirror field by field against the header.
+``EVENT_FIELDS`` mirrors ``struct nd_event`` in bpf/nd_events.h, ``AGG_STRUCTS`` the aggregation
+maps' keys and values declared there; tests/unit/test_header_contract.py checks every mirror
+here, offset by offset, and every constant, against the header.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import ipaddress
 import struct
 
 AF_INET, AF_INET6 = 2, 10
-EV_CONNECT, EV_ACCEPT = 1, 2
+EV_CONNECT, EV_ACCEPT = 1, 2          # bpf/nd_events.h ND_EV_CONNECT / ND_EV_ACCEPT
 KIND_NAMES = {EV_CONNECT: "connect", EV_ACCEPT: "accept"}
 
 # (name, C type, struct format) in header order
@@ -76,7 +77,7 @@ def decode_event(raw: bytes) -> dict:
     return ev
 
 
-# Mirrors of bpf/agg.c's map keys and values (checked against the C by tests/unit/test_decode.py).
+# Mirrors of the aggregation maps' keys and values (bpf/nd_events.h, used by bpf/agg.c).
 AGG_STRUCTS = {
     "nd_dst_key": (("netns", "u32"), ("family", "u8"), ("dir", "u8"), ("port", "u16"), ("addr", "u8[16]")),
     "nd_dst_val": (("connects", "u64"), ("established", "u64"), ("failed", "u64"), ("resets_in", "u64"),
@@ -97,6 +98,6 @@ DST_KEY, DST_VAL, CODE_KEY, SOCK_KEY, DROP_KEY, DST_SLOT, CODE_SLOT = (
     struct.Struct("<" + "".join(_FMT[t] for _, t in AGG_STRUCTS[n]))
     for n in ("nd_dst_key", "nd_dst_val", "nd_code_key", "nd_sock_key", "nd_drop_key", "nd_dst_slot",
               "nd_code_slot"))
-DST_SLOT_HELD = 2       # bpf/agg.c ND_DST_SLOT_HELD
+DST_SLOT_HELD = 2       # bpf/nd_events.h ND_DST_SLOT_HELD
 U64 = struct.Struct("<Q")
 DST_VAL_FIELDS = tuple(n for n, _ in AGG_STRUCTS["nd_dst_val"])

@@ -254,6 +254,10 @@ def contract_errors(h: Header) -> list[str]:
     for macro, value, where in constants():
         if h.defines.get(macro) != value:
             errs.append(f"{macro}: header {h.defines.get(macro)}, {where} {value}")
+    if "nd_dst_val" in h.structs:
+        head = [n for n, _, _, _ in h.layout("nd_dst_val")[0]][:len(aggregate.COUNTERS)]
+        if head != list(aggregate.COUNTERS):
+            errs.append(f"nd_dst_val counters: header {head}, analysis/aggregate.py COUNTERS {aggregate.COUNTERS}")
     if "nd_dns_rec" in h.structs:
         data_off = next(o for n, o, _, _ in h.layout("nd_dns_rec")[0] if n == "data")
         if data_off != cgcapture.REC_HDR.size:
@@ -305,6 +309,7 @@ def _mutated(name: str, old: str, new: str) -> Header:
     ("nd_events.h", "    u8 addr[16];\n};", "    u8 addr[20];\n};"),
     ("nd_events.h", "    u32 pad;\n};", "    u32 pad;\n    u64 more;\n};"),
     ("nd_events.h", "    s64 active;", "    u64 active;"),
+    ("nd_events.h", "    u64 failed;\n    u64 resets_in;", "    u64 resets_in;\n    u64 failed;"),
     ("nd_events.h", "#define ND_EV_ACCEPT  2", "#define ND_EV_ACCEPT  3"),
     ("nd_events.h", "#define ND_STAT_LOST            4", "#define ND_STAT_LOST            5"),
     ("nd_events.h", "#define ND_DIR_IN  2", "#define ND_DIR_IN  4"),
