@@ -232,9 +232,9 @@ class Watcher:
 
         code_d = agg.code_deltas(codes, self.prev_codes)
         shown: set = set()
+        live = {k: v for k, v in live.items() if self._wanted(k)}
         rows = agg.build_rows(live, self.prev_vals, dirs, active, code_d, {}, _errno_name, self.rst_reason,
                               self.labels.label, self.prev_active, shown)
-        rows = [r for r in rows if self._wanted(r)]
         if not self.accepts_measured:
             for r in rows:
                 r["accepts"] = None
@@ -244,7 +244,7 @@ class Watcher:
             if d > 0 and (self.netns_filter is None or ns == self.netns_filter):
                 name = self.drop_reason(reason)
                 drop_d[name] = drop_d.get(name, 0) + d
-        listeners = self._listeners(rows)
+        listeners = self._listeners(rows, shown)
         totals = agg.node_totals(rows)
         totals["drops_by_reason"] = dict(sorted(drop_d.items(), key=lambda kv: -kv[1]))
         totals["connect_latency_hist"] = agg.hist_delta(hist, self.prev_hist)
@@ -283,21 +283,20 @@ class Watcher:
         self.t_prev = now
         return record
 
-    def _wanted(self, row: dict) -> bool:
-        if self.port is not None and not row["dst"].endswith(f":{self.port}"):
+    def _wanted(self, key: agg.DstKey) -> bool:
+        """Is this destination inside --port and --dst?"""
+        if self.port is not None and key.port != self.port:
             return False
-        if self.dst_net is not None:
-            addr = row["dst"].rsplit(":", 1)[0].strip("[]")
-            if ipaddress.ip_address(addr) not in self.dst_net:
-                return False
-        return True
+        return self.dst_net is None or ipaddress.ip_address(key.addr) in self.dst_net
 
-    def _listeners(self, rows: list[dict]) -> list[dict]:
+    def _listeners(self, rows: list[dict], keys) -> list[dict]:
+        # each inbound row's key (rows name it by its endpoint text; the keys say which it is)
+        by_text = {(k.netns, k.endpoint, k.out): k for k in keys}
         inbound: dict = {}
         for r in rows:
             if r["direction"] == "in":
-                port = int(r["dst"].rsplit(":", 1)[1])
-                inbound.setdefault((r["netns"], port), []).append(r)
+                k = by_text.get((r["netns"], r["dst"], False)) or by_text[(r["netns"], r["dst"], True)]
+                inbound.setdefault((r["netns"], k.port), []).append((k.addr, r))
         out = []
         for inode, path in self._namespaces().items():
             try:
@@ -310,8 +309,8 @@ class Watcher:
                     continue
                 key = (inode, s.family, s.laddr, s.lport)
                 self.max_queue[key] = max(self.max_queue.get(key, 0), s.rqueue)
-                rs = [r for r in inbound.get((inode, s.lport), [])
-                      if s.laddr in ("0.0.0.0", "::") or r["dst"].rsplit(":", 1)[0].strip("[]") == s.laddr]
+                rs = [r for addr, r in inbound.get((inode, s.lport), [])
+                      if s.laddr in ("0.0.0.0", "::") or addr == s.laddr]
                 mine.append({
                     "listen": f"[{s.laddr}]:{s.lport}" if s.family == 6 else f"{s.laddr}:{s.lport}",
                     "netns": inode,

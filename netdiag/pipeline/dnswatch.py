@@ -29,10 +29,6 @@ class Enricher:
         """Where the DNS capture's programs came from ("compiled" or "cached"); None without any."""
         return self.observer.program if self.observer is not None else None
 
-    @property
-    def active(self) -> bool:
-        return self.dns or self.per_pod or self.resolve
-
     def start(self) -> "Enricher":
         if self.dns and self.observer is None:
             from netdiag.sources.dns.observer import DnsObserver
