@@ -139,6 +139,8 @@ def _run_child(request: dict) -> Detached:
         cls = getattr(errors, e["type"], errors.NetdiagError)
         if cls is errors.FeatureMissing:
             raise cls(e.get("feature", ""), e["message"], e.get("detail"))
+        if not issubclass(cls, errors.NetdiagError) or cls is errors.BpfSyscallError:
+            cls = errors.BpfLoadError   # its own fields did not cross: the message did
         raise cls(e["message"], e.get("detail"))
     names = header["maps"]
     map_fds, attach = fds[:len(names)], fds[len(names):]
@@ -230,6 +232,8 @@ def _child_dns(sock: socket.socket, req: dict, cache_path: str | None = None) ->
         attach, args = dnsprog.cgroup_child_attach, (req["cgroup"],)
     try:
         b, maps, links, loaded = attach(*args)
+    except errors.BpfSyscallError as e:   # the kernel refused a map, a load or a link: another path
+        raise errors.FeatureMissing(mode, f"DNS capture on {mode} unavailable: {e}", e.detail) from e
     except errors.NetdiagError:
         raise
     except OSError as e:
