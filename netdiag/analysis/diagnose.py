@@ -185,14 +185,14 @@ class Diagnoser:
         # listeners over the window
         lst: dict = {}
         for i, r in enumerate(win):
-            for l in r.get("listeners") or []:
-                a = lst.setdefault((l["netns"], l["listen"]), {"netns_name": l.get("netns_name"), "backlog": 0,
+            for ls in r.get("listeners") or []:
+                a = lst.setdefault((ls["netns"], ls["listen"]), {"netns_name": ls.get("netns_name"), "backlog": 0,
                                                                "max_queue": 0, "overflows": [0] * len(win),
                                                                "established": [0] * len(win)})
-                a["backlog"] = l.get("backlog") or a["backlog"]
-                a["max_queue"] = max(a["max_queue"], l.get("max_queue") or 0)
-                a["overflows"][i] = l.get("overflows") or 0
-                a["established"][i] = l.get("established") or 0
+                a["backlog"] = ls.get("backlog") or a["backlog"]
+                a["max_queue"] = max(a["max_queue"], ls.get("max_queue") or 0)
+                a["overflows"][i] = ls.get("overflows") or 0
+                a["established"][i] = ls.get("established") or 0
 
         # 1. snat_port_exhaustion: a local NAT's range is full and the NAT netns drops SYNs
         snat_dsts = set()
@@ -249,7 +249,7 @@ class Diagnoser:
             plateau = len(actives) >= t.cap_plateau_intervals and \
                 all(a == peak for a in actives[-t.cap_plateau_intervals:])
             local = (dst in snat_dsts or eaddr or nat_fail_ns
-                     or any(_listener_serves(l, dst) and sum(a["overflows"]) for (_, l), a in lst.items()))
+                     or any(_listener_serves(ls, dst) and sum(a["overflows"]) for (_, ls), a in lst.items()))
             if peak >= t.cap_min_active and plateau and cap_fail >= t.cap_min_failures and not local:
                 found[("remote_connection_cap", ns, dst)] = {
                     "kind": "remote_connection_cap", "dst": dst, "netns": ns, "netns_name": name,

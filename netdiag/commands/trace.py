@@ -41,9 +41,9 @@ def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf
       sudo netdiag trace connect --json --duration 10 | jq 'select(.result=="error")'
       sudo netdiag trace --netns nd-client --pid 1234
     """
-    from netdiag.sources import netns as nsmod
     from netdiag.analysis.decode import decode_event, endpoint
     from netdiag.kernel.engine import ProbeEngine
+    from netdiag.sources import netns as nsmod
 
     signals = WHAT[what]
     netns_inode = nsmod.resolve(netns) if netns else None

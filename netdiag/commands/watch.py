@@ -9,7 +9,15 @@ from pathlib import Path
 import click
 
 from netdiag.analysis.domains import LINK_LOCAL_PPS
-from netdiag.commands.options import DST_SLOTS, SOCKET_SLOTS, duration_option, flavour_kwargs, interval_option, json_option, tracepoints_option
+from netdiag.commands.options import (
+    DST_SLOTS,
+    SOCKET_SLOTS,
+    duration_option,
+    flavour_kwargs,
+    interval_option,
+    json_option,
+    tracepoints_option,
+)
 
 
 def dns_options(f):
@@ -81,12 +89,12 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
       sudo netdiag watch --json | jq -c '.destinations[] | select(.failed > 0)'
       sudo netdiag watch --port 443 --dst 10.0.0.0/8 --interval 5
     """
-    from netdiag.sources import netns as nsmod
-    from netdiag.kernel.features import require_privileges
     from netdiag.analysis.diagnose import Diagnoser
+    from netdiag.kernel.features import require_privileges
     from netdiag.pipeline.collector import Watcher
     from netdiag.pipeline.dnswatch import Enricher
     from netdiag.pipeline.run import Pipeline, stop_on_signals
+    from netdiag.sources import netns as nsmod
 
     netns_inode = nsmod.resolve(netns) if netns else None
     if dst:

@@ -12,8 +12,8 @@ import time
 
 from netdiag.analysis.diagnose import Diagnoser
 from netdiag.errors import EXIT_DATAERR, NetdiagError
-from netdiag.labs.topology import _ip
 from netdiag.labs.scenarios import BUILD, RUN, SCENARIOS, Ctx
+from netdiag.labs.topology import _ip
 
 LAB_MARK = "l"                      # lab namespaces are nd-l<hex>-<role>
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
@@ -56,7 +56,7 @@ def scope(record: dict, inodes: set) -> dict:
     """Keep only what happened in the lab's own namespaces (other work on the node is not the lab's)."""
     r = dict(record)
     r["destinations"] = [d for d in record["destinations"] if d["netns"] in inodes]
-    r["listeners"] = [l for l in record.get("listeners", []) if l["netns"] in inodes]
+    r["listeners"] = [ls for ls in record.get("listeners", []) if ls["netns"] in inodes]
     if "nat" in record:
         r["nat"] = [n for n in record["nat"] if n["netns"] in inodes]
     if "conntrack_netns" in record:
@@ -67,7 +67,7 @@ def scope(record: dict, inodes: set) -> dict:
         tot[k] = sum(d[k] for d in outs)
     for k in ("resets_in", "resets_out", "retrans"):
         tot[k] = sum(d[k] for d in r["destinations"])
-    tot["listen_overflows"] = sum(l["overflows"] for l in r["listeners"] if not l.get("overflows_shared"))
+    tot["listen_overflows"] = sum(ls["overflows"] for ls in r["listeners"] if not ls.get("overflows_shared"))
     r["node_totals"] = tot
     return r
 

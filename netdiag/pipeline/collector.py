@@ -4,22 +4,30 @@ from inet_diag, and turns each interval's kernel maps into one record of DESIGN.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import struct
 import threading
 import time
 
 from netdiag.analysis import aggregate as agg
-from netdiag.sources import inetdiag
-from netdiag.kernel import loader
-from netdiag.sources import namespaces
-from netdiag.kernel.engine import DST_SLOTS, SOCKET_SLOTS, flavour_of
-from netdiag.sources import netns as nsmod
-from netdiag.kernel import tracefs
-from netdiag.analysis.decode import (CODE_KEY, CODE_SLOT, DROP_KEY, DST_KEY, DST_SLOT, DST_SLOT_HELD, DST_VAL, DST_VAL_FIELDS, SOCK_KEY, U64,
-                     format_addr)
+from netdiag.analysis.decode import (
+    CODE_KEY,
+    CODE_SLOT,
+    DROP_KEY,
+    DST_KEY,
+    DST_SLOT,
+    DST_SLOT_HELD,
+    DST_VAL,
+    DST_VAL_FIELDS,
+    SOCK_KEY,
+    U64,
+    format_addr,
+)
 from netdiag.errors import FeatureMissing
+from netdiag.kernel import loader, tracefs
+from netdiag.kernel.engine import DST_SLOTS, SOCKET_SLOTS, flavour_of
+from netdiag.sources import inetdiag, namespaces
+from netdiag.sources import netns as nsmod
 
 WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops", "snat")   # snat: kprobes only
 MAPS = ("nd_dsts", "nd_dst_table", "nd_codes", "nd_code_table", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
@@ -248,7 +256,7 @@ class Watcher:
         totals = agg.node_totals(rows)
         totals["drops_by_reason"] = dict(sorted(drop_d.items(), key=lambda kv: -kv[1]))
         totals["connect_latency_hist"] = agg.hist_delta(hist, self.prev_hist)
-        totals["listen_overflows"] = sum(l["overflows"] for l in listeners if not l.get("overflows_shared"))
+        totals["listen_overflows"] = sum(ls["overflows"] for ls in listeners if not ls.get("overflows_shared"))
         interval = now - self.t_prev if self.t_prev else 0.0
         record = {
             "type": "interval",
@@ -329,10 +337,10 @@ class Watcher:
             ovf = (ns_stat.get("ListenOverflows", 0) - prev.get("ListenOverflows", 0)) if prev else 0
             drops = (ns_stat.get("ListenDrops", 0) - prev.get("ListenDrops", 0)) if prev else 0
             agg.attribute_overflows(mine, ovf)
-            for l in mine:
-                l["listen_drops_netns"] = drops
+            for ls in mine:
+                ls["listen_drops_netns"] = drops
             out.extend(mine)
-        out.sort(key=lambda l: (-l["overflows"], -l["queue"], l["listen"]))
+        out.sort(key=lambda ls: (-ls["overflows"], -ls["queue"], ls["listen"]))
         return out
 
 

@@ -77,12 +77,12 @@ class LiveView:
         for col in ("listen", "netns", "queue/backlog", "max queue", "established", "accepts", "overflows",
                     "SYN-ACK rtx"):
             lt.add_column(col)
-        for l in rec["listeners"][:self.top]:
-            style = "bold red" if l["overflows"] else ""
-            lt.add_row(l["listen"], str(l["netns_name"] or l["netns"]), f"{l['queue']}/{l['backlog']}",
-                       str(l["max_queue"]), str(l["established"]),
-                       "-" if l["accepts"] is None else str(l["accepts"]), str(l["overflows"]),
-                       str(l["synack_retrans"]), style=style)
+        for ls in rec["listeners"][:self.top]:
+            style = "bold red" if ls["overflows"] else ""
+            lt.add_row(ls["listen"], str(ls["netns_name"] or ls["netns"]), f"{ls['queue']}/{ls['backlog']}",
+                       str(ls["max_queue"]), str(ls["established"]),
+                       "-" if ls["accepts"] is None else str(ls["accepts"]), str(ls["overflows"]),
+                       str(ls["synack_retrans"]), style=style)
         parts = [head, totals, *rollup_tables(rec, self.top), dt, lt]
         if rec.get("verdicts"):
             vt = Table(title="verdicts", title_justify="left", expand=True, title_style="bold red")

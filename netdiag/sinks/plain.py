@@ -72,11 +72,11 @@ def print_plain(rec: dict, top: int, out=None) -> None:
                   f"rst={r['resets_in']}/{r['resets_out']}"
                   f"{(' [' + errs(r['resets_out_by_reason']) + ']') if r['resets_out_by_reason'] else ''} "
                   f"synrtx={r['syn_retrans']}\n")
-    for l in rec["listeners"][:top]:
-        if l["overflows"] or l["established"] or l["queue"]:
-            out.write(f"  lst {l['listen']:<40} {str(l['netns_name'] or l['netns']):<16} "
-                      f"queue={l['queue']}/{l['backlog']} max={l['max_queue']} est={l['established']} "
-                      f"accepts={'-' if l['accepts'] is None else l['accepts']} overflows={l['overflows']}\n")
+    for ls in rec["listeners"][:top]:
+        if ls["overflows"] or ls["established"] or ls["queue"]:
+            out.write(f"  lst {ls['listen']:<40} {str(ls['netns_name'] or ls['netns']):<16} "
+                      f"queue={ls['queue']}/{ls['backlog']} max={ls['max_queue']} est={ls['established']} "
+                      f"accepts={'-' if ls['accepts'] is None else ls['accepts']} overflows={ls['overflows']}\n")
     for v in rec.get("verdicts", []):
         out.write(f"  verdict {verdict_line(v, advice=True)}\n")
     out.flush()
