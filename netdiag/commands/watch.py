@@ -94,6 +94,7 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     from netdiag.pipeline.collector import Watcher
     from netdiag.pipeline.dnswatch import Enricher
     from netdiag.pipeline.run import Pipeline, stop_on_signals
+    from netdiag.sinks.summary import RunSummary
     from netdiag.sources import netns as nsmod
 
     netns_inode = nsmod.resolve(netns) if netns else None
@@ -113,7 +114,6 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
                       **flavour_kwargs(tracepoints))
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)
-    from netdiag.sinks.summary import RunSummary
     summary = RunSummary()
     pipeline = Pipeline(watcher, Diagnoser(), enricher, sinks=[summary, *output_sinks(as_json, top, ready_file)])
     stop = threading.Event()
