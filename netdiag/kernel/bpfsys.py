@@ -12,9 +12,10 @@ would not remove the hand-written part. Its calls that do more than one bpf() co
 ``*_opts`` structs (``bpf_prog_load_opts``, ``bpf_map_create_opts``, ``bpf_link_create_opts``)
 whose layout is versioned by a leading size field and would have to be mirrored by hand in
 ctypes exactly as ``union bpf_attr`` is here; its error convention changed between 0.x (-1 and
-errno) and 1.x (-errno); its ring buffer reader calls back into Python per record; and the
-library is not guaranteed where netdiag runs (a BCC build links its own copy statically into
-libbcc, and the program-image path deliberately loads no BCC). The attr layouts used here are
+errno) and 1.x (-errno); its ring buffer reader calls back into Python once per record, where
+``RingBuffer`` below drains a ring in one pass; and libbpf.so is not guaranteed where netdiag
+runs (upstream BCC builds link their own copy into libbcc, and an image with only libbcc would
+lose the program-image and map paths that need no BCC at all). The attr layouts used here are
 the kernel's stable UAPI, and each command is a few lines.
 """
 from __future__ import annotations

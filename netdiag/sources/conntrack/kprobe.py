@@ -23,7 +23,7 @@ import struct
 from netdiag.sources.conntrack.ctmsg import PROTO_NAMES
 from netdiag.sources.conntrack.snat import utilization
 
-# bpf/snat.c struct nd_snat_key / struct nd_snat_val
+# bpf/nd_events.h struct nd_snat_key / struct nd_snat_val (tests/unit/test_header_contract.py)
 SNAT_KEY = struct.Struct("<IHHB7x16s16s")
 SNAT_VAL = struct.Struct("<qQQQQIHH")
 NF_NAT_RANGE_PROTO_SPECIFIED = 1 << 1
