@@ -132,15 +132,15 @@ def hist_delta(cur: list[int], prev: list[int] | None) -> dict[str, int]:
 def attribute_overflows(listeners: list[dict], overflow_delta: int) -> None:
     """Give a netns's ListenOverflows delta to its listeners whose accept queue is (or was) full."""
     if overflow_delta <= 0 or not listeners:
-        for l in listeners:
-            l.setdefault("overflows", 0)
+        for lst in listeners:
+            lst.setdefault("overflows", 0)
         return
-    full = [l for l in listeners if l["backlog"] and l["max_queue"] >= l["backlog"]]
+    full = [lst for lst in listeners if lst["backlog"] and lst["max_queue"] >= lst["backlog"]]
     if not full:
-        full = [max(listeners, key=lambda l: (l["max_queue"] / l["backlog"]) if l["backlog"] else 0)]
-    for l in listeners:
-        l["overflows"] = overflow_delta if l in full and len(full) == 1 else 0
+        full = [max(listeners, key=lambda lst: (lst["max_queue"] / lst["backlog"]) if lst["backlog"] else 0)]
+    for lst in listeners:
+        lst["overflows"] = overflow_delta if lst in full and len(full) == 1 else 0
     if len(full) > 1:
-        for l in full:
-            l["overflows"] = overflow_delta       # shared: each full listener may be the one
-            l["overflows_shared"] = True
+        for lst in full:
+            lst["overflows"] = overflow_delta       # shared: each full listener may be the one
+            lst["overflows_shared"] = True

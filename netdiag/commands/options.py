@@ -5,6 +5,7 @@ import click
 
 from netdiag.kernel.engine import DST_SLOTS, SOCKET_SLOTS, TRACEPOINT_FLAVOURS, flavour_kwargs, flavour_of  # noqa: F401
 
+
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True,
                         help="Machine-readable output (NDJSON / one JSON object).")(f)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+from netdiag.errors import FeatureMissing
 from netdiag.kernel import features as F
 from netdiag.kernel import tracefs
 from netdiag.kernel.engine import MODES, SIGNALS, mode_available, plan_modes
-from netdiag.errors import FeatureMissing
 
 
 @dataclass

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from netdiag.errors import BccMissing, BpfLoadError, FeatureMissing
 from netdiag.kernel import tracefs
 from netdiag.kernel.bpfsrc import source_dir
-from netdiag.errors import BccMissing, BpfLoadError, FeatureMissing
 from netdiag.kernel.features import Features, kprobe_target, require_privileges
 
 MODES = ("kprobe", "fentry", "tracepoint")
@@ -370,7 +370,7 @@ class ProbeEngine:
                 name, _, val = f[2:].partition("=")
                 lines.append(f"#define {name} {val}".rstrip())
         d = bpf_dir()
-        lines.append(f"/* ---- nd_events.h (included) ---- */\n" + (d / "nd_events.h").read_text())
+        lines.append("/* ---- nd_events.h (included) ---- */\n" + (d / "nd_events.h").read_text())
         lines.append(self.source())
         return "\n".join(lines)
 

@@ -79,7 +79,7 @@ def parse_symbolic(format_text: str) -> dict[str, dict[int, str]]:
     >>> parse_symbolic('print fmt: "%s", __print_symbolic(REC->state, { 1, "A" }, { 2, "B" })')
     {'state': {1: 'A', 2: 'B'}}
     """
-    line = next((l for l in format_text.splitlines() if l.startswith("print fmt:")), None)
+    line = next((ln for ln in format_text.splitlines() if ln.startswith("print fmt:")), None)
     if line is None:
         raise BadInput("tracepoint format file has no 'print fmt' line")
     out: dict[str, dict[int, str]] = {}
