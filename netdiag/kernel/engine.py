@@ -2,7 +2,7 @@
 streams events, reads counters and detaches.
 
 Per signal the engine tries, in order, kprobe/kretprobe, fentry/fexit, then the tracepoint
-fallback of DESIGN.md, and records which one it got. Kernel structs are never read through
+fallback (docs/architecture.md), and records which one it got. Kernel structs are never read through
 headers: pointer walks use offsets from the running kernel's BTF (netdiag/kernel/btf.py), addresses come
 from tracepoint fields or UAPI sockaddr structs, enum values from tracefs format files.
 """
