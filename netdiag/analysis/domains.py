@@ -89,12 +89,11 @@ class ReverseResolver:
             pass
 
 
-def annotate(record: dict, observer, pods=None, reverse: ReverseResolver | None = None,
-             snapshot: dict | None = None) -> None:
+def annotate(record: dict, observer, pods=None, reverse: ReverseResolver | None = None) -> None:
     """Fill ``domain`` (and ``domain_source``, ``domain_chain``, ``domain_ties``,
     ``domain_expired``) on outbound rows, ``pod`` on every row when ``pods`` is given, and
-    ``record["dns"]`` with ``observer.snapshot()`` (or ``snapshot``). Calls snapshot() once:
-    call annotate once per interval."""
+    ``record["dns"]`` with ``observer.snapshot()``. Calls snapshot() once: call annotate once
+    per interval."""
     ts = record.get("ts")
     start = ts - record.get("interval_s", 0) if ts is not None else None
     for row in record.get("destinations", []):
@@ -120,9 +119,8 @@ def annotate(record: dict, observer, pods=None, reverse: ReverseResolver | None 
             if name:
                 row["domain"] = name
                 row["domain_source"] = "reverse"
-    if snapshot is None and observer is not None:
+    if observer is not None:
         snapshot = observer.snapshot()
-    if snapshot is not None:
         if pods is not None:
             for r in snapshot.get("netns", []) + snapshot.get("netns_domains", []):
                 r["pod"] = pods.label(r["netns"])
