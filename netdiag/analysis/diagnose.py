@@ -14,6 +14,7 @@ import copy
 from collections import deque
 from statistics import median
 
+from netdiag.analysis.domains import split_dst
 from netdiag.analysis.thresholds import DEFAULT, Thresholds
 
 KINDS = ("snat_port_exhaustion", "remote_connection_cap", "local_port_exhaustion", "conntrack_table_full",
@@ -31,19 +32,9 @@ UNDECIDED = object()
 _NOT_CAP_ERRNOS = ("ECONNREFUSED", "EADDRNOTAVAIL", "ENETUNREACH", "EHOSTUNREACH", "ECANCELED")
 
 
-def _port(endpoint: str) -> int:
-    return int(endpoint.rsplit(":", 1)[1])
-
-
-def _addr(endpoint: str) -> str:
-    return endpoint.rsplit(":", 1)[0].strip("[]")
-
-
 def _listener_serves(listen: str, dst: str) -> bool:
-    if _port(listen) != _port(dst):
-        return False
-    la = _addr(listen)
-    return la in ("0.0.0.0", "::") or la == _addr(dst)
+    (la, lport), (da, dport) = split_dst(listen), split_dst(dst)
+    return lport == dport and (la in ("0.0.0.0", "::") or la == da)
 
 
 def _ns_label(name, inode) -> str:
