@@ -1,6 +1,6 @@
 """Verdicts from interval records (pure: no I/O, no kernel; replays recorded NDJSON offline).
 
-``Diagnoser().update(record)`` takes one `watch` interval record (DESIGN.md's contract) and
+``Diagnoser().update(record)`` takes one `watch` interval record (docs/contracts.md) and
 returns the verdicts standing after it; ``.all()`` returns every verdict of the run. A verdict is
 keyed by (kind, netns, destination or listener): it appears once its evidence held for
 ``confirm_intervals`` consecutive intervals over a window of ``window_s`` seconds, and from then on

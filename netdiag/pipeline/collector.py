@@ -1,5 +1,5 @@
 """The collector behind `netdiag watch`: loads the aggregating probes, seeds the `active` gauges
-from inet_diag, and turns each interval's kernel maps into one record of DESIGN.md's contract
+from inet_diag, and turns each interval's kernel maps into one record of the interval contract (docs/contracts.md)
 (verdicts empty: enrichment and diagnosis are the pipeline's, netdiag/pipeline/run.py)."""
 from __future__ import annotations
 
