@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from netdiag.analysis.records import DestinationRow
+
 COUNTERS = ("connects", "established", "failed", "resets_in", "resets_out", "syn_retrans", "retrans",
             "accepts", "lat_sum_ns", "lat_count")
 DIR_OUT, DIR_IN = 1, 2                               # bpf/nd_events.h ND_DIR_OUT / ND_DIR_IN
@@ -65,14 +67,14 @@ def trouble_key(row: dict):
             -(row["active"]), row["dst"])
 
 
-def build_rows(cur: dict, prev: dict, dirs: dict, active: dict, codes: dict, names: dict,
+def build_rows(cur: dict, prev: dict, dirs: dict, active: dict, codes: dict,
                errno_name, rst_reason_name, netns_label, prev_active: dict | None = None,
-               shown: set | None = None) -> list[dict]:
+               shown: set | None = None) -> list[DestinationRow]:
     """Interval rows for every key that did something this interval, holds connections, or
     whose `active` changed (so a destination going back to 0 is reported once).
 
     cur/prev: {DstKey: counters}; dirs: {DstKey: dir bits}; active: {DstKey: current gauge};
-    codes: output of code_deltas; names: unused placeholder for domains (None for now);
+    codes: output of code_deltas (the domain is null here: the pipeline's enrichment names it);
     shown: if given, the keys that got a row are added to it."""
     rows = []
     for key, vals in cur.items():
@@ -86,7 +88,7 @@ def build_rows(cur: dict, prev: dict, dirs: dict, active: dict, codes: dict, nam
         bits = dirs.get(key, DIR_OUT)
         row = {
             "dst": key.endpoint,
-            "domain": names.get(key) if names else None,
+            "domain": None,
             "direction": "out" if bits & DIR_OUT else "in",
             "netns": key.netns,
             "netns_name": netns_label(key.netns),

@@ -15,6 +15,7 @@ from collections import deque
 from statistics import median
 
 from netdiag.analysis.domains import split_dst
+from netdiag.analysis.records import IntervalRecord, Verdict
 from netdiag.analysis.thresholds import DEFAULT, Thresholds
 
 KINDS = ("snat_port_exhaustion", "remote_connection_cap", "local_port_exhaustion", "conntrack_table_full",
@@ -53,7 +54,7 @@ class Diagnoser:
         self.now = 0.0
 
     # -- public -----------------------------------------------------------------------------------
-    def update(self, record: dict) -> list[dict]:
+    def update(self, record: IntervalRecord) -> list[Verdict]:
         if record.get("type", "interval") != "interval":
             return self.standing()
         self.now = float(record["ts"])

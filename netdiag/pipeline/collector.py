@@ -241,7 +241,7 @@ class Watcher:
         code_d = agg.code_deltas(codes, self.prev_codes)
         shown: set = set()
         live = {k: v for k, v in live.items() if self._wanted(k)}
-        rows = agg.build_rows(live, self.prev_vals, dirs, active, code_d, {}, _errno_name, self.rst_reason,
+        rows = agg.build_rows(live, self.prev_vals, dirs, active, code_d, _errno_name, self.rst_reason,
                               self.labels.label, self.prev_active, shown)
         if not self.accepts_measured:
             for r in rows:

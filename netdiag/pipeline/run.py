@@ -15,12 +15,13 @@ import time
 from typing import Callable, Iterable, Protocol
 
 from netdiag.analysis.domains import name_verdicts
+from netdiag.analysis.records import IntervalRecord
 
 
 class Sink(Protocol):
     def open(self, info: dict) -> None: ...
 
-    def interval(self, record: dict) -> None: ...
+    def interval(self, record: IntervalRecord) -> None: ...
 
     def close(self, summary: dict | None) -> None: ...
 

@@ -36,7 +36,7 @@ def test_code_counted_before_its_row_moves_is_kept_for_that_row():
                             ({K: vals(failed=4)}, {(K, 1, 111): 4}),       # the counters catch up
                             ({K: vals(failed=7)}, {(K, 1, 111): 7})):
         shown = set()
-        rows = agg.build_rows(cur_vals, prev_vals, {K: 1}, {K: 0}, agg.code_deltas(codes, prev_codes), {},
+        rows = agg.build_rows(cur_vals, prev_vals, {K: 1}, {K: 0}, agg.code_deltas(codes, prev_codes),
                               lambda c: f"E{c}", lambda c: f"R{c}", lambda ns: None, None, shown)
         for r in rows:
             failed += r["failed"]
@@ -47,7 +47,7 @@ def test_code_counted_before_its_row_moves_is_kept_for_that_row():
 
 
 def build(cur, prev, active, prev_active=None, codes=None):
-    return agg.build_rows(cur, prev, {K: 1, K2: 2}, active, codes or {}, {}, lambda c: f"E{c}",
+    return agg.build_rows(cur, prev, {K: 1, K2: 2}, active, codes or {}, lambda c: f"E{c}",
                           lambda c: f"R{c}", lambda ns: None, prev_active)
 
 

@@ -1,0 +1,80 @@
+"""The interval record's types: what flows from aggregation through enrichment and diagnosis to
+every sink. They are TypedDicts, so the record stays the plain JSON object of the contract
+(docs/contracts.md, docs/schema/watch-interval.schema.json) and a sink writes it as it is;
+tests/unit/test_records.py checks these declarations against the schema, field by field.
+
+Fields may be added, never renamed. Optional parts (`NotRequired`) appear only with the options
+or hooks that produce them.
+"""
+
+from typing import Any, Optional
+
+from typing_extensions import NotRequired, TypedDict
+
+
+class DestinationRow(TypedDict):
+    """One destination (out) or local service endpoint (in) in one namespace, for one interval."""
+    dst: str                          # "addr:port" ("[addr]:port" for IPv6), made once, in aggregation
+    domain: Optional[str]             # the name the namespace resolved it by (--per-domain)
+    direction: str                    # "out" | "in"
+    netns: int
+    netns_name: Optional[str]
+    connects: int
+    established: int
+    failed: int
+    active: int                       # a gauge: connections held now
+    resets_in: int
+    resets_out: int
+    syn_retrans: int
+    retrans: int
+    accepts: Optional[int]            # null where accept() is not hooked
+    connect_ms_avg: Optional[float]
+    failed_by_errno: dict[str, int]
+    resets_out_by_reason: dict[str, int]
+    pod: NotRequired[Optional[str]]   # --per-pod
+
+
+class ListenerRow(TypedDict):
+    listen: str
+    netns: int
+    netns_name: Optional[str]
+    queue: int
+    max_queue: int
+    backlog: int
+    established: int
+    accepts: Optional[int]
+    overflows: int
+    synack_retrans: int
+    overflows_shared: NotRequired[bool]
+
+
+class Verdict(TypedDict):
+    kind: str
+    where: str
+    evidence: dict[str, Any]
+    advice: str
+    dst: NotRequired[Optional[str]]
+    cap: NotRequired[Any]             # the number: a cap, a backlog, a timeout
+    netns: NotRequired[Optional[int]]
+    netns_name: NotRequired[Optional[str]]
+    listener: NotRequired[str]        # listener verdicts: the local "addr:port"
+    domain: NotRequired[Optional[str]]     # --per-domain: named by the pipeline from the verdict's rows
+    pods: NotRequired[list[str]]           # --per-pod
+
+
+class IntervalRecord(TypedDict):
+    type: str                         # "interval"
+    ts: float
+    node: str
+    interval_s: float
+    modes: dict[str, Any]
+    lost_events: int
+    evictions: int
+    evictions_total: int
+    map_entries: int
+    map_max: int
+    seeding: bool
+    destinations: list[DestinationRow]
+    listeners: list[ListenerRow]
+    node_totals: dict[str, Any]
+    verdicts: list[Verdict]
