@@ -54,17 +54,20 @@ def list_cmd(as_json):
 @command.command("cleanup")
 @click.option("--all", "all_nd", is_flag=True, help="Remove every nd- namespace, not only lab ones (nd-l*).")
 def cleanup_cmd(all_nd):
-    """Remove namespaces (and their veths and rules) a lab left behind.
+    """Remove namespaces (and their veths and rules) a lab left behind, and restore node-wide
+    sysctls a killed lab had changed.
 
     \b
     Example:
       sudo netdiag lab cleanup
     """
     from netdiag.kernel.features import require_privileges
-    from netdiag.labs import cleanup
+    from netdiag.labs import cleanup, restore_sysctls
     require_privileges()
     removed = cleanup(all_nd)
     click.echo(f"removed {len(removed)} namespace(s)" + (": " + " ".join(removed) if removed else ""))
+    for r in restore_sysctls():
+        click.echo(f"restored {r}")
 
 
 def _scenario_command(sc):

@@ -2,6 +2,7 @@
 removed on exit, error, Ctrl-C or SIGTERM (unless ``keep``)."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -17,6 +18,9 @@ from netdiag.labs.topology import _ip
 
 LAB_MARK = "l"                      # lab namespaces are nd-l<hex>-<role>
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+# A lab that changes a node-wide sysctl (only with --allow-host-sysctl) first writes the value it
+# will restore here, so that `netdiag lab cleanup` restores it after a lab that was killed.
+STATE_DIR = "/run/netdiag/labs"
 
 
 def new_tag() -> str:
@@ -39,6 +43,28 @@ def cleanup(all_nd: bool = False) -> list[str]:
         if _ip("netns", "del", ns, check=False).returncode == 0:
             removed.append(ns)
     return removed
+
+
+def restore_sysctls(state_dir: str = STATE_DIR) -> list[str]:
+    """Put back the node-wide sysctls that labs which did not finish had changed (from their
+    state files); returns "path=value" for each one restored."""
+    restored = []
+    try:
+        names = sorted(os.listdir(state_dir))
+    except FileNotFoundError:
+        return restored
+    for name in names:
+        path = os.path.join(state_dir, name)
+        try:
+            with open(path) as f:
+                st = json.load(f)
+            with open(st["path"], "w") as f:
+                f.write(str(int(st["value"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue                               # left in place: a later cleanup tries again
+        os.unlink(path)
+        restored.append(f"{st['path']}={st['value']}")
+    return restored
 
 
 def kill_inside(ns: str) -> None:
@@ -103,6 +129,12 @@ class LabRunner:
             raise LabError("--max changes the node-wide net.netfilter.nf_conntrack_max: add --allow-host-sysctl "
                            "(it is restored on exit)")
         self._ct_max_saved = self.conntrack_max()
+        os.makedirs(STATE_DIR, mode=0o700, exist_ok=True)
+        state = os.path.join(STATE_DIR, f"{self.tag}.json")
+        fd = os.open(state + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"path": CT_MAX, "value": self._ct_max_saved}, f)
+        os.replace(state + ".tmp", state)
         with open(CT_MAX, "w") as f:
             f.write(str(want))
 
@@ -111,6 +143,10 @@ class LabRunner:
             with open(CT_MAX, "w") as f:
                 f.write(str(self._ct_max_saved))
             self._ct_max_saved = None
+            try:
+                os.unlink(os.path.join(STATE_DIR, f"{self.tag}.json"))
+            except FileNotFoundError:
+                pass
 
     # -- run ------------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -186,3 +186,44 @@ def test_killed_lab_is_cleaned_by_lab_cleanup():
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert_gone(tag)
+
+
+CT_FULL_MAX = 300
+
+
+def test_conntrack_full_300_and_sysctl_restored():
+    """The table of a node-wide maximum of 300 fills through the lab's NAT: the verdict's numbers
+    are that maximum, the load generator's 50 extra connections are the ones that failed, and
+    the node's nf_conntrack_max is back to what it was."""
+    before = open(CT_MAX).read()
+    res = run_lab("conntrack-full", "--max", CT_FULL_MAX, "--allow-host-sysctl")
+    v = only(res)
+    record_result("lab/conntrack-full", {"kind": v["kind"], "cap": v["cap"], "evidence": v["evidence"]})
+    assert v["cap"] == CT_FULL_MAX
+    assert v["evidence"]["entries"] == CT_FULL_MAX and v["evidence"]["max"] == CT_FULL_MAX
+    assert v["evidence"]["fill"] == 1.0
+    client = res["load"]["client"]
+    assert client["established"] == CT_FULL_MAX
+    assert client["failed"] == client["attempted"] - CT_FULL_MAX > 0
+    assert set(client["failed_by_errno"]) == {"ETIMEDOUT"}       # SYNs dropped, never refused
+    assert v["evidence"]["drop"] >= client["failed"]             # each failed connect's SYN dropped
+    assert open(CT_MAX).read() == before
+
+
+@pytest.mark.heavy   # host lane only: no kprobe signal of its own
+def test_killed_conntrack_full_lab_sysctl_restored_by_cleanup():
+    before = open(CT_MAX).read()
+    p = _start(["conntrack-full", "--max", CT_FULL_MAX, "--allow-host-sysctl"])
+    try:
+        _wait_running(p)
+        assert int(open(CT_MAX).read()) == CT_FULL_MAX
+        p.kill()                                  # no chance to restore it itself
+        p.wait(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert int(open(CT_MAX).read()) == CT_FULL_MAX
+    c = subprocess.run([sys.executable, "-m", "netdiag", "lab", "cleanup"], capture_output=True, text=True)
+    assert c.returncode == 0, c.stderr
+    assert f"restored {CT_MAX}={before.strip()}" in c.stdout
+    assert open(CT_MAX).read() == before
