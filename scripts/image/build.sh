@@ -117,21 +117,28 @@ else
 fi
 
 # --- the image -----------------------------------------------------------------------------
-old="$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
-vols=()
+case "${IMAGE##*/}" in *:*) ;; *) IMAGE="$IMAGE:latest" ;; esac
+# The build stage is tagged too, so that its cached layers are kept with the image and the
+# layers a rebuild replaces can be removed with the image they belonged to.
+STAGE="${IMAGE%:*}-build-stage:${IMAGE##*:}"
+old="$(podman image inspect --format '{{.Id}}' "$IMAGE" "$STAGE" 2>/dev/null || true)"
+args=(--isolation chroot --pull=never --layers -f "$DOCKERFILE" --ignorefile "$IGNOREFILE")
 if [ -s "$CA" ]; then
-    vols=(-v "$CA:/run/build-ca.crt:ro" --build-arg PIP_CERT=/run/build-ca.crt)
+    args+=(-v "$CA:/run/build-ca.crt:ro" --build-arg PIP_CERT=/run/build-ca.crt)
 fi
 say "building $IMAGE from $DOCKERFILE (podman build --isolation chroot; log: $LOG)"
-podman build --isolation chroot --pull=never --layers \
-    -f "$DOCKERFILE" --ignorefile "$IGNOREFILE" "${vols[@]}" -t "$IMAGE" . >>"$LOG" 2>&1 \
-    || die "podman build of $IMAGE failed: $(grep -E '^(Error|E:|ERROR)' "$LOG" | tail -n 1) (see $LOG)" 70
+for step in "--target build -t $STAGE" "-t $IMAGE"; do
+    # shellcheck disable=SC2086
+    podman build "${args[@]}" $step . >>"$LOG" 2>&1 \
+        || die "podman build of $IMAGE failed: $(grep -E '^(Error|E:|ERROR)' "$LOG" | tail -n 1) (see $LOG)" 70
+done
 id="$(podman image inspect --format '{{.Id}}' "$IMAGE")"
 size="$(podman image inspect --format '{{.Size}}' "$IMAGE")"
-# the image this one replaces, unless something still uses it
-if [ -n "$old" ] && [ "$old" != "$id" ]; then
-    podman rmi "$old" >/dev/null 2>&1 || true
-fi
+# what this build replaced (and the untagged layers under it), unless something still uses it
+now="$(podman image inspect --format '{{.Id}}' "$IMAGE" "$STAGE")"
+for o in $old; do
+    grep -qx "$o" <<<"$now" || podman rmi "$o" >/dev/null 2>&1 || true
+done
 say "built $IMAGE (${id:0:12}, $((size / 1000000)) MB)"
 printf '{"image": "%s", "id": "%s", "size_bytes": %s, "base": "%s", "base_built": %s, "seconds": %s}\n' \
     "$IMAGE" "$id" "$size" "$base" "$base_built" "$(( $(date +%s) - start ))"
