@@ -25,7 +25,27 @@ KINDS = ("snat_port_exhaustion", "remote_connection_cap", "local_port_exhaustion
 NUMBER = {"snat_port_exhaustion": "cap", "remote_connection_cap": "cap", "local_port_exhaustion": "cap",
           "conntrack_table_full": "cap", "conntrack_insert_race": "insert_failed", "listen_overflow": "backlog",
           "idle_timeout_reset": "timeout_s", "connection_burst": "peak_per_ms",
-          "connection_churn": "connects_per_active"}
+          "connection_churn": "connects_per_active", "cloud_allowance_exceeded": "per_s",
+          "cloud_allowance_low": "available"}
+
+# The NIC driver's allowances (netdiag/sources/nicstats.py): what each one limits and the fix.
+ALLOWANCES = {
+    "bw_in": ("inbound aggregate bandwidth of the instance",
+              "move to an instance size with more network bandwidth, or spread the inbound traffic over more "
+              "instances"),
+    "bw_out": ("outbound aggregate bandwidth of the instance",
+               "move to an instance size with more network bandwidth, or spread the outbound traffic over more "
+               "instances"),
+    "pps": ("packets per second of the instance (both directions)",
+            "move to an instance size with a higher packets-per-second allowance; fewer, larger packets (batching, "
+            "keep-alive instead of a connection per request)"),
+    "conntrack": ("connections the instance may track (security groups)",
+                  "move to a larger instance, or make long-lived, high-volume flows untracked (security group rules "
+                  "that allow all traffic both ways on those ports are not tracked), and shorten idle timeouts"),
+    "linklocal": ("packets per second to the link-local services (DNS resolver, instance metadata, time sync)",
+                  "cache DNS on the node (NodeLocal DNSCache, a local resolver) and fetch instance metadata less "
+                  "often: the link-local allowance is per network interface, 1024 packets/s on EC2"),
+}
 
 UNDECIDED = object()
 
@@ -385,7 +405,42 @@ class Diagnoser:
                            "e.g. net.ipv4.tcp_keepalive_time), or close idle pooled connections sooner; AWS NAT "
                            "gateway / NLB forget after 350 s, Azure LB after 4 min by default (idle timeout setting)"),
             }
+
+        # 8. the NIC driver's allowances (cloud instance limits)
+        self._allowances(win, span, found)
         return found
+
+    def _allowances(self, win, span, found) -> None:
+        t = self.t
+        exceeded: dict = {}
+        for r in win:
+            for a, n in ((r.get("node_totals") or {}).get("allowance_exceeded") or {}).items():
+                exceeded[a] = exceeded.get(a, 0) + (n or 0)
+        for a, n in sorted(exceeded.items()):
+            if n < t.allowance_min_exceeded:
+                continue
+            what, fix = ALLOWANCES.get(a, (f"the NIC's {a} allowance", "ask the provider what the allowance is "
+                                                                        "and stay under it"))
+            rate = round(n / span, 2) if span else None
+            found[("cloud_allowance_exceeded", None, a)] = {
+                "kind": "cloud_allowance_exceeded", "dst": None, "netns": None, "allowance": a,
+                "where": f"the instance's network interface ({what})",
+                "per_s": rate,
+                "evidence": {f"{a}_allowance_exceeded": n, "per_s": rate, "window_s": round(span, 1)},
+                "advice": f"the cloud provider queued or dropped {n} packets over its {a} allowance: {fix}",
+            }
+        last = (win[-1].get("node_totals") or {}).get("allowance_available") or {} if win else {}
+        for a, avail in sorted(last.items()):
+            if avail is None or avail > t.allowance_low_available or exceeded.get(a):
+                continue
+            what, fix = ALLOWANCES.get(a, (f"the NIC's {a} allowance", "stay under it"))
+            found[("cloud_allowance_low", None, a)] = {
+                "kind": "cloud_allowance_low", "dst": None, "netns": None, "allowance": a,
+                "where": f"the instance's network interface ({what})",
+                "available": avail,
+                "evidence": {f"{a}_allowance_available": avail, "threshold": t.allowance_low_available},
+                "advice": f"only {avail} left of the {a} allowance before the provider starts dropping: {fix}",
+            }
 
     def _burst(self, win, ns, listen, a, out_rows, in_rows):
         t = self.t

@@ -51,6 +51,10 @@ class Thresholds:
     churn_min_rate: float = 20.0              # connects per second over the window
     churn_min_span_s: float = 3.0             # seconds of data before churn is judged
 
+    # -- cloud_allowance_exceeded / cloud_allowance_low ----------------------------------------------
+    allowance_min_exceeded: int = 1           # packets over a NIC allowance (*_allowance_exceeded) in the window
+    allowance_low_available: int = 1000       # *_allowance_available at or below this warns before drops begin
+
     def as_dict(self) -> dict:
         return asdict(self)
 

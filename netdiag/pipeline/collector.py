@@ -28,6 +28,7 @@ from netdiag.kernel import loader, tracefs
 from netdiag.kernel.engine import DST_SLOTS, SOCKET_SLOTS, flavour_of
 from netdiag.sources import inetdiag, namespaces
 from netdiag.sources import netns as nsmod
+from netdiag.sources.nicstats import NicStats
 
 WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops", "snat")   # snat: kprobes only
 MAPS = ("nd_dsts", "nd_dst_table", "nd_codes", "nd_code_table", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
@@ -74,6 +75,7 @@ class Watcher:
         self.max_dsts = max_dsts
         self.node = socket.gethostname()
         self.labels = nsmod.NetnsNames()
+        self.nic = NicStats()           # the NIC driver's allowance counters (cloud instance limits)
         self.rst_reason = _enum_namer("tcp", "tcp_send_reset", "reason")
         self.drop_reason = _enum_namer("skb", "kfree_skb", "reason")
         self.seed: dict = {}
@@ -142,6 +144,7 @@ class Watcher:
         if self.prog is not None:
             self.prog.close()
             self.prog = None
+        self.nic.close()
 
     # -- seeding --------------------------------------------------------------------------------
     def _namespaces(self) -> dict[int, str]:
@@ -257,6 +260,9 @@ class Watcher:
         totals["drops_by_reason"] = dict(sorted(drop_d.items(), key=lambda kv: -kv[1]))
         totals["connect_latency_hist"] = agg.hist_delta(hist, self.prev_hist)
         totals["listen_overflows"] = sum(ls["overflows"] for ls in listeners if not ls.get("overflows_shared"))
+        nic = self.nic.interval()
+        totals["allowance_exceeded"] = nic["allowance_exceeded"]
+        totals["allowance_available"] = nic["allowance_available"]
         interval = now - self.t_prev if self.t_prev else 0.0
         record = {
             "type": "interval",
