@@ -6,6 +6,8 @@
   peers.py listen ADDR PORT B     listen with backlog B and never accept; print "ready"; wait for stdin
   peers.py burst ADDR PORT N      N non-blocking connects at once, wait up to 4 s; print JSON; hold
   peers.py sweep ADDR P0 N        N blocking connects to ports P0..P0+N-1 (refused); print JSON
+  peers.py udprace ADDR PORT N    N new UDP sockets, each sending two datagrams at once from two
+                                  threads (A and AAAA queries of one resolver socket); print JSON
 """
 import errno
 import json
@@ -102,7 +104,34 @@ def sweep(addr, port0, n):
     print(json.dumps({"pid": os.getpid(), "refused": refused}), flush=True)
 
 
+def udprace(addr, port, n):
+    """The same new UDP flow sent twice at the same moment from two threads (so two CPUs), as a
+    resolver sends A and AAAA: both packets reach conntrack before either entry is confirmed."""
+    import threading
+    gate = threading.Barrier(2)
+    cur = {}
+
+    def second():
+        for _ in range(n):
+            gate.wait()
+            cur["s"].sendto(b"\x00" * 40, (addr, port))
+            gate.wait()
+
+    t = threading.Thread(target=second)
+    t.start()
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", 0))
+        cur["s"] = s
+        gate.wait()
+        s.sendto(b"\x01" * 40, (addr, port))
+        gate.wait()
+        s.close()
+    t.join()
+    print(json.dumps({"pid": os.getpid(), "sent": 2 * n}), flush=True)
+
+
 if __name__ == "__main__":
     cmd, addr, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     {"serve": serve, "connect": connect, "linger0": linger0, "listen": listen, "burst": burst,
-     "sweep": sweep}[cmd](addr, port, n)
+     "sweep": sweep, "udprace": udprace}[cmd](addr, port, n)

@@ -174,8 +174,9 @@ class Diagnoser:
         for r in win:
             for n in r.get("conntrack_netns") or []:
                 c = ct.setdefault(n["netns"], {"name": n.get("name"), "insert_failed": 0, "drop": 0,
-                                               "early_drop": 0, "entries": 0, "max": n.get("max"), "fill": 0.0})
-                for k in ("insert_failed", "drop", "early_drop"):
+                                               "early_drop": 0, "clash_resolve": 0, "entries": 0,
+                                               "max": n.get("max"), "fill": 0.0})
+                for k in ("insert_failed", "drop", "early_drop", "clash_resolve"):
                     c[k] += n.get(k) or 0
                 c["entries"] = max(c["entries"], n.get("entries") or 0)
                 c["fill"] = max(c["fill"], n.get("fill") or 0.0)
@@ -328,7 +329,8 @@ class Diagnoser:
                     "kind": "conntrack_insert_race", "dst": None, "netns": ns, "netns_name": c["name"],
                     "where": f"conntrack of {_ns_label(c['name'], ns)}",
                     "insert_failed": c["insert_failed"],
-                    "evidence": {"insert_failed": c["insert_failed"], "drop": c["drop"], "entries": c["entries"],
+                    "evidence": {"insert_failed": c["insert_failed"], "drop": c["drop"],
+                                 "clash_resolve": c["clash_resolve"], "entries": c["entries"],
                                  "max": c["max"], "fill": round(c["fill"], 3), "nat_range_full": False,
                                  "window_s": round(span, 1)},
                     "advice": ("conntrack insertions fail with the table not full and no NAT range exhausted: two "

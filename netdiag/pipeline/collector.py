@@ -368,7 +368,7 @@ def merge_conntrack(record: dict, snap: dict) -> None:
                      "netns": r["netns"], "netns_name": r.get("netns_name")}
     record["nat"] = snap.get("snat", [])
     record["conntrack_netns"] = [{k: ns.get(k) for k in ("netns", "name", "entries", "max", "fill", "fill_warning",
-                                                         "insert_failed", "drop", "early_drop")}
+                                                         "insert_failed", "drop", "early_drop", "clash_resolve")}
                                  for ns in snap.get("netns", [])]
     record["node_totals"]["conntrack"] = snap.get("node_totals", {})
     record["lost_events"] += snap.get("lost_events", 0)
