@@ -9,12 +9,18 @@ enum skb_drop_reason { ND_SKB_DROP_REASON_DECLARED_BY_NETDIAG };
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
     const void *skb = (const void *)ctx->args[0];
-    u32 reason = (u32)ctx->args[2];
+    u32 reason = 0;
+#ifdef ND_DROP_HAS_REASON
+    reason = (u32)ctx->args[2];
+#endif
 #else
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
     const void *skb = args->skbaddr;
-    u32 reason = args->reason;
+    u32 reason = 0;
+#ifdef ND_DROP_HAS_REASON
+    reason = args->reason;
+#endif
 #endif
     struct nd_drop_key k = {};
     k.netns = nd_netns_of_skb(skb);

@@ -36,9 +36,18 @@ struct nd_tuple {
 
 /* Fill a struct nd_tuple from a tracepoint record with the usual family/sport/dport/saddr/daddr/
  * saddr_v6/daddr_v6 fields (inet_sock_set_state, tcp_receive_reset, tcp_retransmit_*, …). */
+#ifdef ND_TCP_TP_NO_FAMILY
+/* tcp:* tracepoints without `family` (before 5.13): IPv4 sockets store a v4-mapped saddr_v6 */
+#define ND_TP_FAMILY(a)                                                 \
+    ((((const u32 *)(a)->saddr_v6)[0] | ((const u32 *)(a)->saddr_v6)[1]) == 0 && \
+     ((const u32 *)(a)->saddr_v6)[2] == bpf_htonl(0xffff) ? AF_INET : AF_INET6)
+#else
+#define ND_TP_FAMILY(a) ((a)->family)
+#endif
+
 #define ND_TUPLE_FROM_ARGS(t, a)                                        \
     do {                                                                \
-        (t).family = (a)->family;                                       \
+        (t).family = ND_TP_FAMILY(a);                                   \
         (t).sport = (a)->sport;                                         \
         (t).dport = (a)->dport;                                         \
         (t).pad = 1;                                                    \

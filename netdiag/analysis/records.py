@@ -30,7 +30,7 @@ class DestinationRow(TypedDict):
     accepts: Optional[int]            # null where accept() is not hooked
     connect_ms_avg: Optional[float]
     failed_by_errno: dict[str, int]
-    resets_out_by_reason: dict[str, int]
+    resets_out_by_reason: Optional[dict[str, int]]   # null where the kernel gives no reset reason
     pod: NotRequired[Optional[str]]   # --per-pod
 
 
@@ -74,6 +74,7 @@ class IntervalRecord(TypedDict):
     map_entries: int
     map_max: int
     seeding: bool
+    unmeasured: NotRequired[dict[str, str]]   # record fields this kernel cannot fill (null there) -> why
     destinations: list[DestinationRow]
     listeners: list[ListenerRow]
     node_totals: dict[str, Any]

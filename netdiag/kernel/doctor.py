@@ -7,7 +7,12 @@ from dataclasses import asdict, dataclass
 from netdiag.errors import FeatureMissing
 from netdiag.kernel import features as F
 from netdiag.kernel import tracefs
-from netdiag.kernel.engine import MODES, SIGNALS, mode_available, plan_modes
+from netdiag.kernel.engine import MODES, SIGNALS, mode_available, plan_modes, signal_gaps
+
+# what each field `signal_gaps` can name is, for the table, and what stands in for it
+GAP_ROWS = {"drops_by_reason": ("drop reasons", "drops counted per namespace without a reason; listen overflows "
+                                                "from the namespace's ListenOverflows (TcpExt) counter"),
+            "resets_out_by_reason": ("reset reasons", "resets sent counted per destination without a reason")}
 
 
 @dataclass
@@ -74,6 +79,13 @@ def run_checks() -> dict:
     else:
         checks.append(Check("conntrack netlink", "skipped", "needs root"))
 
+    gaps = signal_gaps()
+    for field_name, (label, instead) in GAP_ROWS.items():
+        if field_name in gaps:
+            checks.append(Check(label, "no", gaps[field_name], f"instead: {instead} (the record says null)"))
+        else:
+            checks.append(Check(label, "yes", "in the kernel's tracepoint"))
+
     # signals whose BPF path is optional: without it, netlink carries them
     netlink_fallback = {"snat": any(c.name == "conntrack netlink" and c.status == "yes" for c in checks)}
     modes, available = {}, {}
@@ -92,5 +104,6 @@ def run_checks() -> dict:
         "modes": modes,
         "available_modes": available,
         "headers": state,
+        "unmeasured": gaps,
         "bpf_works": bool(bpf_works),
     }

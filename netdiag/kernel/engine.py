@@ -200,6 +200,49 @@ def reset_format_flags(strict: bool = True) -> list[str]:
     return flags
 
 
+def _fields(category: str, event: str) -> set[str] | None:
+    try:
+        return set(tracefs.parse_fields(tracefs.read_format(category, event)))
+    except (FeatureMissing, PermissionError, OSError):
+        return None
+
+
+def tcp_format_flags(strict: bool = True) -> list[str]:
+    """The tcp:* tracepoints' layout on the running kernel -> -D flags. Before 5.13 or so they
+    carry no ``family``: the address family then comes from ``saddr_v6``, which those kernels
+    fill with a v4-mapped address for IPv4 sockets."""
+    fields = _fields("tcp", "tcp_retransmit_skb")
+    if fields is None:
+        if strict:
+            tracefs.read_format("tcp", "tcp_retransmit_skb")      # raises the typed error
+        return []
+    return [] if "family" in fields else ["-DND_TCP_TP_NO_FAMILY"]
+
+
+def drop_format_flags(strict: bool = True) -> list[str]:
+    """skb:kfree_skb's layout -> -D flags: the drop ``reason`` exists from 5.17 on; before, drops
+    are counted without one (netdiag reports the reasons as unknown, not as zeros)."""
+    fields = _fields("skb", "kfree_skb")
+    if fields is None:
+        return [] if strict is False else ["-DND_DROP_HAS_REASON"]
+    return ["-DND_DROP_HAS_REASON"] if "reason" in fields else []
+
+
+def signal_gaps() -> dict[str, str]:
+    """What this kernel's tracepoints cannot tell, by record field -> why (empty: nothing)."""
+    gaps = {}
+    kfree = _fields("skb", "kfree_skb")
+    if kfree is not None and "reason" not in kfree:
+        gaps["drops_by_reason"] = ("skb:kfree_skb has no drop reason before kernel 5.17: drops are counted per "
+                                   "namespace without one; listen overflows come from the namespace's "
+                                   "ListenOverflows counter")
+    rst = _fields("tcp", "tcp_send_reset")
+    if rst is not None and "reason" not in rst:
+        gaps["resets_out_by_reason"] = ("tcp:tcp_send_reset has no reset reason before kernel 6.10: resets sent "
+                                        "are counted without one")
+    return gaps
+
+
 @contextlib.contextmanager
 def _captured_stderr():
     """Capture fd 2 (where libbcc writes verifier logs) into a buffer the caller can read."""
@@ -341,6 +384,10 @@ class ProbeEngine:
             flags += ["-DND_AGGREGATE", f"-DND_MAX_DSTS={int(self.max_dsts)}",
                       f"-DND_CONN_SLOT_BITS={self.socket_slots.bit_length() - 1}",
                       f"-DND_DST_SLOT_BITS={self.dst_slots.bit_length() - 1}"]
+        if self.plan.keys() & {"resets", "retrans"}:
+            flags += tcp_format_flags(strict)
+        if "drops" in self.plan:
+            flags += drop_format_flags(strict)
         if "resets" in self.plan:
             flags += reset_format_flags(strict)
             lo_hi = ephemeral_range()

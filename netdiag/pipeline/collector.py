@@ -25,7 +25,7 @@ from netdiag.analysis.decode import (
 )
 from netdiag.errors import FeatureMissing
 from netdiag.kernel import loader, tracefs
-from netdiag.kernel.engine import DST_SLOTS, SOCKET_SLOTS, flavour_of
+from netdiag.kernel.engine import DST_SLOTS, SOCKET_SLOTS, flavour_of, signal_gaps
 from netdiag.sources import inetdiag, namespaces
 from netdiag.sources import netns as nsmod
 from netdiag.sources.nicstats import NicStats
@@ -76,6 +76,7 @@ class Watcher:
         self.node = socket.gethostname()
         self.labels = nsmod.NetnsNames()
         self.nic = NicStats()           # the NIC driver's allowance counters (cloud instance limits)
+        self.gaps = signal_gaps()       # record fields this kernel cannot fill -> why
         self.rst_reason = _enum_namer("tcp", "tcp_send_reset", "reason")
         self.drop_reason = _enum_namer("skb", "kfree_skb", "reason")
         self.seed: dict = {}
@@ -249,6 +250,9 @@ class Watcher:
         if not self.accepts_measured:
             for r in rows:
                 r["accepts"] = None
+        if "resets_out_by_reason" in self.gaps:          # unmeasurable here: null, never {}
+            for r in rows:
+                r["resets_out_by_reason"] = None
         drop_d = {}
         for (ns, reason), v in drops.items():
             d = v - self.prev_drops.get((ns, reason), 0)
@@ -258,6 +262,9 @@ class Watcher:
         listeners = self._listeners(rows, shown)
         totals = agg.node_totals(rows)
         totals["drops_by_reason"] = dict(sorted(drop_d.items(), key=lambda kv: -kv[1]))
+        totals["drops"] = sum(drop_d.values())
+        if "drops_by_reason" in self.gaps:
+            totals["drops_by_reason"] = None
         totals["connect_latency_hist"] = agg.hist_delta(hist, self.prev_hist)
         totals["listen_overflows"] = sum(ls["overflows"] for ls in listeners if not ls.get("overflows_shared"))
         nic = self.nic.interval()
@@ -276,6 +283,7 @@ class Watcher:
             "map_entries": n_entries,
             "map_max": self.max_dsts,
             "seeding": self.seeding,
+            "unmeasured": self.gaps,
             "destinations": rows,
             "listeners": listeners,
             "node_totals": totals,

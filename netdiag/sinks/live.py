@@ -59,7 +59,7 @@ class LiveView:
         totals = Text(f"node: connects {t['connects']}  established {t['established']}  failed {t['failed']}  "
                       f"active {t['active']}  resets in/out {t['resets_in']}/{t['resets_out']}  "
                       f"SYN retrans {t['syn_retrans']}  retrans {t['retrans']}  "
-                      f"drops {', '.join(f'{k}:{v}' for k, v in list(t['drops_by_reason'].items())[:4]) or '0'}")
+                      f"drops {', '.join(f'{k}:{v}' for k, v in list((t['drops_by_reason'] or {'?': t.get('drops', 0)}).items())[:4]) or '0'}")
         dt = Table(title="destinations (per interval; active = open now)", title_justify="left", expand=True)
         for col in ("dir", "destination", "netns", "active", "last minute", "conn", "est", "failed", "resets in/out",
                     "SYN rtx", "ms"):

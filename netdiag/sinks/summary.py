@@ -35,7 +35,7 @@ class RunSummary:
         for c, v in rec["node_totals"].items():
             if isinstance(v, int) and c != "active":
                 self.totals[c] += v
-        for name, n in rec["node_totals"]["drops_by_reason"].items():
+        for name, n in (rec["node_totals"].get("drops_by_reason") or {}).items():
             self.drops[name] += n
 
     def close(self, summary: dict | None) -> None:

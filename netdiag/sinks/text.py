@@ -19,7 +19,10 @@ def verdict_line(v: dict, advice: bool = False) -> str:
     return line
 
 
-def errs(d: dict) -> str:
+def errs(d: dict | None) -> str:
+    """{name: n} as "name:n,…"; None (not measurable on this kernel) as "?"."""
+    if d is None:
+        return "?"
     return ",".join(f"{k}:{v}" for k, v in d.items())
 
 
