@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The VM lane: boot Debian's 6.1 kernel (kprobes, matching headers) under qemu with software
+# The VM lane: boot one of Debian's kernels (kprobes, matching headers) under qemu with software
 # emulation (virtme-ng), sharing this machine's root filesystem read-only, and run netdiag's
 # kernel tier inside it. The guest writes everything to RESULTS_DIR; tests/vm asserts on it.
-#   scripts/vm/run.sh RESULTS_DIR
-# ND_VM_TESTS (default tests/kernel) narrows the run to some of the tier's files or tests.
+#   scripts/vm/run.sh RESULTS_DIR [KERNEL]      KERNEL: 6.1 (default) or 5.10
+# ND_VM_TESTS (default tests/kernel) narrows the run to some of the tier's files or tests;
+# ND_VM_ENV adds environment assignments for the guest's run (the lanes' hook modes).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 results="${1:?usage: scripts/vm/run.sh RESULTS_DIR}"
@@ -11,15 +12,20 @@ mkdir -p "$results"
 results="$(cd "$results" && pwd)"
 rm -f "$results"/*
 
-kernel="$(ls /boot/vmlinuz-6.1.*-amd64 2>/dev/null | sort -V | tail -n 1 || true)"
-[ -n "$kernel" ] || { echo "vm lane: no /boot/vmlinuz-6.1.*-amd64 (apt-get install linux-image-amd64)" >&2; exit 69; }
+want="${2:-6.1}"
+case "$want" in 6.1|5.10) ;; *) echo "vm lane: KERNEL must be 6.1 or 5.10, not '$want'" >&2; exit 64 ;; esac
+kernel="$(ls /boot/vmlinuz-"$want".*-amd64 2>/dev/null | sort -V | tail -n 1 || true)"
+[ -n "$kernel" ] || { echo "vm lane: no /boot/vmlinuz-$want.*-amd64 (run scripts/setup.sh, which installs it)" >&2; exit 69; }
+kver="${kernel#/boot/vmlinuz-}"
+[ -e "/lib/modules/$kver/build/include" ] || [ -e "/lib/modules/$kver/source/include" ] || \
+    { echo "vm lane: no headers for $kver (apt-get install linux-headers-$kver)" >&2; exit 69; }
 command -v qemu-system-x86_64 >/dev/null || { echo "vm lane: qemu-system-x86_64 missing (apt-get install qemu-system-x86)" >&2; exit 69; }
 vng="$here/.venv/bin/vng"
 export PATH="$here/.venv/bin:$PATH"
 [ -x "$vng" ] || { echo "vm lane: $vng missing (run scripts/setup.sh)" >&2; exit 69; }
 
 # Inside the guest: the same kernel tier, results to the shared rw folder.
-guest_cmd="cd '$here' && export PYTHONDONTWRITEBYTECODE=1 ND_RESULTS_DIR='$results' ND_READY_TIMEOUT=600 ND_TRACE_MODES=auto,fentry,tracepoint ND_CLASSIC_MODES=auto,tracepoint ND_WATCH_FLAVOURS=auto,classic ND_LAB_TIMEOUT=900 \
+guest_cmd="cd '$here' && export PYTHONDONTWRITEBYTECODE=1 ND_RESULTS_DIR='$results' ND_READY_TIMEOUT=600 ND_TRACE_MODES=auto,fentry,tracepoint ND_CLASSIC_MODES=auto,tracepoint ND_WATCH_FLAVOURS=auto,classic ND_LAB_TIMEOUT=900 ${ND_VM_ENV:-} \
  && uname -r > '$results/uname' \
  && '$here/.venv/bin/python' -m pytest ${ND_VM_TESTS:-tests/kernel} -m 'not heavy' -p no:cacheprovider -q -rs \
     --junitxml='$results/junit.xml' > '$results/pytest.out' 2>&1; echo \$? > '$results/rc'"

@@ -133,26 +133,31 @@ def _start(tmp_args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_running(p) -> str:
-    """Until the first interval record (probes attached, load running); returns the lab's tag."""
+def _wait_running(p) -> set:
+    """Until the first interval record (probes attached, load running); returns {the lab's tag},
+    read from what the lab says it builds (other labs may run on the machine meanwhile)."""
     deadline = time.monotonic() + 120
+    tag = None
+    while tag is None and time.monotonic() < deadline:
+        err = p.stderr.readline()
+        assert err, "the lab exited before naming its namespaces"
+        m = re.search(r"nd-(l[0-9a-f]+)-\*", err)
+        tag = m.group(1) if m else None
+    assert tag, "the lab never named its namespaces"
     line = p.stdout.readline()
     while line and '"type":"interval"' not in line and time.monotonic() < deadline:
         line = p.stdout.readline()
     assert line, p.stderr.read()
-    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    tags = set(re.findall(r"nd-(l[0-9a-f]+)-", ns))
-    return tags
+    assert f"nd-{tag}-" in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {tag}
 
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_lab_removes_everything(sig):
-    before = set(re.findall(r"nd-(l[0-9a-f]+)-", subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                                                text=True).stdout))
     p = _start(["snat-cap", "--ports", 11])
     try:
-        tags = _wait_running(p) - before
+        tags = _wait_running(p)
         assert len(tags) == 1
         p.send_signal(sig)
         out, err = p.communicate(timeout=60)
@@ -166,11 +171,9 @@ def test_interrupted_lab_removes_everything(sig):
 
 @pytest.mark.heavy   # host lane only: no kprobe signal of its own
 def test_killed_lab_is_cleaned_by_lab_cleanup():
-    before = set(re.findall(r"nd-(l[0-9a-f]+)-", subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                                                text=True).stdout))
     p = _start(["churn", "--seconds", 30])
     try:
-        tags = _wait_running(p) - before
+        tags = _wait_running(p)
         assert len(tags) == 1
         p.kill()                                  # no chance to clean up
         p.wait(timeout=10)

@@ -254,3 +254,27 @@ def test_preexisting_connections_seed_active(topo, tmp_path):
     assert max(r["active"] for r in rows) == 11
     assert sum(r["connects"] for r in rows) == 0          # opened before start: no connects counted
     assert rows[-1]["active"] == 0
+
+
+def test_unmeasured_fields_are_null_never_zero(topo, watch):
+    """What this kernel's tracepoints cannot tell is null in every record, with why, and only
+    that: the drop reason (skb:kfree_skb before 5.17) and the reset reason (tcp:tcp_send_reset
+    before 6.10), checked against the kernel's own format files."""
+    def has_field(event, field):
+        return f" {field};" in Path(f"/sys/kernel/tracing/events/{event}/format").read_text()
+    want = set()
+    if not has_field("skb/kfree_skb", "reason"):
+        want.add("drops_by_reason")
+    if not has_field("tcp/tcp_send_reset", "reason"):
+        want.add("resets_out_by_reason")
+    recs = watch.intervals()
+    assert recs
+    for rec in recs:
+        assert set(rec["unmeasured"]) == want, rec["unmeasured"]
+        drops = rec["node_totals"]["drops_by_reason"]
+        assert (drops is None) == ("drops_by_reason" in want)
+        if drops is not None:
+            assert sum(drops.values()) == rec["node_totals"]["drops"]
+        for row in rec["destinations"]:
+            assert (row["resets_out_by_reason"] is None) == ("resets_out_by_reason" in want)
+    record_result(f"{watch.prefix}/unmeasured", {"fields": sorted(want)})
