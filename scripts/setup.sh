@@ -37,6 +37,23 @@ else
     say "distribution packages present"
 fi
 
+# --- the older kernel class for the VM lane: Debian bullseye's 5.10, its suite pinned low -------
+# (nothing else is ever taken from it; only the kernel image and its headers, by exact name)
+if ! ls /boot/vmlinuz-5.10.*-amd64 >/dev/null 2>&1; then
+    mirror="$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)"
+    [ -n "$mirror" ] || mirror="http://deb.debian.org/debian"
+    printf 'Types: deb\nURIs: %s\nSuites: bullseye\nComponents: main\nSigned-By: %s\n' "$mirror" \
+        /usr/share/keyrings/debian-archive-keyring.gpg > /etc/apt/sources.list.d/netdiag-bullseye.sources
+    printf 'Package: *\nPin: release n=bullseye\nPin-Priority: 100\n' > /etc/apt/preferences.d/netdiag-bullseye
+    apt-get update -qq || die "apt-get update (with bullseye) failed"
+    abi="$(apt-cache search --names-only '^linux-image-5\.10\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -n 1)"
+    abi="${abi#linux-image-}"
+    [ -n "$abi" ] || die "no Debian 5.10 kernel found in bullseye"
+    say "installing Debian's $abi kernel and headers (the 5.10 VM lane)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "linux-image-$abi" \
+        "linux-headers-$abi" >/dev/null || die "apt-get install of linux-image-$abi failed"
+fi
+
 # --- tracefs -----------------------------------------------------------------------------------
 if [ ! -e /sys/kernel/tracing/events ]; then
     mount -t tracefs none /sys/kernel/tracing 2>/dev/null && say "mounted tracefs" || say "warning: could not mount tracefs"

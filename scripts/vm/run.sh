@@ -4,7 +4,8 @@
 # kernel tier inside it. The guest writes everything to RESULTS_DIR; tests/vm asserts on it.
 #   scripts/vm/run.sh RESULTS_DIR [KERNEL]      KERNEL: 6.1 (default) or 5.10
 # ND_VM_TESTS (default tests/kernel) narrows the run to some of the tier's files or tests;
-# ND_VM_ENV adds environment assignments for the guest's run (the lanes' hook modes).
+# ND_VM_ENV adds environment assignments for the guest's run (the lanes' hook modes); ND_VM_MARK
+# replaces the marker expression (default: not heavy; empty: every test named).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 results="${1:?usage: scripts/vm/run.sh RESULTS_DIR}"
@@ -27,7 +28,7 @@ export PATH="$here/.venv/bin:$PATH"
 # Inside the guest: the same kernel tier, results to the shared rw folder.
 guest_cmd="cd '$here' && export PYTHONDONTWRITEBYTECODE=1 ND_RESULTS_DIR='$results' ND_READY_TIMEOUT=600 ND_TRACE_MODES=auto,fentry,tracepoint ND_CLASSIC_MODES=auto,tracepoint ND_WATCH_FLAVOURS=auto,classic ND_LAB_TIMEOUT=900 ${ND_VM_ENV:-} \
  && uname -r > '$results/uname' \
- && '$here/.venv/bin/python' -m pytest ${ND_VM_TESTS:-tests/kernel} -m 'not heavy' -p no:cacheprovider -q -rs \
+ && '$here/.venv/bin/python' -m pytest ${ND_VM_TESTS:-tests/kernel} -m '${ND_VM_MARK-not heavy}' -p no:cacheprovider -q -rs \
     --junitxml='$results/junit.xml' > '$results/pytest.out' 2>&1; echo \$? > '$results/rc'"
 
 echo "vm lane: booting $kernel under qemu (TCG); this takes a few minutes" >&2

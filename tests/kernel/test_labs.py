@@ -90,6 +90,8 @@ def test_remote_cap_13_from_client_side_alone():
 def test_port_exhaustion_6():
     res = run_lab("port-exhaustion", "--ports", 6)
     v = only(res)
+    record_result("lab/port-exhaustion", {"kind": v["kind"], "cap": v["cap"],
+                                          "EADDRNOTAVAIL": v["evidence"]["EADDRNOTAVAIL"]})
     assert v["cap"] == 6 == res["load"]["client"]["established"]
     assert v["evidence"]["EADDRNOTAVAIL"] == res["load"]["client"]["failed_by_errno"]["EADDRNOTAVAIL"] == 5
 
@@ -97,6 +99,8 @@ def test_port_exhaustion_6():
 @pytest.mark.heavy   # host lane only: no kprobe signal of its own
 def test_listen_overflow_backlog_4():
     v = only(run_lab("listen-overflow", "--backlog", 4))
+    record_result("lab/listen-overflow", {"kind": v["kind"], "backlog": v["backlog"],
+                                          "overflows": v["evidence"]["overflows"]})
     assert v["backlog"] == 4 and v["evidence"]["overflows"] > 0
 
 

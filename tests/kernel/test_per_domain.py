@@ -13,7 +13,7 @@ from netdiag.labs.topology import Topology
 from netdiag.sources.dns.observer import DnsObserver
 from netdiag.sources.pods import PodMap
 
-from .conftest import Peer
+from .conftest import Peer, record_result
 
 pytestmark = [pytest.mark.kernel, pytest.mark.heavy]   # DNS capture has no kprobe path: host lane
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,6 +124,8 @@ def test_per_domain_per_pod_and_late_namespace(lab, observed):
     doms = {d["name"]: d for d in rollup_domains(rec1)}
     api = doms["api.lab.test"]
     assert api["connects"] == 14 and api["established"] == 14 and api["ips"] == 2
+    record_result(f"per-domain/{obs.mode}", {"connects": api["connects"], "established": api["established"],
+                                             "ips": api["ips"]})
     assert api["addrs"] == API and api["ports"] == [8080]
     assert api["chain"] == ["alias.lab.test", "api.lab.test"]                  # cli2's lookup went through the alias
     assert "alias.lab.test" not in doms
