@@ -38,6 +38,9 @@ DEFAULT_MAX_SERIES = 500
 DEFAULT_TTL = 300.0
 DEFAULT_PORT = 9464
 OTHER = "other"
+BY_DIRECTION = ("netdiag_connects", "netdiag_established", "netdiag_active_connections", "netdiag_resets_received",
+                "netdiag_syn_retransmits", "netdiag_retransmits")
+NODE_LEVEL = (*BY_DIRECTION, "netdiag_connect_failures", "netdiag_resets_sent", "netdiag_drops")
 DECAY = 0.5                     # a named series' score halves each interval it is not refreshed
 LAT_BUCKETS = 25                # log2(us) buckets 0..24: upper bounds 2 us .. 33.6 s, then +Inf
 
@@ -323,6 +326,18 @@ class MetricsSink:
             else:
                 o[key] = (value, score)
 
+        if self.by == "node":
+            # node-level series (per direction, errno, reason): refreshed every interval, never expired
+            for fam in NODE_LEVEL:
+                o = obs[fam]
+                for key in self.families[fam].series:
+                    o[key] = (0, 0.0)
+                if fam in BY_DIRECTION:
+                    for d in ("out", "in"):
+                        o[(d,)] = (0, 0.0)
+        else:
+            for key in self.families["netdiag_drops"].series:
+                obs["netdiag_drops"][key] = (0, 0.0)
         for r in rec.get("destinations", ()):
             key = self._dst_key(r)
             sc = _score(r)

@@ -275,3 +275,19 @@ def test_cli_refuses_bad_metrics_options(args, needle):
     assert res.exit_code == 2, res.output
     assert needle in res.output
     assert "attached" not in res.output
+
+
+def test_node_level_series_never_expire():
+    """With --metrics-by node the per-direction, errno and drop-reason series are the node's own:
+    they stay (and keep their totals) however long the node is quiet."""
+    clock = Clock()
+    sink = MetricsSink(node="n1", ttl=2, clock=clock)
+    sink.interval(record([dst_row("10.0.0.1:80", connects=3, failed=1, failed_by_errno={"ETIMEDOUT": 1})],
+                         node_totals={"drops_by_reason": {"NO_SOCKET": 2}, "connect_latency_hist": {}}))
+    for _ in range(10):
+        clock.t += 1
+        sink.interval(record([]))
+    s = samples(sink)
+    assert {lab["direction"]: v for lab, v in s["netdiag_connects_total"]} == {"out": 3, "in": 0}
+    assert [v for _, v in s["netdiag_connect_failures_total"]] == [1]
+    assert [v for _, v in s["netdiag_drops_total"]] == [2]
