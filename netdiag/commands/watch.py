@@ -64,10 +64,12 @@ def metrics_options(f):
                      show_default=True,
                      help="Label of the per-destination metrics: node (none), pod (turns on --per-pod), "
                           "domain (turns on --dns), dst (remote ip:port).")(f)
-    f = click.option("--node", metavar="NAME",
-                     help="The `node` label of every metric (default: the host name).")(f)
+    f = click.option("--node", metavar="NAME", envvar="NETDIAG_NODE",
+                     help="The `node` label of every metric (default: $NETDIAG_NODE, else the host name).")(f)
     f = click.option("--metrics", "metrics", metavar="[ADDR:]PORT", callback=_metrics_address,
-                     help="Serve Prometheus metrics on ADDR:PORT (/metrics; ADDR 127.0.0.1 unless given).")(f)
+                     envvar="NETDIAG_METRICS",
+                     help="Serve Prometheus metrics on ADDR:PORT (/metrics; ADDR 127.0.0.1 unless given; "
+                          "default: $NETDIAG_METRICS, else none).")(f)
     return f
 
 
