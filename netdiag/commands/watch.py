@@ -61,9 +61,10 @@ def metrics_options(f):
                      help="At most N series per metric family: the most troubled and busiest keep theirs, "
                           "the rest are summed into one series labelled `other`.")(f)
     f = click.option("--metrics-by", type=click.Choice(["node", "pod", "domain", "dst"]), default="node",
-                     show_default=True,
+                     show_default=True, envvar="NETDIAG_METRICS_BY",
                      help="Label of the per-destination metrics: node (none), pod (turns on --per-pod), "
-                          "domain (turns on --dns), dst (remote ip:port).")(f)
+                          "domain (turns on --dns), dst (remote ip:port); default: $NETDIAG_METRICS_BY, "
+                          "else node.")(f)
     f = click.option("--node", metavar="NAME", envvar="NETDIAG_NODE",
                      help="The `node` label of every metric (default: $NETDIAG_NODE, else the host name).")(f)
     f = click.option("--metrics", "metrics", metavar="[ADDR:]PORT", callback=_metrics_address,
