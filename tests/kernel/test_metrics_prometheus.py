@@ -241,10 +241,9 @@ def test_two_nodes_scraped_by_prometheus(nodes, tmp_path):
 # -- bad input: one line, a distinct code, nothing attached ------------------------------------------
 def run_watch(tmp_path, *args):
     ready = tmp_path / "ready"
-    t0 = time.monotonic()
     p = subprocess.run([*NETDIAG, "watch", "--ready-file", str(ready), "--duration", "30", *args],
                        capture_output=True, text=True, timeout=120)
-    return p, time.monotonic() - t0, ready.exists()
+    return p, ready.exists()
 
 
 def test_metrics_port_in_use(doctor, tmp_path):
@@ -253,22 +252,21 @@ def test_metrics_port_in_use(doctor, tmp_path):
     s.listen()
     port = s.getsockname()[1]
     try:
-        p, took, attached = run_watch(tmp_path, "--metrics", str(port))
+        p, attached = run_watch(tmp_path, "--metrics", str(port))
     finally:
         s.close()
     assert p.returncode == 65, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "port is in use" in lines[0] and str(port) in lines[0], p.stderr
     assert not attached and "attached" not in p.stderr
-    assert took < 10            # refused before anything was compiled or attached
 
 
 def test_metrics_address_not_on_this_host(doctor, tmp_path):
-    p, took, attached = run_watch(tmp_path, "--metrics", "198.51.100.7:9464")
+    p, attached = run_watch(tmp_path, "--metrics", "198.51.100.7:9464")
     assert p.returncode == 65, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "not on this host" in lines[0], p.stderr
-    assert not attached and took < 10
+    assert not attached and "attached" not in p.stderr
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -277,11 +275,11 @@ def test_metrics_address_not_on_this_host(doctor, tmp_path):
     (("--metrics", "localhost:9464"), "--metrics"),
 ])
 def test_metrics_bad_options(doctor, tmp_path, args, needle):
-    p, took, attached = run_watch(tmp_path, *args)
+    p, attached = run_watch(tmp_path, *args)
     assert p.returncode == 2, p.stderr
     err = [line for line in p.stderr.strip().splitlines() if line.startswith("Error")]
     assert len(err) == 1 and needle in err[0], p.stderr
-    assert not attached and took < 10
+    assert not attached and "attached" not in p.stderr
 
 
 def test_nothing_listens_on_public_addresses_by_default(doctor, tmp_path):
