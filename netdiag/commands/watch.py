@@ -64,7 +64,7 @@ def metrics_options(f):
                      show_default=True, envvar="NETDIAG_METRICS_BY",
                      help="Label of the per-destination metrics: node (none), pod (turns on --per-pod), "
                           "domain (turns on --dns), dst (remote ip:port); default: $NETDIAG_METRICS_BY, "
-                          "else node.")(f)
+                          "else domain with --per-domain, else node.")(f)
     f = click.option("--node", metavar="NAME", envvar="NETDIAG_NODE",
                      help="The `node` label of every metric (default: $NETDIAG_NODE, else the host name).")(f)
     f = click.option("--metrics", "metrics", metavar="[ADDR:]PORT", callback=_metrics_address,
@@ -147,6 +147,9 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     if dst_slots & (dst_slots - 1):
         raise click.BadParameter(f"{dst_slots} is not a power of two", param_hint="--dst-slots")
     if metrics is not None:
+        source = click.get_current_context().get_parameter_source("metrics_by")
+        if per_domain and source == click.core.ParameterSource.DEFAULT:
+            metrics_by = "domain"            # --per-domain: connects per domain in the metrics too
         dns = dns or metrics_by == "domain"
         per_pod = per_pod or metrics_by == "pod"
     require_privileges()
