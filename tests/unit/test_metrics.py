@@ -291,3 +291,46 @@ def test_node_level_series_never_expire():
     assert {lab["direction"]: v for lab, v in s["netdiag_connects_total"]} == {"out": 3, "in": 0}
     assert [v for _, v in s["netdiag_connect_failures_total"]] == [1]
     assert [v for _, v in s["netdiag_drops_total"]] == [2]
+
+
+def test_verdict_labels_follow_metrics_by():
+    v = {"kind": "remote_connection_cap", "dst": "10.0.0.1:443", "netns": 5, "netns_name": "cli", "cap": 300,
+         "domain": "api.example", "pods": ["default/web", "default/api"]}
+    got = {}
+    for by in ("node", "domain", "pod", "dst"):
+        sink = MetricsSink(node="n1", by=by)
+        sink.interval(record([], verdicts=[v]))
+        (labels, value), = samples(sink)["netdiag_verdict"]
+        assert value == 300
+        got[by] = labels
+    base = {"node": "n1", "kind": "remote_connection_cap", "place": "cli", "dst": "10.0.0.1:443", "number": "cap"}
+    assert got["node"] == got["dst"] == base
+    assert got["domain"] == {**base, "domain": "api.example"}
+    assert got["pod"] == {**base, "pod": "default/web"}
+
+
+class _Bound(Exception):
+    pass
+
+
+@pytest.mark.parametrize("args,env,want", [
+    ([], {}, "node"),
+    (["--per-domain"], {}, "domain"),
+    (["--per-domain", "--metrics-by", "dst"], {}, "dst"),
+    ([], {"NETDIAG_METRICS_BY": "pod"}, "pod"),
+])
+def test_cli_metrics_by_default(monkeypatch, args, env, want):
+    """The sink watch builds (stopped at bind, before anything is attached): --per-domain labels by
+    domain unless --metrics-by or NETDIAG_METRICS_BY says otherwise; the address and node pass through."""
+    import netdiag.kernel.features as features
+    seen = {}
+
+    def bind(self):
+        seen.update(by=self.by, host=self.host, port=self.port, node=self.node)
+        raise _Bound()
+
+    monkeypatch.setattr(features, "require_privileges", lambda: None)
+    monkeypatch.setattr(MetricsSink, "bind", bind)
+    res = CliRunner().invoke(cli, ["watch", "--metrics", "9464", "--node", "n7", *args], env=env)
+    assert isinstance(res.exception, _Bound), res.output
+    assert seen == {"by": want, "host": "127.0.0.1", "port": 9464, "node": "n7"}
