@@ -317,6 +317,7 @@ class MetricsSink:
     def interval(self, rec: dict) -> None:
         now = self.clock()
         obs: dict = {name: {} for name in self.families}
+        lat_sum = 0.0
 
         def add(fam, key, value, score, agg="sum"):
             o = obs[fam]
@@ -356,7 +357,7 @@ class MetricsSink:
             if rest > 0:
                 add("netdiag_resets_sent", (*key, "unknown"), rest, sc)
             if r.get("connect_ms_avg") is not None and r.get("established"):
-                self.hist_sum += r["connect_ms_avg"] * r["established"] / 1000.0
+                lat_sum += r["connect_ms_avg"] * r["established"] / 1000.0
         for lst in rec.get("listeners", ()):
             key = (lst.get("netns_name") or f"netns:{lst['netns']}", lst["listen"])
             sc = lst.get("overflows", 0) * 1e6 + lst.get("queue", 0) + lst.get("established", 0) + 1e-3
@@ -402,12 +403,13 @@ class MetricsSink:
                 key += (pods[0] if pods else (v.get("netns_name") or ""),)
             add("netdiag_verdict", key + (num,), float(value), 1e9, "max")
 
-        # node-wide series
-        for label, n in totals.get("connect_latency_hist", {}).items():
-            lower = int(label[:-2]) if label[:-2].isdigit() else 0
-            i = lower.bit_length() - 1 if lower else 0
-            self.hist[min(i, LAT_BUCKETS)] += n
         with self.lock:
+            # node-wide series
+            self.hist_sum += lat_sum
+            for label, n in totals.get("connect_latency_hist", {}).items():
+                lower = int(label[:-2]) if label[:-2].isdigit() else 0
+                i = lower.bit_length() - 1 if lower else 0
+                self.hist[min(i, LAT_BUCKETS)] += n
             for name, fam in self.families.items():
                 fam.update(obs[name], now)
                 fam.expire(now, self.ttl)

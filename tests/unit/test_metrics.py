@@ -334,3 +334,16 @@ def test_cli_metrics_by_default(monkeypatch, args, env, want):
     res = CliRunner().invoke(cli, ["watch", "--metrics", "9464", "--node", "n7", *args], env=env)
     assert isinstance(res.exception, _Bound), res.output
     assert seen == {"by": want, "host": "127.0.0.1", "port": 9464, "node": "n7"}
+
+
+def test_dns_packets_and_node_counters():
+    sink = MetricsSink(node="n1")
+    sink.interval(record([], dns={"pps": 900.5, "packets": 901, "queries": 450}, lost_events=3, evictions=2))
+    sink.interval(record([], dns={"pps": 10.0, "packets": 10}, lost_events=1))
+    s = samples(sink)
+    assert s["netdiag_dns_packets_per_second"][0][1] == 10.0
+    assert s["netdiag_dns_packets_total"][0][1] == 911
+    assert s["netdiag_lost_events_total"][0][1] == 4
+    assert s["netdiag_map_evictions_total"][0][1] == 2
+    assert s["netdiag_intervals_total"][0][1] == 2
+    assert "netdiag_dns_packets_total" not in samples(MetricsSink(node="n1"))      # no DNS capture, no series
