@@ -17,6 +17,7 @@ input exits at once with one line and a distinct code, before anything is attach
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -124,6 +125,14 @@ def until(pred, timeout: float, step: float = 0.25):
         time.sleep(step)
 
 
+def fleet_queries() -> list[str]:
+    """The PromQL lines of the fleet-view section of docs/kubernetes.md."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md").read_text()
+    section = text.split("### The fleet view in PromQL", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```\n(.*?)^```", section, re.S | re.M)
+    return [line.strip() for b in blocks for line in b.splitlines() if line.strip()]
+
+
 def start_watch(tmp: Path, name: str, netns: str, port: int) -> subprocess.Popen:
     d = tmp / name
     d.mkdir()
@@ -197,6 +206,16 @@ def test_two_nodes_scraped_by_prometheus(nodes, tmp_path):
         assert v["metric"]["dst"] == nodes["a_target"] and v["metric"]["number"] == "cap"
         assert v["metric"]["place"] == nodes["a"]
         assert prom.query('netdiag_verdict{node="node-b"}') == []
+        # the fleet view's PromQL of docs/kubernetes.md: every query runs; "which nodes hit a cap"
+        queries = fleet_queries()
+        assert len(queries) >= 10
+        for fq in queries:
+            prom.query(fq)                                   # asserts status "success"
+        caps = prom.query("max by (node, kind, dst, number) (netdiag_verdict)")
+        assert [(c["metric"]["node"], c["metric"]["kind"], float(c["value"][1])) for c in caps] == [
+            ("node-a", "snat_port_exhaustion", RANGE)]
+        assert {r["metric"]["node"] for r in
+                prom.query('sum by (node) (netdiag_active_connections{direction="out"})')} == {"node-a", "node-b"}
 
         # SNAT ports in use equal the range exactly (the largest Prometheus stored), and the range
         assert prom.value(f'max_over_time(netdiag_snat_ports_in_use{{node="node-a",dst="{nodes["a_target"]}"}}[5m])') \
