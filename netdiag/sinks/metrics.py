@@ -241,8 +241,8 @@ class MetricsSink:
                                                     "listener whose queue was full.", ("netns", "listener")),
             ("netdiag_listen_queue", "gauge", "Accept queue length now.", ("netns", "listener")),
             ("netdiag_listen_backlog", "gauge", "Accept queue bound (backlog).", ("netns", "listener")),
-            ("netdiag_listen_queue_fill_ratio", "gauge", "Accept queue length / backlog, the largest this "
-                                                         "interval.", ("netns", "listener"), "max"),
+            ("netdiag_listen_queue_fill_ratio", "gauge", "Accept queue length now / backlog.",
+             ("netns", "listener"), "max"),
             ("netdiag_drops", "counter", "Packets dropped by the kernel, by drop reason.", ("reason",)),
             ("netdiag_snat_ports_in_use", "gauge", "Source-NAT ports in use per NAT address and destination.",
              ("netns", "nat_ip", "dst", "proto")),
@@ -364,9 +364,8 @@ class MetricsSink:
             add("netdiag_listen_overflows", key, lst.get("overflows", 0), sc)
             add("netdiag_listen_queue", key, lst.get("queue", 0), sc)
             add("netdiag_listen_backlog", key, lst.get("backlog", 0), sc)
-            fill = max(lst.get("queue", 0), lst.get("max_queue", 0)) / lst["backlog"] if lst.get("backlog") else 0.0
-            add("netdiag_listen_queue_fill_ratio", key, min(fill, 1.0) if lst.get("queue") is not None else 0.0,
-                sc, "max")
+            fill = (lst.get("queue") or 0) / lst["backlog"] if lst.get("backlog") else 0.0
+            add("netdiag_listen_queue_fill_ratio", key, fill, sc, "max")
         totals = rec.get("node_totals", {})
         for name, n in totals.get("drops_by_reason", {}).items():
             add("netdiag_drops", (name,), n, n)
