@@ -18,7 +18,7 @@ command -v apt-get >/dev/null || die "apt-get not found: netdiag's set-up suppor
 # --- distribution packages -------------------------------------------------------------------
 pkgs=(bpfcc-tools python3-bpfcc python3-venv python3-pip linux-headers-amd64 iptables nftables conntrack
       iproute2 kmod procps qemu-system-x86 linux-image-amd64 busybox-static wrk bpftool
-      podman debootstrap)
+      podman debootstrap prometheus prometheus-node-exporter)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,10 +32,29 @@ if [ "${#missing[@]}" -gt 0 ]; then
     say "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || die "apt-get install failed: ${missing[*]}"
+    # Debian's prometheus and prometheus-node-exporter start services on every address (:9090,
+    # :9100) when installed: a policy-rc.d keeps any service from starting during the install
+    # (netdiag's tests and benchmarks run their own on 127.0.0.1).
+    policy_made=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy_made=1
+    fi
+    rc=0
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+    [ "$policy_made" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
+    [ "$rc" -eq 0 ] || die "apt-get install failed: ${missing[*]}"
 else
     say "distribution packages present"
 fi
+# ... nor at boot, nor left running from an earlier install.
+for svc in prometheus prometheus-node-exporter; do
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+        systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    elif [ -x "/etc/init.d/$svc" ]; then
+        "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+        command -v update-rc.d >/dev/null && update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+done
 
 # --- the older kernel class for the VM lane: Debian bullseye's 5.10, its suite pinned low -------
 # (nothing else is ever taken from it; only the kernel image and its headers, by exact name)

@@ -49,6 +49,41 @@ def dns_options(f):
     return f
 
 
+def metrics_options(f):
+    """--metrics, --node, --metrics-by, --metrics-max-series, --metrics-ttl, --quiet."""
+    f = click.option("--quiet", "-q", is_flag=True,
+                     help="Print nothing but errors (and the NDJSON of --json): for DaemonSets.")(f)
+    f = click.option("--metrics-ttl", type=click.FloatRange(min=0, min_open=True), default=300.0,
+                     show_default=True, metavar="S",
+                     help="Remove a series (a destination, pod, verdict) not updated for S seconds.")(f)
+    f = click.option("--metrics-max-series", type=click.IntRange(min=1), default=500, show_default=True,
+                     metavar="N",
+                     help="At most N series per metric family: the most troubled and busiest keep theirs, "
+                          "the rest are summed into one series labelled `other`.")(f)
+    f = click.option("--metrics-by", type=click.Choice(["node", "pod", "domain", "dst"]), default="node",
+                     show_default=True, envvar="NETDIAG_METRICS_BY",
+                     help="Label of the per-destination metrics: node (none), pod (turns on --per-pod), "
+                          "domain (turns on --dns), dst (remote ip:port); default: $NETDIAG_METRICS_BY, "
+                          "else domain with --per-domain, else node.")(f)
+    f = click.option("--node", metavar="NAME", envvar="NETDIAG_NODE",
+                     help="The `node` label of every metric (default: $NETDIAG_NODE, else the host name).")(f)
+    f = click.option("--metrics", "metrics", metavar="[ADDR:]PORT", callback=_metrics_address,
+                     envvar="NETDIAG_METRICS",
+                     help="Serve Prometheus metrics on ADDR:PORT (/metrics; ADDR 127.0.0.1 unless given; "
+                          "default: $NETDIAG_METRICS, else none).")(f)
+    return f
+
+
+def _metrics_address(ctx, param, value):
+    if value is None:
+        return None
+    from netdiag.sinks.metrics import parse_listen
+    try:
+        return parse_listen(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
 @click.command("watch")
 @interval_option()
 @duration_option()
@@ -74,9 +109,11 @@ def dns_options(f):
               help="Create this file once the probes are attached.")
 @tracepoints_option
 @dns_options
+@metrics_options
 def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, socket_slots, dst_slots, count_accepts,
             ready_file,
-            tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share, host_root):
+            tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share, host_root,
+            metrics, node, metrics_by, metrics_max_series, metrics_ttl, quiet):
     """Watch connections per destination and listener, counted in the kernel.
 
     Every interval: connects, established, failed (by errno), active (open now, including
@@ -88,6 +125,7 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
       sudo netdiag watch
       sudo netdiag watch --json | jq -c '.destinations[] | select(.failed > 0)'
       sudo netdiag watch --port 443 --dst 10.0.0.0/8 --interval 5
+      sudo netdiag watch --metrics 9464 --quiet
     """
     from netdiag.analysis.diagnose import Diagnoser
     from netdiag.kernel.features import require_privileges
@@ -108,14 +146,27 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
         raise click.BadParameter(f"{socket_slots} is not a power of two", param_hint="--socket-slots")
     if dst_slots & (dst_slots - 1):
         raise click.BadParameter(f"{dst_slots} is not a power of two", param_hint="--dst-slots")
+    if metrics is not None:
+        source = click.get_current_context().get_parameter_source("metrics_by")
+        if per_domain and source == click.core.ParameterSource.DEFAULT:
+            metrics_by = "domain"            # --per-domain: connects per domain in the metrics too
+        dns = dns or metrics_by == "domain"
+        per_pod = per_pod or metrics_by == "pod"
     require_privileges()
+    sinks = [*output_sinks(as_json, top, ready_file, quiet)]
+    if metrics is not None:
+        from netdiag.sinks.metrics import MetricsSink
+        metrics_sink = MetricsSink(*metrics, node=node, by=metrics_by, max_series=metrics_max_series,
+                                   ttl=metrics_ttl)
+        metrics_sink.bind()              # a port in use fails here, before anything is attached
+        sinks.insert(0, metrics_sink)
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
                       socket_slots=socket_slots, dst_slots=dst_slots, syscall_tracepoints=count_accepts,
                       **flavour_kwargs(tracepoints))
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)
     summary = RunSummary()
-    pipeline = Pipeline(watcher, Diagnoser(), enricher, sinks=[summary, *output_sinks(as_json, top, ready_file)])
+    pipeline = Pipeline(watcher, Diagnoser(), enricher, sinks=[summary, *sinks])
     stop = threading.Event()
     with stop_on_signals(stop.set):
         try:
@@ -125,9 +176,9 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
                 if stop.is_set():            # Ctrl-C while compiling: nothing attached, nothing to say
                     sys.exit(130)
                 raise
-            if enricher.note:
+            if enricher.note and not quiet:
                 click.echo(f"netdiag: {enricher.note}", err=True)
-            pipeline.open(_attached(watcher, enricher))
+            pipeline.open(_attached(watcher, enricher, quiet))
             deadline = time.monotonic() + duration if duration else None
             pipeline.run(interval, stop, deadline=deadline, partial_last=True)
         except BaseException:
@@ -138,14 +189,16 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     pipeline.finish(summary.summary())
 
 
-def output_sinks(as_json: bool, top: int, ready_file=None) -> list:
+def output_sinks(as_json: bool, top: int, ready_file=None, quiet: bool = False) -> list:
     """The sinks `watch` hands its records to: a ready file, then NDJSON, the live view on a TTY,
-    or plain text."""
+    or plain text (none of the last two with ``quiet``)."""
     from netdiag.sinks.ready import ReadyFile
     sinks = [ReadyFile(ready_file)] if ready_file else []
     if as_json:
         from netdiag.sinks.ndjson import NdjsonSink
         return sinks + [NdjsonSink()]
+    if quiet:
+        return sinks
     if sys.stdout.isatty():
         from netdiag.sinks.live import LiveView
         return sinks + [LiveView(top)]
@@ -153,14 +206,15 @@ def output_sinks(as_json: bool, top: int, ready_file=None) -> list:
     return sinks + [PlainSink(top)]
 
 
-def _attached(watcher, enricher) -> dict:
+def _attached(watcher, enricher, quiet: bool = False) -> dict:
     """Say what got attached (stderr) and return it: what the ready file holds."""
     plan = dict(watcher.plan, tracepoints=watcher.modes["tracepoints"])
     modes = " ".join(f"{k}={v}" for k, v in plan.items())
     program = watcher.prog.program if watcher.prog is not None else "compiled"
     dns_program = enricher.program
-    click.echo(f"netdiag: attached ({modes} program={program}"
-               f"{f' dns_program={dns_program}' if dns_program else ''})", err=True)
+    if not quiet:
+        click.echo(f"netdiag: attached ({modes} program={program}"
+                   f"{f' dns_program={dns_program}' if dns_program else ''})", err=True)
     verbose = (click.get_current_context().find_root().obj or {}).get("verbose")
     if watcher.prog is not None and watcher.prog.cache_note and verbose:
         click.echo(f"netdiag: {watcher.prog.cache_note}", err=True)
