@@ -217,6 +217,8 @@ class MetricsSink:
         self.hist = [0] * (LAT_BUCKETS + 1)   # cumulative per bucket, last one is +Inf
         self.hist_sum = 0.0
         self.node_counters = {"lost_events": 0, "evictions": 0}
+        self.allowance_exceeded: dict = {}      # allowance -> packets over it since start
+        self.allowance_available: dict = {}     # allowance -> what is left, last interval
         self.node_gauges: dict = {}
         self.families = self._families()
 
@@ -367,7 +369,10 @@ class MetricsSink:
             fill = (lst.get("queue") or 0) / lst["backlog"] if lst.get("backlog") else 0.0
             add("netdiag_listen_queue_fill_ratio", key, fill, sc, "max")
         totals = rec.get("node_totals", {})
-        for name, n in totals.get("drops_by_reason", {}).items():
+        by_reason = totals.get("drops_by_reason")
+        if by_reason is None and totals.get("drops") is not None:      # a kernel without drop reasons
+            by_reason = {"unknown": totals["drops"]}
+        for name, n in (by_reason or {}).items():
             add("netdiag_drops", (name,), n, n)
         for nat in rec.get("nat", ()) or ():
             key = (nat.get("netns_name") or f"netns:{nat['netns']}", nat["nat_ip"], nat["dst"], nat.get("proto", "tcp"))
@@ -414,6 +419,9 @@ class MetricsSink:
                 fam.expire(now, self.ttl)
             self.node_counters["lost_events"] += rec.get("lost_events", 0)
             self.node_counters["evictions"] += rec.get("evictions", 0)
+            for a, n in (totals.get("allowance_exceeded") or {}).items():
+                self.allowance_exceeded[a] = self.allowance_exceeded.get(a, 0) + n
+            self.allowance_available = dict(totals.get("allowance_available") or {})
             self.node_gauges = {
                 "netdiag_map_entries": rec.get("map_entries", 0),
                 "netdiag_map_capacity": rec.get("map_max", 0),
@@ -466,6 +474,20 @@ class MetricsSink:
         for name, value in self.node_gauges.items():
             g = GaugeMetricFamily(name, _NODE_DOCS[name], labels=["node"])
             g.add_metric([node], value)
+            yield g
+        if self.allowance_exceeded:
+            c = CounterMetricFamily("netdiag_nic_allowance_exceeded", "Packets the cloud provider queued or "
+                                    "dropped over a NIC allowance (the driver's <allowance>_allowance_exceeded, "
+                                    "summed over the node's interfaces).", labels=["node", "allowance"])
+            for a, n in sorted(self.allowance_exceeded.items()):
+                c.add_metric([node, a], n)
+            yield c
+        if self.allowance_available:
+            g = GaugeMetricFamily("netdiag_nic_allowance_available", "What is left of a NIC allowance (the "
+                                  "driver's <allowance>_allowance_available, lowest interface).",
+                                  labels=["node", "allowance"])
+            for a, n in sorted(self.allowance_available.items()):
+                g.add_metric([node, a], n)
             yield g
         c = CounterMetricFamily("netdiag_intervals", "Interval records processed.", labels=["node"])
         c.add_metric([node], self.intervals)

@@ -347,3 +347,21 @@ def test_dns_packets_and_node_counters():
     assert s["netdiag_map_evictions_total"][0][1] == 2
     assert s["netdiag_intervals_total"][0][1] == 2
     assert "netdiag_dns_packets_total" not in samples(MetricsSink(node="n1"))      # no DNS capture, no series
+
+
+def test_nic_allowances_and_drops_without_reasons():
+    """The NIC driver's allowance counters become a counter and a gauge by allowance; a kernel
+    without drop reasons gives its drops under reason "unknown"."""
+    from netdiag.sinks.metrics import MetricsSink
+    sink = MetricsSink(node="n1")
+    rec = {"type": "interval", "ts": 1.0, "node": "h", "interval_s": 1.0, "modes": {}, "lost_events": 0,
+           "destinations": [], "listeners": [], "verdicts": [],
+           "node_totals": {"connects": 0, "established": 0, "failed": 0, "active": 0, "drops": 9,
+                           "drops_by_reason": None, "allowance_exceeded": {"pps": 6000, "conntrack": 0},
+                           "allowance_available": {"conntrack": 800}}}
+    sink.interval(rec)
+    sink.interval(dict(rec, ts=2.0))
+    text = sink.render()[0].decode()
+    assert 'netdiag_nic_allowance_exceeded_total{allowance="pps",node="n1"} 12000.0' in text
+    assert 'netdiag_nic_allowance_available{allowance="conntrack",node="n1"} 800.0' in text
+    assert 'netdiag_drops_total{node="n1",reason="unknown"} 18.0' in text
