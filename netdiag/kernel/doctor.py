@@ -107,3 +107,32 @@ def run_checks() -> dict:
         "unmeasured": gaps,
         "bpf_works": bool(bpf_works),
     }
+
+
+def markdown(report: dict) -> str:
+    """The report as the Markdown tables of docs/kernels.md: each check's status (and, where it
+    is not "yes", what netdiag does instead), then the hook each signal gets and the ones it
+    could get. Only what depends on the kernel: no paths, no counts."""
+    lines = ["| check | status | where not: what netdiag does |", "|---|---|---|"]
+    for c in report["checks"]:
+        if c["name"] in ("privileges", "bcc"):
+            continue
+        note = "" if c["status"] == "yes" else (c["fix"] or c["detail"]).replace("|", "\\|")
+        lines.append(f"| {c['name']} | {c['status']} | {note} |")
+    lines += ["", "| signal | hook | hooks available |", "|---|---|---|"]
+    for sig, mode in report["modes"].items():
+        avail = ", ".join(m for m, ok in report["available_modes"][sig].items() if ok) or "none"
+        lines.append(f"| {sig} | {mode or 'none'} | {avail} |")
+    gaps = report.get("unmeasured") or {}
+    lines += ["", "Not measurable here (null in the record): " +
+              ("; ".join(f"`{k}`" for k in sorted(gaps)) if gaps else "nothing") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def doc_section(text: str, label: str) -> str | None:
+    """The generated part of docs/kernels.md for one kernel label, or None."""
+    start, end = f"<!-- doctor {label} -->\n", f"<!-- /doctor {label} -->"
+    if start not in text or end not in text:
+        return None
+    return text.split(start, 1)[1].split(end, 1)[0]
+

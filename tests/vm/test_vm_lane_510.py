@@ -28,7 +28,8 @@ CORE = ["tests/kernel/test_trace.py",
         "tests/kernel/test_labs.py::test_remote_cap_13_from_client_side_alone",
         "tests/kernel/test_labs.py::test_port_exhaustion_6",
         "tests/kernel/test_labs.py::test_listen_overflow_backlog_4",
-        "tests/kernel/test_per_domain.py::test_per_domain_per_pod_and_late_namespace"]
+        "tests/kernel/test_per_domain.py::test_per_domain_per_pod_and_late_namespace",
+        "tests/kernel/test_doctor_docs.py"]
 # kprobes (auto) and once in tracepoint mode; classic tracepoints for the shared signals once
 GUEST_ENV = "ND_TRACE_MODES=auto,tracepoint ND_CLASSIC_MODES=tracepoint ND_WATCH_FLAVOURS=auto"
 
