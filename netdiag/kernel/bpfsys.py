@@ -74,8 +74,27 @@ def syscall_number(table: dict[str, int], what: str, machine: str | None = None)
     return nr
 
 
+_memlock_raised = False
+
+
+def raise_memlock() -> None:
+    """Kernels before 5.11 charge BPF maps and programs to RLIMIT_MEMLOCK (64 KiB by default,
+    so even a ring buffer probe fails with EPERM): lift it, as BCC does when it loads, once per
+    process. Later kernels charge the memory cgroup and ignore the limit."""
+    global _memlock_raised
+    if _memlock_raised:
+        return
+    _memlock_raised = True
+    import resource
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):
+        pass                                   # not privileged: the bpf() call says so itself
+
+
 def bpf(cmd: int, attr) -> int:
     """bpf(cmd, attr, sizeof attr): the result (a new fd for most commands); BpfSyscallError."""
+    raise_memlock()
     r = libc.syscall(syscall_number(NR_BPF, "bpf"), cmd, ctypes.byref(attr), ctypes.sizeof(attr))
     if r < 0:
         raise BpfSyscallError(COMMANDS.get(cmd, f"bpf command {cmd}"), ctypes.get_errno())
