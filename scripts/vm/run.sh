@@ -31,8 +31,11 @@ guest_cmd="cd '$here' && export PYTHONDONTWRITEBYTECODE=1 ND_RESULTS_DIR='$resul
  && '$here/.venv/bin/python' -m pytest ${ND_VM_TESTS:-tests/kernel} -m '${ND_VM_MARK-not heavy}' -p no:cacheprovider -q -rs \
     --junitxml='$results/junit.xml' > '$results/pytest.out' 2>&1; echo \$? > '$results/rc'"
 
+# The command goes to the guest as a script in the shared folder, not on the kernel's command
+# line (2048 bytes on x86: a long test list would be cut off and the guest would not start).
+printf '%s\n' "$guest_cmd" > "$results/guest.sh"
 echo "vm lane: booting $kernel under qemu (TCG); this takes a few minutes" >&2
 timeout "${ND_VM_TIMEOUT:-1500}" "$vng" --disable-kvm --rwdir "$results" --run "$kernel" \
-    --memory 3G --cpus 2 -- "$guest_cmd" > "$results/vng.log" 2>&1 || echo "vm lane: vng exited $?" >&2
+    --memory 3G --cpus 2 -- "bash '$results/guest.sh'" > "$results/vng.log" 2>&1 || echo "vm lane: vng exited $?" >&2
 [ -f "$results/rc" ] || { echo "vm lane: the guest wrote no result (see $results/vng.log)" >&2; tail -20 "$results/vng.log" >&2; exit 70; }
 echo "vm lane: guest pytest exit $(cat "$results/rc") (kernel $(cat "$results/uname"))" >&2
