@@ -46,6 +46,25 @@ class ListenerRow(TypedDict):
     overflows: int
     synack_retrans: int
     overflows_shared: NotRequired[bool]
+    inode: NotRequired[int]           # the listening socket's inode (who holds it)
+
+
+class ProcessRow(TypedDict):
+    """One process (tgid in the network namespace of its sockets), for one interval (--per-process)."""
+    pid: int
+    comm: Optional[str]
+    netns: int
+    netns_name: NotRequired[Optional[str]]
+    pod: NotRequired[Optional[str]]   # --per-pod
+    connects: int
+    established: int
+    failed: int
+    resets_in: int
+    resets_out: int
+    accepts: Optional[int]            # null where no accept hook runs
+    inbound: int                      # accepts, or the handshakes on the listeners it holds
+    inbound_via: str                  # "accept" | "listener"
+    listens: NotRequired[list[str]]
 
 
 class Verdict(TypedDict):
@@ -76,5 +95,9 @@ class IntervalRecord(TypedDict):
     seeding: bool
     destinations: list[DestinationRow]
     listeners: list[ListenerRow]
+    processes: NotRequired[list[ProcessRow]]     # --per-process
+    process_evictions: NotRequired[int]
+    process_map_entries: NotRequired[int]
+    process_map_max: NotRequired[int]
     node_totals: dict[str, Any]
     verdicts: list[Verdict]

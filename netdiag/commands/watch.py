@@ -70,12 +70,15 @@ def dns_options(f):
 @click.option("--accepts", "count_accepts", is_flag=True,
               help="Count accept() calls per listener on kernels without kprobes/fentry too (adds syscall "
                    "tracepoints, which slow every syscall a little).")
+@click.option("--per-process", is_flag=True,
+              help="Count connects, failures, resets and accepts per process (tgid, name, network namespace) "
+                   "in the kernel and roll them up as `processes` (bounded map, evictions counted).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Create this file once the probes are attached.")
 @tracepoints_option
 @dns_options
 def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, socket_slots, dst_slots, count_accepts,
-            ready_file,
+            per_process, ready_file,
             tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share, host_root):
     """Watch connections per destination and listener, counted in the kernel.
 
@@ -111,6 +114,7 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     require_privileges()
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
                       socket_slots=socket_slots, dst_slots=dst_slots, syscall_tracepoints=count_accepts,
+                      per_process=per_process,
                       **flavour_kwargs(tracepoints))
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)
