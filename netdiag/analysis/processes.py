@@ -106,3 +106,52 @@ def fanout_dsts(records: list[dict], netns: int, top: int = 5) -> list[dict]:
             if d["netns"] == netns and d.get("direction") == "out" and d.get("connects"):
                 per[d["dst"]] = per.get(d["dst"], 0) + d["connects"]
     return [{"dst": k, "connects": v} for k, v in sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+
+
+def _ns_text(name, inode) -> str:
+    return f"netns {name}" if name else f"netns {inode}"
+
+
+def fanout_found(win: list[dict], span: float, t) -> dict:
+    """connection_fanout over the records of the window: processes of one name in one namespace
+    (a proxy's workers, a pod's program) that open more outbound connections per inbound
+    connection than ``t.fanout_ratio``. Keyed like every verdict: (kind, netns, name)."""
+    groups: dict = {}
+    for rec in win:
+        if "processes" not in rec:
+            continue
+        for key, g in rollup_groups(rec["processes"]).items():
+            a = groups.setdefault(key, {"connects": 0, "inbound": 0, "failed": 0, "pids": set(),
+                                        "netns_name": g["netns_name"], "inbound_via": g["inbound_via"]})
+            a["connects"] += g["connects"]
+            a["inbound"] += g["inbound"]
+            a["failed"] += g["failed"]
+            a["pids"] |= g["pids"]
+            a["inbound_via"] = g["inbound_via"] or a["inbound_via"]
+    found = {}
+    for (ns, comm), a in groups.items():
+        if a["inbound"] < t.fanout_min_inbound or a["connects"] < t.fanout_min_connects:
+            continue
+        ratio = a["connects"] / a["inbound"]
+        if ratio < t.fanout_ratio:
+            continue
+        dsts = fanout_dsts(win, ns)
+        r = round(ratio, 2)
+        found[("connection_fanout", ns, comm)] = {
+            "kind": "connection_fanout", "dst": None, "netns": ns, "netns_name": a["netns_name"],
+            "process": comm, "pids": sorted(a["pids"]),
+            "where": f"{comm} in {_ns_text(a['netns_name'], ns)}: between its clients and its upstreams",
+            "ratio": r,
+            "evidence": {"connects": a["connects"], "inbound": a["inbound"], "inbound_via": a["inbound_via"],
+                         "connects_per_inbound": r, "failed": a["failed"], "destinations": dsts,
+                         "threshold": t.fanout_ratio, "window_s": round(span, 1)},
+            "advice": (f"{comm} opens {r:g} upstream connections per connection it accepts: each client "
+                       "connection becomes a burst of new backend connections (handshakes, conntrack entries, "
+                       "TIME_WAIT ports, SNAT ports). Pool and reuse upstream connections: on nginx, `keepalive N` "
+                       "in the upstream block with `proxy_http_version 1.1` and `proxy_set_header Connection \"\"`; "
+                       "in an application, a shared HTTP client with keep-alive. Raise keepalive_requests on both "
+                       "sides, and make idle timeouts match: the side that keeps idle connections open must close "
+                       "them before the other side does (upstream keepalive_timeout below the backend's idle "
+                       "timeout), or pooled connections die under requests"),
+        }
+    return found
