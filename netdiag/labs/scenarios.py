@@ -306,10 +306,11 @@ def run_fanout(ctx, topo):
     srv = ctx.proc(topo.server, netdiag_argv("load", "server", "--bind", topo.server_ip, "--port", ports,
                                              "--mode", "http", "--json", "--duration", 600,
                                              "--ready-file", ready), "server")
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 40          # a busy node starts Python slowly
     while not os.path.exists(ready):
         if not srv.running() or time.monotonic() > deadline or ctx.stop.is_set():
-            raise RuntimeError(f"load server did not get ready: {' '.join(srv.err[-3:])}")
+            why = " ".join(srv.err[-3:]) or ("exited" if not srv.running() else "no ready file after 40 s")
+            raise RuntimeError(f"load server did not get ready: {why}")
         time.sleep(0.05)
     backends = [f"{topo.server_ip}:{x}" for x in BACKEND_PORTS]
     start_nginx(ctx, topo.proxy, nginx_conf(os.path.join(ctx.tmp, "nginx"), f"{topo.proxy_ip}:{PROXY_PORT}",
