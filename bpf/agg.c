@@ -105,6 +105,33 @@ static __always_inline struct nd_proc_val *nd_proc(u32 tgid, u32 netns, int in_t
 }
 #endif
 
+/* Per process and destination (-DND_PROC_DSTS, watch --per-domain): the connects of each
+ * destination row by the process that started them, and their outcomes, so that userspace can
+ * give each process's share to the name that process resolved for the address. Bounded like
+ * nd_procs; each key inserted counted (ND_STAT_PROC_DST_NEW). */
+#ifdef ND_PROC_DSTS
+BPF_F_TABLE("lru_percpu_hash", struct nd_proc_dst_key, struct nd_proc_dst_val, nd_proc_dsts, ND_MAX_PROC_DSTS,
+            BPF_F_NO_COMMON_LRU);
+
+static __always_inline struct nd_proc_dst_val *nd_proc_dst(u32 tgid, u32 netns, struct nd_tuple *t)
+{
+    struct nd_proc_dst_key pk = {};
+    pk.tgid = tgid;
+    pk.netns = netns;
+    pk.family = t->family;
+    pk.port = t->dport;
+    __builtin_memcpy(pk.addr, t->daddr, 16);
+    struct nd_proc_dst_val *v = nd_proc_dsts.lookup(&pk);
+    if (!v && tgid) {
+        struct nd_proc_dst_val zero = {};
+        if (nd_proc_dsts.insert(&pk, &zero) == 0)
+            nd_count(ND_STAT_PROC_DST_NEW);
+        v = nd_proc_dsts.lookup(&pk);
+    }
+    return tgid ? v : 0;
+}
+#endif
+
 /* a slot index from a key's 8-byte words */
 static __always_inline u32 nd_slot_index(u64 a, u64 b, u64 c)
 {
@@ -217,6 +244,11 @@ static __always_inline void nd_agg_connect(u64 sk, u32 netns, struct nd_tuple *t
     if (pv)
         pv->connects += 1;
 #endif
+#ifdef ND_PROC_DSTS
+    struct nd_proc_dst_val *dv = nd_proc_dst(pid, netns, t);
+    if (dv)
+        dv->connects += 1;
+#endif
     u32 zero = 0;
     struct nd_closed_slot *slot = nd_last_closed.lookup(&zero);
     if (slot && slot->sk == sk)
@@ -250,6 +282,15 @@ static __always_inline void nd_agg_outcome(u64 sk, u32 netns, struct nd_tuple *t
             pv->failed += 1;
         else
             pv->established += 1;
+    }
+#endif
+#ifdef ND_PROC_DSTS
+    struct nd_proc_dst_val *dv = nd_proc_dst(pid, netns, t);
+    if (dv) {
+        if (err)
+            dv->failed += 1;
+        else
+            dv->established += 1;
     }
 #endif
     struct nd_dst_key k = {};

@@ -21,7 +21,8 @@
 #define ND_STAT_RST_OUT         7
 #define ND_STAT_RST_IN          8
 #define ND_STAT_PROC_NEW        9   /* keys inserted into nd_procs (evictions = inserted - present) */
-#define ND_STAT_MAX             10
+#define ND_STAT_PROC_DST_NEW    10  /* keys inserted into nd_proc_dsts */
+#define ND_STAT_MAX             11
 
 #ifndef ND_MAX_CONNS
 #define ND_MAX_CONNS 65536      /* in-flight connects / not-yet-accepted connections */
@@ -120,6 +121,28 @@ struct nd_proc_val {
     u64 resets_out;
     u64 accepts;        /* connections it took with accept() (where the accept hook runs) */
     char comm[16];      /* filled by the first event in its own context on each CPU */
+};
+
+/* per process and destination (watch --per-domain, -DND_PROC_DSTS): which process opened the
+ * connections of a destination row, so each share goes to the name that process resolved */
+#ifndef ND_MAX_PROC_DSTS
+#define ND_MAX_PROC_DSTS 16384
+#endif
+
+struct nd_proc_dst_key {
+    u32 tgid;
+    u32 netns;
+    u8 family;
+    u8 pad;
+    u16 port;           /* remote port, host order */
+    u32 pad2;
+    u8 addr[16];        /* remote address */
+};
+
+struct nd_proc_dst_val {
+    u64 connects;
+    u64 established;
+    u64 failed;
 };
 
 /* the state word of a slot of nd_dst_table / nd_code_table */

@@ -32,6 +32,9 @@ class DestinationRow(TypedDict):
     failed_by_errno: dict[str, int]
     resets_out_by_reason: dict[str, int]
     pod: NotRequired[Optional[str]]   # --per-pod
+    by_process: NotRequired[list[dict[str, int]]]   # --per-domain: connects by the process that started them
+    domain_by: NotRequired[str]       # --per-domain: "process" | "pod"
+    domain_split: NotRequired[list[dict[str, Any]]]  # --per-domain: one share per name the processes resolved
 
 
 class ListenerRow(TypedDict):

@@ -114,7 +114,7 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     require_privileges()
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
                       socket_slots=socket_slots, dst_slots=dst_slots, syscall_tracepoints=count_accepts,
-                      per_process=per_process,
+                      per_process=per_process, proc_dsts=per_domain,
                       **flavour_kwargs(tracepoints))
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)
