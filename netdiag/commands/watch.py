@@ -35,7 +35,7 @@ def dns_options(f):
                      help="Roll destinations up by pod (namespace/name on Kubernetes, ip-netns name "
                           "otherwise); with --per-domain, by pod and domain.")(f)
     f = click.option("--per-domain", is_flag=True,
-                     help="Roll destinations up by the domain each namespace resolved (all IPs and ports "
+                     help="Roll destinations up by the domain their process (else their namespace) resolved (all IPs and ports "
                           "merged), with DNS latency and failures per domain.")(f)
     f = click.option("--dns-capture", type=click.Choice(["auto", "socket", "cgroup", "packet"]), default="auto",
                      show_default=True,
