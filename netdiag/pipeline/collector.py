@@ -330,12 +330,13 @@ class Watcher:
         """`processes` (one row per process that did something), the map's evictions, and in
         listener mode each listener's handshakes given to the process that holds it."""
         cur = {}
-        for kb, raw in self.maps["nd_procs"].items(split=False):
-            m = self.maps["nd_procs"]
+        m = self.maps["nd_procs"]
+        for kb, raw in m.items(split=False):
             vals = [dict(zip(PROC_VAL_FIELDS, PROC_VAL.unpack(v))) for v in m.split_percpu(raw)]
             for v in vals:
                 v["comm"] = v["comm"].split(b"\0", 1)[0].decode(errors="replace")
             cur[PROC_KEY.unpack(kb)] = procs.sum_percpu(vals)
+        present = len(cur)                  # the map's entries: evictions = inserted - present
         if self.netns_filter is not None:
             cur = {k: v for k, v in cur.items() if k[1] == self.netns_filter}
         rows = procs.build_rows(cur, self.prev_procs, self.labels.label, self.accepts_measured)
@@ -348,7 +349,7 @@ class Watcher:
             found = self.owners.owners({ls["inode"] for ls in busy})
             owners = {(ls["netns"], ls["listen"]): found[ls["inode"]] for ls in busy if ls["inode"] in found}
             procs.attribute_listeners(rows, record["listeners"], owners, self.labels.label)
-        n_entries = min(len(cur), self.max_procs)
+        n_entries = min(present, self.max_procs)
         evictions = max(inserted - n_entries, self.prev_proc_evictions)
         record["processes"] = procs.sort_rows(rows)
         record["process_evictions"] = evictions - self.prev_proc_evictions

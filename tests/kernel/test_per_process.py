@@ -137,3 +137,43 @@ def test_two_processes_exact_rows(topo, tmp_path, accepts):
     record_result(f"per_process_{'accept' if accepts else 'listener'}", {
         "clients": {str(n): got[p] for p, n in zip(pids, (n1, n2))}, "server_inbound": _sum(srows, "inbound"),
         "inbound_via": via, "modes": w.info["modes"]})
+
+
+FORKS = f"""
+import os, socket, sys
+n = int(sys.argv[1])
+ls = socket.socket(); ls.bind(("{CLI}", 0)); ls.listen(256); port = ls.getsockname()[1]
+kids = []
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        s = socket.create_connection(("{CLI}", port), timeout=5); s.close()
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+print(n, flush=True)
+"""
+
+
+def test_a_full_process_map_counts_its_evictions(topo):
+    """More processes than the map holds (--per-process's bound, here 64): the map stays at its
+    bound and every process it had to drop is counted in process_evictions."""
+    from netdiag.pipeline.collector import Watcher
+    bound, n = 64, 160
+    w = Watcher(netns=topo.inode(topo.cli), conntrack=False, per_process=True, max_procs=bound)
+    w.start()
+    try:
+        w.sample()
+        p = _spawn(topo.cli, FORKS, n)
+        out, _ = p.communicate(timeout=60)
+        assert out.strip() == str(n)
+        rec = w.sample()
+    finally:
+        w.close()
+    assert rec["process_map_max"] == bound and rec["process_map_entries"] <= bound
+    # n forked clients and the process that forked them (its accepts are not hooked here)
+    assert rec["process_evictions"] >= n - bound
+    assert rec["process_evictions"] + rec["process_map_entries"] >= n
+    seen = [r for r in rec["processes"] if r["connects"]]
+    assert len(seen) <= bound and all(r["connects"] == 1 and r["established"] == 1 for r in seen)
