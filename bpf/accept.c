@@ -14,7 +14,7 @@ struct nd_pending {
     u32 pid;            /* marker: the task that accepted */
     u32 tid;
     struct nd_tuple t;
-#ifdef ND_STREAM
+#if defined(ND_STREAM) || defined(ND_PER_PROCESS)
     char comm[16];      /* marker */
 #endif
 };
@@ -27,7 +27,7 @@ static __always_inline void nd_accept_report(void *ctx, struct nd_pending *p, u3
 {
     nd_count(ND_STAT_ACCEPT);
 #ifdef ND_AGGREGATE
-    nd_agg_accepted(p->netns, &p->t);
+    nd_agg_accepted(p->netns, &p->t, pid, comm);
 #endif
 #ifdef ND_STREAM
     struct nd_event ev = {};
@@ -57,7 +57,7 @@ static __always_inline void nd_accept_established(void *ctx, u64 sk, struct nd_t
         /* accept() took it first: the listener queues a child before its state change */
         m->netns = p.netns;
         m->t = p.t;
-#ifdef ND_STREAM
+#if defined(ND_STREAM) || defined(ND_PER_PROCESS)
         nd_accept_report(ctx, m, m->pid, m->tid, 0, m->comm);
 #else
         nd_accept_report(ctx, m, m->pid, m->tid, 0, 0);
@@ -92,7 +92,7 @@ static __always_inline void nd_accept_done(void *ctx, u64 sk)
             m.pid = pid;
             m.tid = (u32)id;
             m.ts_ns = bpf_ktime_get_ns();
-#ifdef ND_STREAM
+#if defined(ND_STREAM) || defined(ND_PER_PROCESS)
             bpf_get_current_comm(m.comm, sizeof(m.comm));
 #endif
             if (nd_pending_accept.insert(&skey, &m) == 0)

@@ -19,6 +19,8 @@ BPF_F_TABLE("lru_percpu_hash", struct nd_code_key, u64, nd_codes, ND_MAX_DSTS, B
 struct nd_closed_slot {
     u64 sk;
     struct nd_dst_key k;
+    u32 pid;            /* the process that opened it (0: not known, a seeded connection) */
+    u32 pad;
 };
 BPF_PERCPU_ARRAY(nd_last_closed, struct nd_closed_slot, 1);
 /* outbound connections that existed before netdiag attached, written by userspace from
@@ -72,6 +74,63 @@ BPF_PERCPU_ARRAY(nd_dst_table, struct nd_dst_slot, 1 << ND_DST_SLOT_BITS);
 
 /* The same for the errno / reset-reason breakdown (nd_codes): struct nd_code_slot. */
 BPF_PERCPU_ARRAY(nd_code_table, struct nd_code_slot, 1 << ND_DST_SLOT_BITS);
+
+/* Per process (-DND_PER_PROCESS, watch --per-process): connects, outcomes and the resets of
+ * the connections a process opened, and the connections it accepted, per (tgid, netns), in a
+ * bounded per-CPU LRU hash; each key inserted is counted (ND_STAT_PROC_NEW), so
+ * evictions = inserted - present. The outcome and the resets of a connection are traced in
+ * softirq context: they find the process through the socket's nd_conn entry (its pid). The
+ * name is read in the process's own context only (its connects and accepts). */
+#ifdef ND_PER_PROCESS
+BPF_F_TABLE("lru_percpu_hash", struct nd_proc_key, struct nd_proc_val, nd_procs, ND_MAX_PROCS, BPF_F_NO_COMMON_LRU);
+
+/* this CPU's row of process tgid in netns; in_task: the calling task is that process */
+static __always_inline struct nd_proc_val *nd_proc(u32 tgid, u32 netns, int in_task)
+{
+    struct nd_proc_key pk = {};
+    pk.tgid = tgid;
+    pk.netns = netns;
+    struct nd_proc_val *v = nd_procs.lookup(&pk);
+    if (!v && tgid) {
+        struct nd_proc_val zero = {};
+        if (in_task)
+            bpf_get_current_comm(zero.comm, sizeof(zero.comm));
+        if (nd_procs.insert(&pk, &zero) == 0)
+            nd_count(ND_STAT_PROC_NEW);
+        v = nd_procs.lookup(&pk);
+    } else if (v && in_task && !v->comm[0]) {
+        bpf_get_current_comm(v->comm, sizeof(v->comm));
+    }
+    return tgid ? v : 0;
+}
+#endif
+
+/* Per process and destination (-DND_PROC_DSTS, watch --per-domain): the connects of each
+ * destination row by the process that started them, and their outcomes, so that userspace can
+ * give each process's share to the name that process resolved for the address. Bounded like
+ * nd_procs; each key inserted counted (ND_STAT_PROC_DST_NEW). */
+#ifdef ND_PROC_DSTS
+BPF_F_TABLE("lru_percpu_hash", struct nd_proc_dst_key, struct nd_proc_dst_val, nd_proc_dsts, ND_MAX_PROC_DSTS,
+            BPF_F_NO_COMMON_LRU);
+
+static __always_inline struct nd_proc_dst_val *nd_proc_dst(u32 tgid, u32 netns, struct nd_tuple *t)
+{
+    struct nd_proc_dst_key pk = {};
+    pk.tgid = tgid;
+    pk.netns = netns;
+    pk.family = t->family;
+    pk.port = t->dport;
+    __builtin_memcpy(pk.addr, t->daddr, 16);
+    struct nd_proc_dst_val *v = nd_proc_dsts.lookup(&pk);
+    if (!v && tgid) {
+        struct nd_proc_dst_val zero = {};
+        if (nd_proc_dsts.insert(&pk, &zero) == 0)
+            nd_count(ND_STAT_PROC_DST_NEW);
+        v = nd_proc_dsts.lookup(&pk);
+    }
+    return tgid ? v : 0;
+}
+#endif
 
 /* a slot index from a key's 8-byte words */
 static __always_inline u32 nd_slot_index(u64 a, u64 b, u64 c)
@@ -178,8 +237,18 @@ static __always_inline u32 nd_log2(u64 v)
 
 /* an outbound connect attempt started (on socket sk: if it sits in this CPU's closed slot, that
  * was an earlier socket at the same address) */
-static __always_inline void nd_agg_connect(u64 sk, u32 netns, struct nd_tuple *t)
+static __always_inline void nd_agg_connect(u64 sk, u32 netns, struct nd_tuple *t, u32 pid)
 {
+#ifdef ND_PER_PROCESS
+    struct nd_proc_val *pv = nd_proc(pid, netns, 1);      /* connect() runs in the caller */
+    if (pv)
+        pv->connects += 1;
+#endif
+#ifdef ND_PROC_DSTS
+    struct nd_proc_dst_val *dv = nd_proc_dst(pid, netns, t);
+    if (dv)
+        dv->connects += 1;
+#endif
     u32 zero = 0;
     struct nd_closed_slot *slot = nd_last_closed.lookup(&zero);
     if (slot && slot->sk == sk)
@@ -204,8 +273,26 @@ static __always_inline int nd_any_seeded(void)
 
 /* its outcome: err 0 = established (t is the full tuple then; the caller keeps the socket's
  * nd_conn entry, now ND_CONN_ESTABLISHED) */
-static __always_inline void nd_agg_outcome(u64 sk, u32 netns, struct nd_tuple *t, int err, u64 lat_ns)
+static __always_inline void nd_agg_outcome(u64 sk, u32 netns, struct nd_tuple *t, int err, u64 lat_ns, u32 pid)
 {
+#ifdef ND_PER_PROCESS
+    struct nd_proc_val *pv = nd_proc(pid, netns, 0);
+    if (pv) {
+        if (err)
+            pv->failed += 1;
+        else
+            pv->established += 1;
+    }
+#endif
+#ifdef ND_PROC_DSTS
+    struct nd_proc_dst_val *dv = nd_proc_dst(pid, netns, t);
+    if (dv) {
+        if (err)
+            dv->failed += 1;
+        else
+            dv->established += 1;
+    }
+#endif
     struct nd_dst_key k = {};
     nd_key_remote(&k, netns, t);
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_OUT);
@@ -232,13 +319,14 @@ static __always_inline void nd_agg_outcome(u64 sk, u32 netns, struct nd_tuple *t
     }
 }
 
-static __always_inline void nd_note_closed(u64 sk, struct nd_dst_key *k)
+static __always_inline void nd_note_closed(u64 sk, struct nd_dst_key *k, u32 pid)
 {
     u32 zero = 0;
     struct nd_closed_slot *slot = nd_last_closed.lookup(&zero);
     if (slot) {
         slot->sk = sk;
         slot->k = *k;
+        slot->pid = pid;
     }
 }
 
@@ -247,10 +335,12 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t, 
 {
     u64 num = nd_sk_num(sk);
     struct nd_dst_key k = {};
+    u32 pid = 0;
     struct nd_conn *c = nd_conn_get(num);
     if (c) {
         if (c->state != ND_CONN_ESTABLISHED)
             return;
+        pid = c->pid;
         nd_key_remote(&k, c->netns, &c->t);
         if (newstate == ND_TCP_CLOSE)
             nd_conn_del(num);
@@ -275,7 +365,7 @@ static __always_inline void nd_agg_left_established(u64 sk, struct nd_tuple *t, 
         }
     }
     if (newstate == ND_TCP_CLOSE)
-        nd_note_closed(sk, &k);
+        nd_note_closed(sk, &k, pid);
     /* a seeded destination may have no row in the kernel yet: create it (active goes to -1
      * there, userspace adds the seeded count) */
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_OUT);
@@ -293,7 +383,7 @@ static __always_inline void nd_agg_closed(u64 sk, struct nd_tuple *t)
         return;
     struct nd_dst_key k = {};
     nd_key_remote(&k, c->netns, &c->t);
-    nd_note_closed(sk, &k);         /* CLOSE_WAIT -> CLOSE by an abort sends an RST next */
+    nd_note_closed(sk, &k, c->pid); /* CLOSE_WAIT -> CLOSE by an abort sends an RST next */
     nd_conn_del(num);
 }
 
@@ -317,7 +407,7 @@ static __always_inline u16 nd_remote_port(u64 sk, struct nd_tuple *t)
 }
 
 static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struct nd_tuple *t,
-                                       int connecting, struct nd_dst_key *k, int typed)
+                                       int connecting, struct nd_dst_key *k, int typed, u32 *pid)
 {
     if (sk) {
         /* the slot first (an array: no hash), and used once: a later event with the same
@@ -329,12 +419,14 @@ static __always_inline u32 nd_classify(u64 sk, const void *skb, u32 netns, struc
         struct nd_closed_slot *slot = nd_last_closed.lookup(&zero);
         if (slot && slot->sk == sk && slot->k.port == nd_remote_port(sk, t)) {
             *k = slot->k;
+            *pid = slot->pid;
             slot->sk = 0;
             return ND_DIR_OUT;
         }
         struct nd_conn *c = nd_conn_get(nd_sk_num(sk));
         if (c) {
             nd_key_remote(k, c->netns, &c->t);     /* the remote end it connected to */
+            *pid = c->pid;
             return ND_DIR_OUT;
         }
         if (typed)
@@ -366,8 +458,18 @@ static __always_inline void nd_agg_inbound_established(u64 sk, struct nd_tuple *
         v->established += 1;
 }
 
-static __always_inline void nd_agg_accepted(u32 netns, struct nd_tuple *t)
+/* the connection t was accepted by process pid (comm: its name when the caller is not that
+ * process, 0 when it is) */
+static __always_inline void nd_agg_accepted(u32 netns, struct nd_tuple *t, u32 pid, const char *comm)
 {
+#ifdef ND_PER_PROCESS
+    struct nd_proc_val *pv = nd_proc(pid, netns, comm == 0);
+    if (pv) {
+        pv->accepts += 1;
+        if (comm && !pv->comm[0])
+            __builtin_memcpy(pv->comm, comm, 16);
+    }
+#endif
     struct nd_dst_key k = {};
     nd_key_local(&k, netns, t);
     struct nd_dst_val *v = nd_dst(&k, ND_DIR_IN);

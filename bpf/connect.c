@@ -20,7 +20,7 @@ static __always_inline void nd_connect_emit(void *ctx, u64 sk, struct nd_conn *c
     u64 now = bpf_ktime_get_ns();
     nd_count(err ? ND_STAT_CONNECT_FAIL : ND_STAT_CONNECT_OK);
 #ifdef ND_AGGREGATE
-    nd_agg_outcome(sk, c->netns, &c->t, err, now - c->ts_ns);
+    nd_agg_outcome(sk, c->netns, &c->t, err, now - c->ts_ns, c->pid);
 #endif
 #ifdef ND_STREAM
     struct nd_event ev = {};
@@ -57,7 +57,7 @@ static __always_inline void nd_connect_begin(u64 sk, struct nd_tuple *t)
 #endif
     nd_count(ND_STAT_CONNECT_ATTEMPT);
 #ifdef ND_AGGREGATE
-    nd_agg_connect(sk, netns, t);
+    nd_agg_connect(sk, netns, t, pid);
 #endif
 }
 

@@ -423,6 +423,7 @@ int nd_dns_send(u64 *ctx)
         u64 key = (u64)sk;
         nd_dns_socks.update(&key, &peer);
     }
+    s.tgid = bpf_get_current_pid_tgid() >> 32;
     nd_dns_emit(sk, &s, ND_DNS_SEND, &u, (u32)ret);
     return 0;
 }
@@ -452,6 +453,7 @@ int nd_dns_recv(u64 *ctx)
         __builtin_memcpy(s.raddr, peer->addr, 16);
         s.flags = ND_DNS_PEER_GUESSED;
     }
+    s.tgid = bpf_get_current_pid_tgid() >> 32;
     nd_dns_emit(sk, &s, ND_DNS_RECV, &u, (u32)ret);
     return 0;
 }

@@ -337,7 +337,7 @@ static __always_inline void nd_count(u32 idx)
 #if defined(ND_AGGREGATE) && !defined(ND_STREAM)
     /* watch reads only these two (per-destination rows carry the rest); the other counters are
      * trace's run summary. idx is a constant at every call: the rest compile to nothing. */
-    if (idx != ND_STAT_LOST && idx != ND_STAT_DST_NEW)
+    if (idx != ND_STAT_LOST && idx != ND_STAT_DST_NEW && idx != ND_STAT_PROC_NEW && idx != ND_STAT_PROC_DST_NEW)
         return;
 #endif
     u64 *v = nd_stats.lookup(&idx);

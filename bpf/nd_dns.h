@@ -45,6 +45,8 @@ struct nd_dns_sk {
     u8 pad;
     u8 laddr[16];
     u8 raddr[16];
+    u32 tgid;           /* the process that sent or read it (the calling task's) */
+    u32 pad2;
 };
 
 #endif

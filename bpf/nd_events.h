@@ -20,7 +20,9 @@
 #define ND_STAT_DST_NEW         6   /* keys inserted into nd_dsts (evictions = inserted - present) */
 #define ND_STAT_RST_OUT         7
 #define ND_STAT_RST_IN          8
-#define ND_STAT_MAX             9
+#define ND_STAT_PROC_NEW        9   /* keys inserted into nd_procs (evictions = inserted - present) */
+#define ND_STAT_PROC_DST_NEW    10  /* keys inserted into nd_proc_dsts */
+#define ND_STAT_MAX             11
 
 #ifndef ND_MAX_CONNS
 #define ND_MAX_CONNS 65536      /* in-flight connects / not-yet-accepted connections */
@@ -98,6 +100,49 @@ struct nd_sock_key {
 struct nd_drop_key {
     u32 netns;
     u32 reason;
+};
+
+/* per process (watch --per-process, -DND_PER_PROCESS): a process is its tgid in the network
+ * namespace of the sockets it uses (its pod) */
+#ifndef ND_MAX_PROCS
+#define ND_MAX_PROCS 4096
+#endif
+
+struct nd_proc_key {
+    u32 tgid;
+    u32 netns;
+};
+
+struct nd_proc_val {
+    u64 connects;       /* outbound attempts it started */
+    u64 established;    /* of those, connected */
+    u64 failed;
+    u64 resets_in;      /* RSTs received / sent on the connections it opened */
+    u64 resets_out;
+    u64 accepts;        /* connections it took with accept() (where the accept hook runs) */
+    char comm[16];      /* filled by the first event in its own context on each CPU */
+};
+
+/* per process and destination (watch --per-domain, -DND_PROC_DSTS): which process opened the
+ * connections of a destination row, so each share goes to the name that process resolved */
+#ifndef ND_MAX_PROC_DSTS
+#define ND_MAX_PROC_DSTS 16384
+#endif
+
+struct nd_proc_dst_key {
+    u32 tgid;
+    u32 netns;
+    u8 family;
+    u8 pad;
+    u16 port;           /* remote port, host order */
+    u32 pad2;
+    u8 addr[16];        /* remote address */
+};
+
+struct nd_proc_dst_val {
+    u64 connects;
+    u64 established;
+    u64 failed;
 };
 
 /* the state word of a slot of nd_dst_table / nd_code_table */

@@ -12,7 +12,17 @@ static __always_inline void nd_rst_count(u64 sk, const void *skb, u32 netns, str
                                          int connecting, int out, u32 reason, int typed)
 {
     struct nd_dst_key k = {};
-    u32 dir = nd_classify(sk, skb, netns, t, connecting, &k, typed);
+    u32 pid = 0;                        /* outbound: the process that opened the connection */
+    u32 dir = nd_classify(sk, skb, netns, t, connecting, &k, typed, &pid);
+#ifdef ND_PER_PROCESS
+    struct nd_proc_val *pv = nd_proc(pid, k.netns, 0);
+    if (pv) {
+        if (out)
+            pv->resets_out += 1;
+        else
+            pv->resets_in += 1;
+    }
+#endif
     struct nd_dst_val *v = nd_dst(&k, dir);
     if (!v)
         return;

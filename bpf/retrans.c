@@ -11,7 +11,8 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
         return 0;
     int syn = args->state == ND_TCP_SYN_SENT;
     struct nd_dst_key k = {};
-    u32 dir = nd_classify(sk, 0, netns, &t, syn, &k, 0);
+    u32 pid = 0;
+    u32 dir = nd_classify(sk, 0, netns, &t, syn, &k, 0, &pid);
     struct nd_dst_val *v = nd_dst(&k, dir);
     if (!v)
         return 0;

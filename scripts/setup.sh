@@ -18,7 +18,7 @@ command -v apt-get >/dev/null || die "apt-get not found: netdiag's set-up suppor
 # --- distribution packages -------------------------------------------------------------------
 pkgs=(bpfcc-tools python3-bpfcc python3-venv python3-pip linux-headers-amd64 iptables nftables conntrack
       iproute2 kmod procps qemu-system-x86 linux-image-amd64 busybox-static wrk bpftool
-      podman debootstrap prometheus prometheus-node-exporter)
+      podman debootstrap prometheus prometheus-node-exporter nginx-light)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -71,6 +71,21 @@ if ! ls /boot/vmlinuz-5.10.*-amd64 >/dev/null 2>&1; then
     say "installing Debian's $abi kernel and headers (the 5.10 VM lane)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "linux-image-$abi" \
         "linux-headers-$abi" >/dev/null || die "apt-get install of linux-image-$abi failed"
+fi
+
+# nginx is for `netdiag lab fanout`, which starts its own in a lab namespace: the package's
+# service must not run (or listen) on the host
+if command -v systemctl >/dev/null && systemctl is-enabled nginx >/dev/null 2>&1; then
+    systemctl disable --now nginx >/dev/null 2>&1 && say "nginx service disabled and stopped (the fanout lab runs its own)"
+elif [ -x /etc/init.d/nginx ]; then
+    if /etc/init.d/nginx status >/dev/null 2>&1; then
+        /etc/init.d/nginx stop >/dev/null 2>&1 || true
+        say "nginx service stopped (the fanout lab runs its own)"
+    fi
+    if command -v update-rc.d >/dev/null && ls /etc/rc[2-5].d/S*nginx >/dev/null 2>&1; then
+        update-rc.d nginx disable >/dev/null 2>&1 || true
+        say "nginx service disabled at boot"
+    fi
 fi
 
 # --- tracefs -----------------------------------------------------------------------------------

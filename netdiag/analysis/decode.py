@@ -89,8 +89,14 @@ AGG_STRUCTS = {
     "nd_drop_key": (("netns", "u32"), ("reason", "u32")),
     "nd_dst_slot": (("state", "u64"), ("k", "struct nd_dst_key"), ("v", "struct nd_dst_val")),
     "nd_code_slot": (("state", "u64"), ("k", "struct nd_code_key"), ("n", "u64")),
+    "nd_proc_key": (("tgid", "u32"), ("netns", "u32")),
+    "nd_proc_val": (("connects", "u64"), ("established", "u64"), ("failed", "u64"), ("resets_in", "u64"),
+                    ("resets_out", "u64"), ("accepts", "u64"), ("comm", "char[16]")),
+    "nd_proc_dst_key": (("tgid", "u32"), ("netns", "u32"), ("family", "u8"), ("pad", "u8"), ("port", "u16"),
+                        ("pad2", "u32"), ("addr", "u8[16]")),
+    "nd_proc_dst_val": (("connects", "u64"), ("established", "u64"), ("failed", "u64")),
 }
-_FMT = {"u64": "Q", "s64": "q", "u32": "I", "s32": "i", "u16": "H", "u8": "B", "u8[16]": "16s",
+_FMT = {"u64": "Q", "s64": "q", "u32": "I", "s32": "i", "u16": "H", "u8": "B", "u8[16]": "16s", "char[16]": "16s",
         "struct nd_dst_key": "IBBH16s"}
 _FMT["struct nd_dst_val"] = "".join(_FMT[t] for _, t in AGG_STRUCTS["nd_dst_val"])
 _FMT["struct nd_code_key"] = "".join(_FMT[t] for _, t in AGG_STRUCTS["nd_code_key"])
@@ -98,6 +104,10 @@ DST_KEY, DST_VAL, CODE_KEY, SOCK_KEY, DROP_KEY, DST_SLOT, CODE_SLOT = (
     struct.Struct("<" + "".join(_FMT[t] for _, t in AGG_STRUCTS[n]))
     for n in ("nd_dst_key", "nd_dst_val", "nd_code_key", "nd_sock_key", "nd_drop_key", "nd_dst_slot",
               "nd_code_slot"))
+PROC_KEY, PROC_VAL, PROC_DST_KEY, PROC_DST_VAL = (struct.Struct("<" + "".join(_FMT[t] for _, t in AGG_STRUCTS[n]))
+                                                  for n in ("nd_proc_key", "nd_proc_val", "nd_proc_dst_key",
+                                                            "nd_proc_dst_val"))
+PROC_VAL_FIELDS = tuple(n for n, _ in AGG_STRUCTS["nd_proc_val"])
 DST_SLOT_HELD = 2       # bpf/nd_events.h ND_DST_SLOT_HELD
 U64 = struct.Struct("<Q")
 DST_VAL_FIELDS = tuple(n for n, _ in AGG_STRUCTS["nd_dst_val"])

@@ -15,18 +15,20 @@ from collections import deque
 from statistics import median
 
 from netdiag.analysis.domains import split_dst
+from netdiag.analysis.processes import fanout_found
 from netdiag.analysis.records import IntervalRecord, Verdict
 from netdiag.analysis.thresholds import DEFAULT, Thresholds
 
 KINDS = ("snat_port_exhaustion", "remote_connection_cap", "local_port_exhaustion", "conntrack_table_full",
-         "conntrack_insert_race", "listen_overflow", "idle_timeout_reset", "connection_burst", "connection_churn")
+         "conntrack_insert_race", "listen_overflow", "idle_timeout_reset", "connection_burst", "connection_churn",
+         "connection_fanout")
 
 # the number each kind reports
 NUMBER = {"snat_port_exhaustion": "cap", "remote_connection_cap": "cap", "local_port_exhaustion": "cap",
           "conntrack_table_full": "cap", "conntrack_insert_race": "insert_failed", "listen_overflow": "backlog",
           "idle_timeout_reset": "timeout_s", "connection_burst": "peak_per_ms",
           "connection_churn": "connects_per_active", "cloud_allowance_exceeded": "per_s",
-          "cloud_allowance_low": "available"}
+          "cloud_allowance_low": "available", "connection_fanout": "ratio"}
 
 # The NIC driver's allowances (netdiag/sources/nicstats.py): what each one limits and the fix.
 ALLOWANCES = {
@@ -106,7 +108,7 @@ class Diagnoser:
             self.verdicts[key] = v
             return
         num = NUMBER[v["kind"]]
-        keep_max = num in ("cap", "peak_per_ms", "connects_per_active", "insert_failed")
+        keep_max = num in ("cap", "peak_per_ms", "connects_per_active", "insert_failed", "ratio")
         if keep_max and old.get(num) is not None and v.get(num) is not None and old[num] > v[num]:
             v[num] = old[num]                 # the number is the largest seen over the run, with its evidence
             v["evidence"] = old["evidence"]
@@ -410,6 +412,8 @@ class Diagnoser:
 
         # 8. the NIC driver's allowances (cloud instance limits)
         self._allowances(win, span, found)
+        # 9. connection_fanout: per program and namespace, from the process rows (--per-process)
+        found.update(fanout_found(win, span, t))
         return found
 
     def _allowances(self, win, span, found) -> None:

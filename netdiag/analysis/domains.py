@@ -105,6 +105,8 @@ def annotate(record: dict, observer, pods=None, reverse: ReverseResolver | None 
         entries = observer.entries(row["netns"], ip, at=ts) if observer is not None else []
         if entries:
             top = entries[0]
+            if row.get("by_process"):
+                top = _split_by_resolver(row, entries) or top
             row["domain"] = top.name
             row["domain_source"] = "dns"
             if len(top.chain) > 1:
@@ -125,6 +127,47 @@ def annotate(record: dict, observer, pods=None, reverse: ReverseResolver | None 
             for r in snapshot.get("netns", []) + snapshot.get("netns_domains", []):
                 r["pod"] = pods.label(r["netns"])
         record["dns"] = snapshot
+
+
+def _split_by_resolver(row: dict, entries: list):
+    """Each process's share of the row (``by_process``) goes to the name *that process* resolved
+    for the address most recently (its pod's, the namespace's most recent, where it resolved
+    nothing or the capture does not say who read the answer); connects no process row covers go
+    to the pod's name too. Sets ``domain_by`` ("process" when every share was named by its own
+    process's lookup, else "pod") and, when the shares name more than one domain,
+    ``domain_split``; returns the resolution of the largest share (None: nothing to split)."""
+    pod_top = entries[0]
+    shares: dict = {}
+
+    def share(res, by):
+        s = shares.get(res.name)
+        if s is None:
+            s = shares[res.name] = {"domain": res.name, "connects": 0, "established": 0, "failed": 0,
+                                    "pids": [], "by": by, "_res": res}
+        elif by == "pod":
+            s["by"] = "pod"
+        return s
+
+    covered = {"connects": 0, "established": 0, "failed": 0}
+    for p in row["by_process"]:
+        mine = [e for e in entries if e.pid and e.pid == p["pid"]]
+        s = share(mine[0] if mine else pod_top, "process" if mine else "pod")
+        for c in covered:
+            s[c] += p[c]
+            covered[c] += p[c]
+        s["pids"].append(p["pid"])
+    rest = {c: max(0, (row.get(c) or 0) - covered[c]) for c in covered}
+    if any(rest.values()):
+        s = share(pod_top, "pod")
+        for c in rest:
+            s[c] += rest[c]
+    if not shares:
+        return None
+    parts = sorted(shares.values(), key=lambda s: (-s["connects"], -s["_res"].ts, s["domain"]))
+    row["domain_by"] = "process" if all(s["by"] == "process" for s in parts) else "pod"
+    if len(parts) > 1:
+        row["domain_split"] = [{k: v for k, v in s.items() if k != "_res"} for s in parts]
+    return parts[0]["_res"]
 
 
 def name_verdicts(verdicts: list[dict], record: dict, memo: dict | None = None) -> None:
@@ -253,18 +296,19 @@ def rollup_domains(record: dict, per_pod: bool = False) -> list[dict]:
     dns = record.get("dns") or {}
     alias = _aliases(dns)
     groups: dict = {}
-    for row in record.get("destinations", []):
-        if row.get("direction", "out") != "out":
+    for whole in record.get("destinations", []):
+        if whole.get("direction", "out") != "out":
             continue
-        ip, _ = split_dst(row["dst"])
-        name = row.get("domain") or ip
-        key = (_who(row) if per_pod else None, name)
-        g = groups.get(key)
-        if g is None:
-            extra = {"pod": key[0]} if per_pod else {}
-            g = groups[key] = _new_group(name=name, domain=row.get("domain"),
-                                         domain_source=row.get("domain_source"), **extra)
-        _add_row(g, row)
+        for row in _parts(whole):
+            ip, _ = split_dst(row["dst"])
+            name = row.get("domain") or ip
+            key = (_who(row) if per_pod else None, name)
+            g = groups.get(key)
+            if g is None:
+                extra = {"pod": key[0]} if per_pod else {}
+                g = groups[key] = _new_group(name=name, domain=row.get("domain"),
+                                             domain_source=row.get("domain_source"), **extra)
+            _add_row(g, row)
     # DNS statistics: per name (node-wide) or per (pod, name); aliases fold into their target
     if per_pod:
         src = [((r.get("pod") or r.get("netns_name") or f"netns:{r['netns']}"), r) for r in dns.get("netns_domains", [])]
@@ -284,6 +328,22 @@ def rollup_domains(record: dict, per_pod: bool = False) -> list[dict]:
             g["chain"] = r["chain"]
     out = [_finish(g, None if per_pod else "netns_names") for g in groups.values()]
     out.sort(key=_trouble)
+    return out
+
+
+def _parts(row: dict) -> list[dict]:
+    """A row whose connections several names share (``domain_split``) as one row per name: each
+    with its share's connects, established and failed; the row's other counters (active,
+    resets, retransmits, errno breakdown) stay with its main domain (the first share)."""
+    split = row.get("domain_split")
+    if not split:
+        return [row]
+    out = []
+    for i, s in enumerate(split):
+        part = dict(row) if i == 0 else {**row, **{c: 0 for c in COUNTERS}, "failed_by_errno": {},
+                                         "resets_out_by_reason": {}, "connect_ms_avg": None}
+        part.update(domain=s["domain"], connects=s["connects"], established=s["established"], failed=s["failed"])
+        out.append(part)
     return out
 
 

@@ -32,6 +32,9 @@ class DestinationRow(TypedDict):
     failed_by_errno: dict[str, int]
     resets_out_by_reason: Optional[dict[str, int]]   # null where the kernel gives no reset reason
     pod: NotRequired[Optional[str]]   # --per-pod
+    by_process: NotRequired[list[dict[str, int]]]   # --per-domain: connects by the process that started them
+    domain_by: NotRequired[str]       # --per-domain: "process" | "pod"
+    domain_split: NotRequired[list[dict[str, Any]]]  # --per-domain: one share per name the processes resolved
 
 
 class ListenerRow(TypedDict):
@@ -46,6 +49,25 @@ class ListenerRow(TypedDict):
     overflows: int
     synack_retrans: int
     overflows_shared: NotRequired[bool]
+    inode: NotRequired[int]           # the listening socket's inode (who holds it)
+
+
+class ProcessRow(TypedDict):
+    """One process (tgid in the network namespace of its sockets), for one interval (--per-process)."""
+    pid: int
+    comm: Optional[str]
+    netns: int
+    netns_name: NotRequired[Optional[str]]
+    pod: NotRequired[Optional[str]]   # --per-pod
+    connects: int
+    established: int
+    failed: int
+    resets_in: int
+    resets_out: int
+    accepts: Optional[int]            # null where no accept hook runs
+    inbound: int                      # accepts, or the handshakes on the listeners it holds
+    inbound_via: str                  # "accept" | "listener"
+    listens: NotRequired[list[str]]
 
 
 class Verdict(TypedDict):
@@ -77,5 +99,9 @@ class IntervalRecord(TypedDict):
     unmeasured: NotRequired[dict[str, str]]   # record fields this kernel cannot fill (null there) -> why
     destinations: list[DestinationRow]
     listeners: list[ListenerRow]
+    processes: NotRequired[list[ProcessRow]]     # --per-process
+    process_evictions: NotRequired[int]
+    process_map_entries: NotRequired[int]
+    process_map_max: NotRequired[int]
     node_totals: dict[str, Any]
     verdicts: list[Verdict]

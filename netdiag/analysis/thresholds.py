@@ -51,6 +51,11 @@ class Thresholds:
     churn_min_rate: float = 20.0              # connects per second over the window
     churn_min_span_s: float = 3.0             # seconds of data before churn is judged
 
+    # -- connection_fanout (watch --per-process) ---------------------------------------------------
+    fanout_ratio: float = 2.0                 # outbound connects per inbound connection of one program in one netns…
+    fanout_min_inbound: int = 5               # …over at least this many inbound connections in the window…
+    fanout_min_connects: int = 20             # …and this many connects
+
     # -- cloud_allowance_exceeded / cloud_allowance_low ----------------------------------------------
     allowance_min_exceeded: int = 1           # packets over a NIC allowance (*_allowance_exceeded) in the window
     allowance_low_available: int = 1000       # *_allowance_available at or below this warns before drops begin

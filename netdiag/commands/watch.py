@@ -35,7 +35,7 @@ def dns_options(f):
                      help="Roll destinations up by pod (namespace/name on Kubernetes, ip-netns name "
                           "otherwise); with --per-domain, by pod and domain.")(f)
     f = click.option("--per-domain", is_flag=True,
-                     help="Roll destinations up by the domain each namespace resolved (all IPs and ports "
+                     help="Roll destinations up by the domain their process (else their namespace) resolved (all IPs and ports "
                           "merged), with DNS latency and failures per domain.")(f)
     f = click.option("--dns-capture", type=click.Choice(["auto", "socket", "cgroup", "packet"]), default="auto",
                      show_default=True,
@@ -105,13 +105,16 @@ def _metrics_address(ctx, param, value):
 @click.option("--accepts", "count_accepts", is_flag=True,
               help="Count accept() calls per listener on kernels without kprobes/fentry too (adds syscall "
                    "tracepoints, which slow every syscall a little).")
+@click.option("--per-process", is_flag=True,
+              help="Count connects, failures, resets and accepts per process (tgid, name, network namespace) "
+                   "in the kernel and roll them up as `processes` (bounded map, evictions counted).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Create this file once the probes are attached.")
 @tracepoints_option
 @dns_options
 @metrics_options
 def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, socket_slots, dst_slots, count_accepts,
-            ready_file,
+            per_process, ready_file,
             tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share, host_root,
             metrics, node, metrics_by, metrics_max_series, metrics_ttl, quiet):
     """Watch connections per destination and listener, counted in the kernel.
@@ -162,6 +165,7 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
         sinks.insert(0, metrics_sink)
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
                       socket_slots=socket_slots, dst_slots=dst_slots, syscall_tracepoints=count_accepts,
+                      per_process=per_process, proc_dsts=per_domain,
                       **flavour_kwargs(tracepoints))
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)

@@ -96,6 +96,7 @@ def run_checks() -> dict:
             modes[sig] = plan_modes([sig], "auto", feats)[sig]
         except FeatureMissing:
             modes[sig] = "netlink" if netlink_fallback.get(sig) else None
+    checks.append(process_accepts_check(modes.get("accept")))
     bpf_works = priv and all(c.status == "yes" for c in checks if c.name in ("bpf() syscall", "bcc")) \
         and all(modes[s] for s in ("connect", "accept"))
     return {
@@ -136,3 +137,15 @@ def doc_section(text: str, label: str) -> str | None:
         return None
     return text.split(start, 1)[1].split(end, 1)[0]
 
+def process_accepts_check(accept_mode: str | None) -> Check:
+    """How `watch --per-process` attributes inbound connections on this kernel."""
+    if accept_mode in ("kprobe", "fentry"):
+        return Check("process accepts", "yes", f"each accept() counted for the accepting process ({accept_mode} on "
+                                               "inet_csk_accept runs in its context)")
+    if accept_mode == "tracepoint":
+        return Check("process accepts", "yes", "listener by default: a listener's connections go to the process "
+                                               "that holds it; with `watch --accepts`, each accept() for the "
+                                               "accepting process (syscalls:sys_exit_accept4 runs in its context)",
+                     "`watch --per-process --accepts` for the accepting process (syscall tracepoints slow "
+                     "every syscall a little)")
+    return Check("process accepts", "no", "no accept hook: a listener's connections go to the process that holds it")

@@ -25,7 +25,8 @@ from netdiag.kernel.features import Features, kprobe_target, require_privileges
 MODES = ("kprobe", "fentry", "tracepoint")
 # indices of nd_stats (bpf/nd_events.h ND_STAT_*)
 STAT_NAMES = ("connect_attempts", "connects_ok", "connects_failed", "accepts", "lost_events",
-              "accepts_untracked", "dst_keys_inserted", "resets_out", "resets_in")
+              "accepts_untracked", "dst_keys_inserted", "resets_out", "resets_in", "proc_keys_inserted",
+              "proc_dst_keys_inserted")
 MODE_MACRO = {"kprobe": "ND_MODE_KPROBE", "fentry": "ND_MODE_FENTRY", "tracepoint": "ND_MODE_TRACEPOINT"}
 TCP_STATES = ("TCP_ESTABLISHED", "TCP_SYN_SENT", "TCP_SYN_RECV", "TCP_CLOSE", "TCP_TIME_WAIT", "TCP_NEW_SYN_RECV")
 
@@ -97,6 +98,8 @@ SOCKET_SLOTS = 65536
 # watch: the first destinations each CPU counts have their rows in a direct-mapped per-CPU table of
 # this many slots (bpf/agg.c nd_dst); the others in the LRU hash bounded by --max-dsts
 DST_SLOTS = 1024
+# watch --per-process: processes (tgid, netns) counted in the kernel's bounded LRU hash (nd_procs)
+MAX_PROCS = 4096
 
 # --tracepoints NAME -> the engine's (raw_tracepoints, btf_tracepoints)
 TRACEPOINT_FLAVOURS = {"auto": (None, None), "btf": (True, True), "raw": (True, False), "classic": (False, False)}
@@ -277,7 +280,8 @@ class ProbeEngine:
                  stream: bool = True, aggregate: bool = False, max_dsts: int = 16384,
                  syscall_tracepoints: bool = True, raw_tracepoints: bool | None = None,
                  btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS,
-                 dst_slots: int = DST_SLOTS):
+                 dst_slots: int = DST_SLOTS, per_process: bool = False, max_procs: int = MAX_PROCS,
+                 proc_dsts: bool = False):
         if mode != "auto" and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.signals = tuple(signals)
@@ -334,6 +338,11 @@ class ProbeEngine:
         self.stream = stream
         self.aggregate = aggregate or any(s in AGGREGATE_ONLY for s in self.signals)
         self.max_dsts = max_dsts
+        # per-process counters (watch --per-process): compiled in only when asked
+        self.per_process = bool(per_process and self.aggregate)
+        self.max_procs = max_procs
+        # connects per (process, destination): per-domain attribution by who resolved
+        self.proc_dsts = bool(proc_dsts and self.aggregate)
 
     @classmethod
     def for_dump(cls, signals, mode="auto", pid=None, netns=None) -> "ProbeEngine":
@@ -350,6 +359,7 @@ class ProbeEngine:
             eng.socket_slots, eng.dst_slots = SOCKET_SLOTS, DST_SLOTS
             eng.btf_tp, eng._btf_auto, eng.btf_fds, eng.btf_refused = False, False, [], None
             eng.btf_loaded = []
+            eng.per_process, eng.max_procs, eng.proc_dsts = False, MAX_PROCS, False
             return eng
 
     # -- the program ----------------------------------------------------------------------------
@@ -384,6 +394,10 @@ class ProbeEngine:
             flags += ["-DND_AGGREGATE", f"-DND_MAX_DSTS={int(self.max_dsts)}",
                       f"-DND_CONN_SLOT_BITS={self.socket_slots.bit_length() - 1}",
                       f"-DND_DST_SLOT_BITS={self.dst_slots.bit_length() - 1}"]
+            if getattr(self, "per_process", False):
+                flags += ["-DND_PER_PROCESS", f"-DND_MAX_PROCS={int(self.max_procs)}"]
+            if getattr(self, "proc_dsts", False):
+                flags.append("-DND_PROC_DSTS")
         if self.plan.keys() & {"resets", "retrans"}:
             flags += tcp_format_flags(strict)
         if "drops" in self.plan:

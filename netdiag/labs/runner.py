@@ -83,6 +83,8 @@ def scope(record: dict, inodes: set) -> dict:
     r = dict(record)
     r["destinations"] = [d for d in record["destinations"] if d["netns"] in inodes]
     r["listeners"] = [ls for ls in record.get("listeners", []) if ls["netns"] in inodes]
+    if "processes" in record:
+        r["processes"] = [p for p in record["processes"] if p["netns"] in inodes]
     if "nat" in record:
         r["nat"] = [n for n in record["nat"] if n["netns"] in inodes]
     if "conntrack_netns" in record:
@@ -169,7 +171,9 @@ class LabRunner:
             if self.sc.watch_client_only:
                 inodes = {client_inode}
             self.on_status("attaching probes (BPF compile takes a few seconds)")
-            self.pipeline = Pipeline(Watcher(netns=client_inode if self.sc.watch_client_only else None),
+            watcher = Watcher(netns=client_inode if self.sc.watch_client_only else None,
+                              per_process=self.sc.per_process, syscall_tracepoints=self.sc.accepts)
+            self.pipeline = Pipeline(watcher,
                                      self.diag, sinks=self.sinks, scope=lambda rec: scope(rec, inodes))
             self.pipeline.start()
             if self.stop_event.is_set():

@@ -10,6 +10,7 @@ import threading
 import time
 
 from netdiag.analysis import aggregate as agg
+from netdiag.analysis import processes as procs
 from netdiag.analysis.decode import (
     CODE_KEY,
     CODE_SLOT,
@@ -19,13 +20,18 @@ from netdiag.analysis.decode import (
     DST_SLOT_HELD,
     DST_VAL,
     DST_VAL_FIELDS,
+    PROC_DST_KEY,
+    PROC_DST_VAL,
+    PROC_KEY,
+    PROC_VAL,
+    PROC_VAL_FIELDS,
     SOCK_KEY,
     U64,
     format_addr,
 )
 from netdiag.errors import FeatureMissing
 from netdiag.kernel import loader, tracefs
-from netdiag.kernel.engine import DST_SLOTS, SOCKET_SLOTS, flavour_of, signal_gaps
+from netdiag.kernel.engine import DST_SLOTS, MAX_PROCS, SOCKET_SLOTS, flavour_of, signal_gaps
 from netdiag.sources import inetdiag, namespaces
 from netdiag.sources import netns as nsmod
 from netdiag.sources.nicstats import NicStats
@@ -33,9 +39,11 @@ from netdiag.sources.nicstats import NicStats
 WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops", "snat")   # snat: kprobes only
 MAPS = ("nd_dsts", "nd_dst_table", "nd_codes", "nd_code_table", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
         "nd_stats")
-OPTIONAL_MAPS = ("nd_snat",)        # the snat signal's, present when it runs (kprobe path)
+OPTIONAL_MAPS = ("nd_snat", "nd_procs", "nd_proc_dsts")   # the snat signal's (kprobe path); --per-process's;
+                                                          # --per-domain's
 AF_INET6 = 10
 STAT_DST_NEW, STAT_LOST = 6, 4      # bpf/nd_events.h
+STAT_PROC_NEW, STAT_PROC_DST_NEW = 9, 10
 
 
 def _errno_name(code: int) -> str:
@@ -56,7 +64,8 @@ class Watcher:
                  dst: str | None = None, max_dsts: int = 16384, syscall_tracepoints: bool = False,
                  conntrack: bool = True, raw_tracepoints: bool | None = None,
                  btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS,
-                 dst_slots: int = DST_SLOTS):
+                 dst_slots: int = DST_SLOTS, per_process: bool = False, max_procs: int = MAX_PROCS,
+                 proc_dsts: bool = False):
         # Syscall tracepoints put every syscall of every task on the slow path: off by default.
         # Without them, EADDRNOTAVAIL is inferred from the state tracepoint, and accept() calls
         # are counted only where inet_csk_accept can be hooked (kprobe/fentry).
@@ -64,6 +73,16 @@ class Watcher:
                                   aggregate=True, max_dsts=max_dsts, syscall_tracepoints=syscall_tracepoints,
                                   raw_tracepoints=raw_tracepoints, btf_tracepoints=btf_tracepoints,
                                   socket_slots=socket_slots, dst_slots=dst_slots)
+        if per_process:      # only then: the program and its image stay what they were without it
+            self.engine_kwargs.update(per_process=True, max_procs=max_procs)
+        if proc_dsts:        # connects per (process, destination): --per-domain by who resolved
+            self.engine_kwargs.update(proc_dsts=True)
+        self.prev_proc_dsts: dict = {}
+        self.per_process = per_process
+        self.max_procs = max_procs
+        self.prev_procs: dict = {}
+        self.prev_proc_evictions = 0
+        self.owners = None              # netdiag.sources.procowners.SocketOwners (listener mode)
         self.prog = None
         self.plan: dict = {}
         self.want_conntrack = conntrack
@@ -234,7 +253,7 @@ class Watcher:
         hist = [sum(U64.unpack(c)[0] for c in self.maps["nd_lat_hist"].lookup(struct.pack("<I", i)))
                 for i in range(32)]
         stats = {i: sum(U64.unpack(v)[0] for v in self.maps["nd_stats"].lookup(struct.pack("<I", i)))
-                 for i in (STAT_DST_NEW, STAT_LOST)}
+                 for i in (STAT_DST_NEW, STAT_LOST, STAT_PROC_NEW, STAT_PROC_DST_NEW)}
         # distinct keys of the dump; one taken while keys are evicted and inserted can see one
         # more key than the map holds at any moment, and it never holds more than its size
         n_entries = min(len(self._decoded), self.max_dsts)
@@ -298,12 +317,83 @@ class Watcher:
             snap = ksnat.merge_into_snapshot(snap or {}, krows)
         if snap is not None:
             merge_conntrack(record, snap)
+        if "nd_proc_dsts" in self.maps:
+            self._by_process(rows)
+        if self.per_process and "nd_procs" in self.maps:
+            self._processes(record, stats[STAT_PROC_NEW])
         self.prev_vals, self.prev_drops, self.prev_hist = cur, drops, hist
         self.prev_codes = agg.codes_seen(codes, self.prev_codes, shown)
         self.prev_active = active
         self.prev_evictions = evictions
         self.t_prev = now
         return record
+
+    @property
+    def process_inbound(self) -> str:
+        """How a process's inbound connections are counted: "accept" (the accept hook runs in
+        the acceptor's context) or "listener" (handshakes on the listeners it holds)."""
+        return procs.INBOUND_ACCEPT if self.accepts_measured else procs.INBOUND_LISTENER
+
+    def _processes(self, record: dict, inserted: int) -> None:
+        """`processes` (one row per process that did something), the map's evictions, and in
+        listener mode each listener's handshakes given to the process that holds it."""
+        cur = {}
+        m = self.maps["nd_procs"]
+        for kb, raw in m.items(split=False):
+            vals = [dict(zip(PROC_VAL_FIELDS, PROC_VAL.unpack(v))) for v in m.split_percpu(raw)]
+            for v in vals:
+                v["comm"] = v["comm"].split(b"\0", 1)[0].decode(errors="replace")
+            cur[PROC_KEY.unpack(kb)] = procs.sum_percpu(vals)
+        present = len(cur)                  # the map's entries: evictions = inserted - present
+        if self.netns_filter is not None:
+            cur = {k: v for k, v in cur.items() if k[1] == self.netns_filter}
+        rows = procs.build_rows(cur, self.prev_procs, self.labels.label, self.accepts_measured)
+        self.prev_procs = cur
+        if not self.accepts_measured:
+            if self.owners is None:
+                from netdiag.sources.procowners import SocketOwners
+                self.owners = SocketOwners()
+            busy = [ls for ls in record["listeners"] if ls.get("established") and ls.get("inode")]
+            found = self.owners.owners({ls["inode"] for ls in busy})
+            owners = {(ls["netns"], ls["listen"]): found[ls["inode"]] for ls in busy if ls["inode"] in found}
+            procs.attribute_listeners(rows, record["listeners"], owners, self.labels.label)
+        n_entries = min(present, self.max_procs)
+        evictions = max(inserted - n_entries, self.prev_proc_evictions)
+        record["processes"] = procs.sort_rows(rows)
+        record["process_evictions"] = evictions - self.prev_proc_evictions
+        record["process_map_entries"] = n_entries
+        record["process_map_max"] = self.max_procs
+        record["modes"]["process_inbound"] = self.process_inbound
+        self.prev_proc_evictions = evictions
+
+    def _by_process(self, rows: list[dict]) -> None:
+        """`by_process` on each outbound row: this interval's connects, established and failed of
+        the row by the process that started them (nd_proc_dsts)."""
+        cur: dict = {}
+        for kb, raw in self.maps["nd_proc_dsts"].items(split=False):
+            tgid, netns, fam, _pad, port, _pad2, addr = PROC_DST_KEY.unpack(kb)
+            tot = [0, 0, 0]
+            for v in self.maps["nd_proc_dsts"].split_percpu(raw):
+                for i, x in enumerate(PROC_DST_VAL.unpack(v)):
+                    tot[i] += x
+            cur[(netns, format_addr(fam, addr), port, tgid)] = tot
+        per_row: dict = {}
+        for (netns, addr, port, tgid), tot in cur.items():
+            prev = self.prev_proc_dsts.get((netns, addr, port, tgid))
+            d = [a - b for a, b in zip(tot, prev)] if prev else tot
+            if any(x < 0 for x in d):              # evicted and inserted anew since the last read
+                d = tot
+            if not any(d):
+                continue
+            dst = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+            per_row.setdefault((netns, dst), []).append(
+                {"pid": tgid, "connects": d[0], "established": d[1], "failed": d[2]})
+        self.prev_proc_dsts = cur
+        for r in rows:
+            if r["direction"] == "out":
+                got = per_row.get((r["netns"], r["dst"]))
+                if got:
+                    r["by_process"] = sorted(got, key=lambda x: (-x["connects"], x["pid"]))
 
     def _wanted(self, key: agg.DstKey) -> bool:
         """Is this destination inside --port and --dst?"""
@@ -345,6 +435,7 @@ class Watcher:
                     "synack_retrans": sum(r["syn_retrans"] for r in rs),
                     "resets_in": sum(r["resets_in"] for r in rs),
                     "resets_out": sum(r["resets_out"] for r in rs),
+                    "inode": s.inode,
                 })
             prev = self.prev_netstat.get(inode)
             self.prev_netstat[inode] = ns_stat

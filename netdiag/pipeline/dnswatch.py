@@ -52,6 +52,9 @@ class Enricher:
     def apply(self, rec: dict) -> dict:
         from netdiag.analysis.domains import annotate, rollup_domains, rollup_pods
         annotate(rec, self.observer, pods=self.pods, reverse=self.reverse)
+        if self.pods is not None:
+            for p in rec.get("processes", []):
+                p["pod"] = self.pods.label(p["netns"])
         rec.setdefault("modes", {})["dns"] = self.observer.mode if self.observer is not None else "off"
         if self.per_domain:
             rec["domains"] = rollup_domains(rec, per_pod=self.per_pod)

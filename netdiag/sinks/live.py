@@ -142,4 +142,17 @@ def rollup_tables(rec: dict, top: int) -> list:
                       f"{r['resets_in']}/{r['resets_out']}", str(d.get("packets", 0)), dns_fail(r.get("dns")),
                       style="bold red" if r["failed"] or r["resets_in"] or r["resets_out"] else "")
         out.append(t)
+    procs = rec.get("processes")
+    if procs is not None:
+        via = (rec.get("modes") or {}).get("process_inbound")
+        t = Table(title=f"processes (inbound by {via or 'accept'})", title_justify="left", expand=True)
+        for c in ("pid", "comm", "netns", "conn", "est", "failed", "resets in/out", "inbound", "conn/inbound"):
+            t.add_column(c, overflow="fold")
+        for r in procs[:top]:
+            ratio = f"{r['connects'] / r['inbound']:.1f}" if r["inbound"] else "-"
+            t.add_row(str(r["pid"]), r.get("comm") or "?", r.get("netns_name") or str(r["netns"]),
+                      str(r["connects"]), str(r["established"]), str(r["failed"]),
+                      f"{r['resets_in']}/{r['resets_out']}", str(r["inbound"]), ratio,
+                      style="bold red" if r["failed"] or r["resets_in"] or r["resets_out"] else "")
+        out.append(t)
     return out

@@ -100,6 +100,10 @@ def print_plain_rollups(rec: dict, top: int, out=None) -> None:
                   f"conn={r['connects']} est={r['established']} fail={r['failed']} "
                   f"rst={r['resets_in']}/{r['resets_out']} dns_pkts={(r['dns'] or {}).get('packets', 0)} "
                   f"nx/servfail/timeout={dns_fail(r['dns'])}\n")
+    for r in rec.get("processes", [])[:top]:
+        out.write(f"  proc {r['pid']} {r.get('comm') or '?'} netns={r.get('netns_name') or r['netns']} "
+                  f"conn={r['connects']} est={r['established']} fail={r['failed']} "
+                  f"rst={r['resets_in']}/{r['resets_out']} inbound={r['inbound']} ({r['inbound_via']})\n")
     out.flush()
 
 

@@ -17,6 +17,7 @@ class Sock:
     rport: int
     rqueue: int          # LISTEN: current accept queue; else bytes unread
     wqueue: int          # LISTEN: backlog (max accept queue)
+    inode: int = 0       # the socket's inode (who holds it: /proc/<pid>/fd)
 
 
 def dump(states_mask: int) -> list[Sock]:
@@ -29,7 +30,7 @@ def dump(states_mask: int) -> list[Sock]:
         for fam, v in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
             for m in ds.get_sock_stats(family=fam, states=states_mask):
                 out.append(Sock(v, m["idiag_state"], m["idiag_src"], m["idiag_sport"], m["idiag_dst"],
-                                m["idiag_dport"], m["idiag_rqueue"], m["idiag_wqueue"]))
+                                m["idiag_dport"], m["idiag_rqueue"], m["idiag_wqueue"], m.get("idiag_inode") or 0))
     return out
 
 

@@ -125,6 +125,51 @@ def test_churn_one_request_per_connection():
     assert v["connects_per_active"] >= 10
 
 
+def _nginx_gone(pids) -> None:
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                assert f.read().strip() != "nginx", f"nginx {pid} left running"
+        except FileNotFoundError:
+            pass
+
+
+def test_fanout_through_nginx_ratio_is_the_requests_per_connection():
+    k, n = 7, 6
+    res = run_lab("fanout", "--requests-per-conn", k, "--clients", n)
+    load = res["load"]["client"]
+    assert load["established"] == n and load["requests"] == n * k and load["requests_failed"] == 0
+    fan = [v for v in res["verdicts"] if v["kind"] == "connection_fanout"]
+    assert len(fan) == 1, res["verdicts"]
+    v = fan[0]
+    # N client connections x K requests -> N x K backend connects, N accepted: the ratio is K, exactly
+    assert v["evidence"]["connects"] == n * k and v["evidence"]["inbound"] == n
+    assert v["ratio"] == load["requests"] / load["established"] == k
+    assert v["process"] == "nginx" and v["evidence"]["inbound_via"] == "accept"
+    assert {d["dst"] for d in v["evidence"]["destinations"]} == {"198.18.41.2:8080", "198.18.41.2:8081"}
+    assert sum(d["connects"] for d in v["evidence"]["destinations"]) == n * k
+    assert "keepalive" in v["advice"] and "nd-" in v["where"]
+    procs = [p for rec in res["_records"] for p in rec.get("processes", [])]
+    assert sum(p["inbound"] for p in procs if p["comm"] == "nginx") == n
+    assert sum(p["connects"] for p in procs if p["comm"] == "nginx") == n * k
+    _nginx_gone(v["pids"])
+    record_result("lab/fanout", {"kind": v["kind"], "ratio": v["ratio"], "connects": v["evidence"]["connects"],
+                                 "inbound": v["evidence"]["inbound"]})
+
+
+def test_fanout_with_upstream_keepalive_is_silent():
+    k, n = 7, 6
+    res = run_lab("fanout", "--requests-per-conn", k, "--clients", n, "--upstream-keepalive", 16)
+    load = res["load"]["client"]
+    assert load["established"] == n and load["requests"] == n * k and load["requests_failed"] == 0
+    assert [v for v in res["verdicts"] if v["kind"] == "connection_fanout"] == []
+    procs = [p for rec in res["_records"] for p in rec.get("processes", [])]
+    nginx = [p for p in procs if p["comm"] == "nginx"]
+    assert sum(p["inbound"] for p in nginx) == n          # the same clients came in …
+    assert 1 <= sum(p["connects"] for p in nginx) <= n     # … and the upstream connections were reused
+    _nginx_gone({p["pid"] for p in nginx})
+
+
 @pytest.mark.heavy   # host lane only: no kprobe signal of its own
 def test_healthy_has_no_verdict():
     res = run_lab("healthy", "--clients", 15)

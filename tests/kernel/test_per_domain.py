@@ -256,3 +256,68 @@ def test_connection_cap_verdict_names_its_domain(lab, tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     for rec in records:
         jsonschema.validate(rec, SCHEMA)
+
+
+# Two names, one address: api.lab.test and other.lab.test both answer 198.18.7.1.
+SHARED = API[0]
+
+
+@pytest.fixture(params=list(MODES))
+def by_resolver(lab, request):
+    """`watch --per-domain`'s collector (connects per process and destination) and one capture."""
+    from netdiag.errors import FeatureMissing
+    from netdiag.pipeline.collector import Watcher
+    if request.param != "packet":
+        try:
+            DnsObserver(capture=request.param).start().close()
+        except FeatureMissing as e:
+            pytest.skip(f"DNS capture on {MODES[request.param]} unavailable here: {e}")
+    w = Watcher(conntrack=False, proc_dsts=True)
+    w.start()
+    obs = DnsObserver(capture=request.param).start()
+    try:
+        obs.poll()
+        yield w, obs, request.param
+    finally:
+        obs.close()
+        w.close()
+
+
+def test_names_sharing_an_address_count_for_who_resolved_them(lab, by_resolver):
+    w, obs, mode = by_resolver
+    interval(lab, w, obs)                                  # whatever happened before: not ours
+    # two processes of one namespace: A resolves api, then B resolves other (the later lookup)
+    a = lab.c1
+    b = DnsPeer(lab.cli1, "client", "198.18.5.1")
+    lab.peers.append(b)
+    assert SHARED in a.ask(resolve="api.lab.test")["addrs"]
+    assert b.ask(resolve="other.lab.test")["addrs"] == [SHARED]
+    assert a.ask(connect=SHARED, port=8080, n=3)["ok"] == 3
+    assert b.ask(connect=SHARED, port=8080, n=5)["ok"] == 5
+    # two pods: cli2 resolves other (after cli1's lookups) and connects
+    assert lab.c2.ask(resolve="other.lab.test")["addrs"] == [SHARED]
+    assert lab.c2.ask(connect=SHARED, port=8080, n=4)["ok"] == 4
+    rec = interval(lab, w, obs)
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(rec, SCHEMA)
+    cli1 = lab.inode(lab.cli1)
+    (row1,) = [r for r in rec["destinations"] if r["netns"] == cli1 and r["dst"] == f"{SHARED}:8080"]
+    assert row1["connects"] == 8
+    assert sorted((p["connects"], p["established"]) for p in row1["by_process"]) == [(3, 3), (5, 5)]
+    both = {(d["pod"], d["name"]): d for d in rollup_domains(rec, per_pod=True)}
+    assert both[(lab.cli2, "other.lab.test")]["connects"] == 4       # pods: each its own lookups
+    assert (lab.cli2, "api.lab.test") not in both or both[(lab.cli2, "api.lab.test")]["connects"] == 0
+    doms = {d["name"]: d for d in rollup_domains(rec)}
+    if mode == "socket":
+        # the socket capture knows which process read each answer: 3 for api, 5 + 4 for other
+        assert row1["domain_by"] == "process"
+        assert {s["domain"]: s["connects"] for s in row1["domain_split"]} == {"api.lab.test": 3,
+                                                                              "other.lab.test": 5}
+        assert both[(lab.cli1, "api.lab.test")]["connects"] == 3
+        assert both[(lab.cli1, "other.lab.test")]["connects"] == 5
+        assert doms["api.lab.test"]["connects"] == 3 and doms["other.lab.test"]["connects"] == 9
+    else:
+        # packets say nothing of the process: the namespace's most recent lookup names them all
+        assert row1["domain"] == "other.lab.test" and row1["domain_by"] == "pod" and "domain_split" not in row1
+        assert doms["other.lab.test"]["connects"] == 12
+    assert rec["dns"]["lost"] == 0

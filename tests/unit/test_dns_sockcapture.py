@@ -21,9 +21,9 @@ C, S = "198.18.5.2", "198.18.5.1"
 
 
 def rec(direction, payload, proto=17, lport=40000, laddr=C, raddr=S, flags=0, family=socket.AF_INET,
-        ts_ns=1, cookie=77, room=0):
+        ts_ns=1, cookie=77, room=0, pid=4242):
     la, ra = socket.inet_pton(family, laddr), socket.inet_pton(family, raddr)
-    sk = SK_HDR.pack(family, proto, lport, 53, flags, la.ljust(16, b"\0"), ra.ljust(16, b"\0"))
+    sk = SK_HDR.pack(family, proto, lport, 53, flags, la.ljust(16, b"\0"), ra.ljust(16, b"\0"), pid)
     return REC_HDR.pack(ts_ns, cookie, len(payload), direction) + sk + payload + b"\xee" * room
 
 
@@ -32,7 +32,7 @@ def test_decode_takes_the_payload_length_after_the_socket_block():
     ts, cookie, direction, data = decode(rec(DIR_SEND, q, room=300))     # a fixed-size record's slack
     assert (ts, cookie, direction) == (1, 77, DIR_SEND)
     r = decode_sock(data)
-    assert (r.proto, r.laddr, r.lport, r.raddr, r.rport, r.guessed) == (17, C, 40000, S, 53, False)
+    assert (r.proto, r.laddr, r.lport, r.raddr, r.rport, r.guessed, r.pid) == (17, C, 40000, S, 53, False, 4242)
     assert r.payload == q
 
 

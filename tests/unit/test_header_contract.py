@@ -197,7 +197,8 @@ def flat_names(fields, structs) -> list[str]:
 
 AGG_MIRRORS = {"nd_dst_key": decode.DST_KEY, "nd_dst_val": decode.DST_VAL, "nd_code_key": decode.CODE_KEY,
                "nd_sock_key": decode.SOCK_KEY, "nd_drop_key": decode.DROP_KEY, "nd_dst_slot": decode.DST_SLOT,
-               "nd_code_slot": decode.CODE_SLOT}
+               "nd_code_slot": decode.CODE_SLOT, "nd_proc_key": decode.PROC_KEY, "nd_proc_val": decode.PROC_VAL,
+               "nd_proc_dst_key": decode.PROC_DST_KEY, "nd_proc_dst_val": decode.PROC_DST_VAL}
 
 
 def mirrors():
@@ -238,10 +239,15 @@ def constants():
     if m:
         yield "ND_STAT_DST_NEW", int(m.group(1)), "pipeline/collector.py STAT_DST_NEW"
         yield "ND_STAT_LOST", int(m.group(2)), "pipeline/collector.py STAT_LOST"
+    m = re.search(r"^STAT_PROC_NEW, STAT_PROC_DST_NEW = (\d+), (\d+)", collector.read_text(), re.M)
+    assert m, "pipeline/collector.py STAT_PROC_NEW, STAT_PROC_DST_NEW"
+    yield "ND_STAT_PROC_NEW", int(m.group(1)), "pipeline/collector.py STAT_PROC_NEW"
+    yield "ND_STAT_PROC_DST_NEW", int(m.group(2)), "pipeline/collector.py STAT_PROC_DST_NEW"
 
 
 STAT_MACROS = ("ND_STAT_CONNECT_ATTEMPT", "ND_STAT_CONNECT_OK", "ND_STAT_CONNECT_FAIL", "ND_STAT_ACCEPT",
-               "ND_STAT_LOST", "ND_STAT_ACCEPT_UNTRACKED", "ND_STAT_DST_NEW", "ND_STAT_RST_OUT", "ND_STAT_RST_IN")
+               "ND_STAT_LOST", "ND_STAT_ACCEPT_UNTRACKED", "ND_STAT_DST_NEW", "ND_STAT_RST_OUT", "ND_STAT_RST_IN",
+               "ND_STAT_PROC_NEW", "ND_STAT_PROC_DST_NEW")
 
 
 def contract_errors(h: Header) -> list[str]:
@@ -316,8 +322,13 @@ def _mutated(name: str, old: str, new: str) -> Header:
     ("nd_events.h", "#define ND_DST_SLOT_HELD 2", "#define ND_DST_SLOT_HELD 3"),
     ("nd_events.h", "    u8 proto;\n    u8 pad[7];", "    u8 proto;\n    u8 pad[3];"),
     ("nd_events.h", "    u16 range_lo;", "    u32 range_lo;"),
+    ("nd_events.h", "    u64 accepts;        /* connections it took", "    u32 accepts;        /* connections it took"),
+    ("nd_events.h", "#define ND_STAT_PROC_NEW        9", "#define ND_STAT_PROC_NEW        10"),
     ("nd_dns.h", "    u8 dir;", "    u16 dir;"),
     ("nd_dns.h", "#define ND_DNS_PEER_GUESSED 1", "#define ND_DNS_PEER_GUESSED 2"),
+    ("nd_dns.h", "    u32 tgid;           /* the process", "    u64 tgid;           /* the process"),
+    ("nd_events.h", "    u16 port;           /* remote port, host order */\n    u32 pad2;",
+     "    u32 port;           /* remote port, host order */\n    u32 pad2;"),
     ("nd_dns.h", "    u8 flags;           /* ND_DNS_PEER_GUESSED */\n    u8 pad;",
      "    u8 pad;\n    u8 flags;           /* ND_DNS_PEER_GUESSED */"),
 ])

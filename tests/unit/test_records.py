@@ -13,7 +13,8 @@ from netdiag.analysis import records
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "schema" /
                      "watch-interval.schema.json").read_text())
 PAIRS = [(records.IntervalRecord, SCHEMA), (records.DestinationRow, SCHEMA["$defs"]["destination"]),
-         (records.ListenerRow, SCHEMA["$defs"]["listener"]), (records.Verdict, SCHEMA["$defs"]["verdict"])]
+         (records.ListenerRow, SCHEMA["$defs"]["listener"]), (records.Verdict, SCHEMA["$defs"]["verdict"]),
+         (records.ProcessRow, SCHEMA["$defs"]["process"])]
 
 
 @pytest.mark.parametrize("td,schema", PAIRS, ids=[p[0].__name__ for p in PAIRS])

@@ -108,3 +108,31 @@ def test_live_view_renders_a_record():
     con.print(view.render(interval()))
     text = con.file.getvalue()
     assert "remote_connection_cap 198.18.7.1:8080" in text and "api.lab.test" in text and "listeners" in text
+
+
+def _with_processes():
+    rec = interval()
+    rec["modes"]["process_inbound"] = "listener"
+    rec["processes"] = [
+        {"pid": 4711, "comm": "nginx", "netns": 12, "netns_name": "nd-x-12", "connects": 40, "established": 40,
+         "failed": 0, "resets_in": 0, "resets_out": 0, "accepts": None, "inbound": 4, "inbound_via": "listener",
+         "listens": ["0.0.0.0:8080"]}]
+    rec["verdicts"].append({"kind": "connection_fanout", "dst": None, "netns": 12, "netns_name": "nd-x-12",
+                            "process": "nginx", "pids": [4711], "where": "nginx in netns nd-x-12", "ratio": 10.0,
+                            "evidence": {"connects": 40, "inbound": 4}, "advice": "pool upstream connections"})
+    return rec
+
+
+def test_process_rows_in_the_plain_and_live_views():
+    from rich.console import Console
+
+    from netdiag.sinks.live import LiveView
+    buf = io.StringIO()
+    PlainSink(10, buf).interval(_with_processes())
+    text = buf.getvalue()
+    assert "proc 4711 nginx netns=nd-x-12 conn=40" in text and "inbound=4 (listener)" in text
+    assert "verdict connection_fanout nd-x-12 ratio=10.0" in text
+    con = Console(file=io.StringIO(), width=200)
+    con.print(LiveView(10).render(_with_processes()))
+    out = con.file.getvalue()
+    assert "processes (inbound by listener)" in out and "4711" in out and "10.0" in out

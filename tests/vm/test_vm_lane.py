@@ -84,6 +84,18 @@ def test_watch_counts_through_kprobes(lane, prefix, flavour):
     assert res[f"{prefix}/overflow"]["overflows"] > 0 and res[f"{prefix}/overflow"]["syn_retrans"] > 0
 
 
+@pytest.mark.parametrize("name", ["per_process_listener", "per_process_accept"])
+def test_per_process_rows_through_kprobes(lane, name):
+    """watch --per-process with connect and accept on kprobes: every process row exact, and the
+    accepts the accepting process's (kretprobe on inet_csk_accept) with or without --accepts."""
+    res = lane["results"][name]
+    assert (res["modes"]["connect"], res["modes"]["accept"]) == ("kprobe", "kprobe")
+    row = {"established": 0, "failed": 1, "resets_in": 1, "resets_out": 0}
+    assert res["clients"] == {"3": {**row, "connects": 4, "established": 3},
+                              "7": {**row, "connects": 8, "established": 7}}
+    assert res["server_inbound"] == 10 and res["inbound_via"] == "accept"
+
+
 def test_snat_labs_through_kprobes(lane):
     res = lane["results"]
     assert res["lab/snat-cap"]["kind"] == "snat_port_exhaustion" and res["lab/snat-cap"]["cap"] == 13

@@ -12,6 +12,7 @@ class Resolution:
     ts: float            # when the answer was seen
     expires: float       # ts + TTL
     chain: tuple         # names from the question to `name`, e.g. ('alias.lab.test', 'api.lab.test')
+    pid: int = 0         # the process that read the answer (0: not known on this capture path)
 
 
 class NameCache:
@@ -32,7 +33,7 @@ class NameCache:
     def __len__(self):
         return len(self._by_addr)
 
-    def add(self, netns: int, ip: str, name: str, ts: float, ttl: int, chain=()) -> None:
+    def add(self, netns: int, ip: str, name: str, ts: float, ttl: int, chain=(), pid: int = 0) -> None:
         key = (netns, ip)
         chain = tuple(chain) or (name,)
         lst = self._by_addr.get(key)
@@ -43,15 +44,16 @@ class NameCache:
                 self.evicted += 1
         else:
             self._by_addr.move_to_end(key)
-            lst[:] = [r for r in lst if r.name != name]
-        lst.insert(0, Resolution(name, ts, ts + ttl, chain))
+            lst[:] = [r for r in lst if r.name != name or r.pid != pid]
+        lst.insert(0, Resolution(name, ts, ts + ttl, chain, pid))
         del lst[self.names_per_addr:]
         self._chains[(netns, name)] = chain
         for alias in chain[:-1]:
             self._chains[(netns, alias)] = chain
 
     def entries(self, netns: int, ip: str, at: float | None = None) -> list[Resolution]:
-        """Resolutions of ``ip`` by ``netns`` seen at or before ``at``, most recent first."""
+        """Resolutions of ``ip`` by ``netns`` seen at or before ``at``, most recent first (each
+        has the ``pid`` of the process that read the answer, where the capture knows it)."""
         lst = self._by_addr.get((netns, ip), [])
         if at is None:
             return list(lst)

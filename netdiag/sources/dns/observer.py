@@ -479,9 +479,9 @@ class DnsObserver:
             if not msgs:
                 self._skipped["unmatched"] += 1
                 return
-        self._messages(cap.inode, p, msgs, is_query, ts)
+        self._messages(cap.inode, p, msgs, is_query, ts, pid=r.pid)
 
-    def _messages(self, inode: int, p: Packet, msgs: list, is_query: bool, ts: float) -> None:
+    def _messages(self, inode: int, p: Packet, msgs: list, is_query: bool, ts: float, pid: int = 0) -> None:
         if not msgs:
             self._st(inode, None).packets += 1       # TCP handshake / ACKs: DNS packets all the same
             return
@@ -518,7 +518,7 @@ class DnsObserver:
                     st.add_latency(max(0.0, (ts - q[0]) * 1000.0))
                 for owner, ip, ttl in m.addrs:
                     chain = m.chain(owner)
-                    self.cache.add(inode, ip, owner, ts, ttl, chain)
+                    self.cache.add(inode, ip, owner, ts, ttl, chain, pid=pid)
                     if len(chain) > 1:
                         self._chains[(inode, m.qname)] = chain
 

@@ -29,7 +29,7 @@ import struct
 from typing import NamedTuple
 
 DIR_SEND, DIR_RECV = 3, 4                 # bpf/nd_dns.h ND_DNS_SEND / ND_DNS_RECV
-SK_HDR = struct.Struct("<BBHHBx16s16s")   # bpf/nd_dns.h struct nd_dns_sk, after the record header
+SK_HDR = struct.Struct("<BBHHBx16s16sI4x")   # bpf/nd_dns.h struct nd_dns_sk, after the record header
 PEER_GUESSED = 1                          # bpf/nd_dns.h ND_DNS_PEER_GUESSED
 
 
@@ -41,16 +41,17 @@ class SockRecord(NamedTuple):
     rport: int
     guessed: bool       # raddr is where the socket's last query went (an unconnected UDP read)
     payload: bytes
+    pid: int = 0        # the process that sent or read it
 
 
 def decode_sock(data: bytes) -> SockRecord | None:
     """struct nd_dns_sk and the payload after it -> SockRecord, None when malformed."""
     if len(data) < SK_HDR.size:
         return None
-    family, proto, lport, rport, flags, la, ra = SK_HDR.unpack_from(data)
+    family, proto, lport, rport, flags, la, ra, pid = SK_HDR.unpack_from(data)
     if family not in (socket.AF_INET, socket.AF_INET6) or proto not in (6, 17):
         return None
     if family == socket.AF_INET:
         la, ra = la[:4], ra[:4]
     return SockRecord(proto, socket.inet_ntop(family, la), lport, socket.inet_ntop(family, ra), rport,
-                      bool(flags & PEER_GUESSED), data[SK_HDR.size:])
+                      bool(flags & PEER_GUESSED), data[SK_HDR.size:], pid)
