@@ -49,34 +49,43 @@ def dns_options(f):
     return f
 
 
+def filter_options(f):
+    """The options `watch` and `record` share: what is watched and how it attaches."""
+    for deco in reversed([
+        click.option("--netns", metavar="NAME|INODE", help="Only this network namespace."),
+        click.option("--port", type=click.IntRange(1, 65535), help="Only destinations / listeners on this port."),
+        click.option("--dst", metavar="CIDR", help="Only destinations inside this network."),
+        click.option("--mode", type=click.Choice(["auto", "kprobe", "fentry", "tracepoint"]), default="auto",
+                     show_default=True, help="Force a hook mode where a signal has it."),
+        click.option("--max-dsts", type=click.IntRange(min=64), default=16384, show_default=True,
+                     help="Bound of the in-kernel destination map (LRU; evictions are counted)."),
+        click.option("--socket-slots", type=click.IntRange(min=2), default=SOCKET_SLOTS, show_default=True,
+                     help="Slots of the in-kernel table of outbound sockets (a power of two); a socket whose slot "
+                          "is taken goes to an LRU hash of 262,144."),
+        click.option("--dst-slots", type=click.IntRange(min=1), default=DST_SLOTS, show_default=True,
+                     help="Per-CPU slots of the in-kernel table that holds the first destinations' rows (a power of "
+                          "two); the others go to the LRU hash of --max-dsts."),
+        click.option("--accepts", "count_accepts", is_flag=True,
+                     help="Count accept() calls per listener on kernels without kprobes/fentry too (adds syscall "
+                          "tracepoints, which slow every syscall a little)."),
+        click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Create this file once the probes are attached."),
+        tracepoints_option,
+        dns_options,
+    ]):
+        f = deco(f)
+    return f
+
+
 @click.command("watch")
 @interval_option()
 @duration_option()
 @json_option
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows per table.")
-@click.option("--netns", metavar="NAME|INODE", help="Only this network namespace.")
-@click.option("--port", type=click.IntRange(1, 65535), help="Only destinations / listeners on this port.")
-@click.option("--dst", metavar="CIDR", help="Only destinations inside this network.")
-@click.option("--mode", type=click.Choice(["auto", "kprobe", "fentry", "tracepoint"]), default="auto",
-              show_default=True, help="Force a hook mode where a signal has it.")
-@click.option("--max-dsts", type=click.IntRange(min=64), default=16384, show_default=True,
-              help="Bound of the in-kernel destination map (LRU; evictions are counted).")
-@click.option("--socket-slots", type=click.IntRange(min=2), default=SOCKET_SLOTS, show_default=True,
-              help="Slots of the in-kernel table of outbound sockets (a power of two); a socket whose slot "
-                   "is taken goes to an LRU hash of 262,144.")
-@click.option("--dst-slots", type=click.IntRange(min=1), default=DST_SLOTS, show_default=True,
-              help="Per-CPU slots of the in-kernel table that holds the first destinations' rows (a power of "
-                   "two); the others go to the LRU hash of --max-dsts.")
-@click.option("--accepts", "count_accepts", is_flag=True,
-              help="Count accept() calls per listener on kernels without kprobes/fentry too (adds syscall "
-                   "tracepoints, which slow every syscall a little).")
-@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Create this file once the probes are attached.")
-@tracepoints_option
-@dns_options
-def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, socket_slots, dst_slots, count_accepts,
-            ready_file,
-            tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share, host_root):
+@click.option("--record", "record_path", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="Also record every interval into this file (as `netdiag record --out PATH`, default bounds).")
+@filter_options
+def command(interval, duration, as_json, top, record_path, **options):
     """Watch connections per destination and listener, counted in the kernel.
 
     Every interval: connects, established, failed (by errno), active (open now, including
@@ -89,6 +98,18 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
       sudo netdiag watch --json | jq -c '.destinations[] | select(.failed > 0)'
       sudo netdiag watch --port 443 --dst 10.0.0.0/8 --interval 5
     """
+    sinks = output_sinks(as_json, top, options["ready_file"])
+    if record_path is not None:
+        from netdiag.sinks.recorder import Recorder
+        sinks.insert(0, Recorder(record_path))
+    recorder = sinks[0] if record_path is not None else None
+    run_watch(interval, duration, sinks, recorder=recorder, **options)
+
+
+def run_watch(interval, duration, sinks, netns, port, dst, mode, max_dsts, socket_slots, dst_slots, count_accepts,
+              ready_file, tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share, host_root,
+              recorder=None):
+    """The interval loop of `watch` (and `record`) handing every record to ``sinks``."""
     from netdiag.analysis.diagnose import Diagnoser
     from netdiag.kernel.features import require_privileges
     from netdiag.pipeline.collector import Watcher
@@ -115,27 +136,40 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)
     summary = RunSummary()
-    pipeline = Pipeline(watcher, Diagnoser(), enricher, sinks=[summary, *output_sinks(as_json, top, ready_file)])
+    pipeline = Pipeline(watcher, Diagnoser(), enricher, sinks=[summary, *sinks])
     stop = threading.Event()
-    with stop_on_signals(stop.set):
-        try:
+    try:
+        with stop_on_signals(stop.set):
             try:
-                pipeline.start()
-            except Exception:
-                if stop.is_set():            # Ctrl-C while compiling: nothing attached, nothing to say
-                    sys.exit(130)
+                try:
+                    pipeline.start()
+                except Exception:
+                    if stop.is_set():            # Ctrl-C while compiling: nothing attached, nothing to say
+                        sys.exit(130)
+                    raise
+                if enricher.note:
+                    click.echo(f"netdiag: {enricher.note}", err=True)
+                pipeline.open(_attached(watcher, enricher))
+                deadline = time.monotonic() + duration if duration else None
+                pipeline.run(interval, stop, deadline=deadline, partial_last=True)
+            except BaseException:
+                pipeline.finish(None)            # the live view gives the terminal back
                 raise
-            if enricher.note:
-                click.echo(f"netdiag: {enricher.note}", err=True)
-            pipeline.open(_attached(watcher, enricher))
-            deadline = time.monotonic() + duration if duration else None
-            pipeline.run(interval, stop, deadline=deadline, partial_last=True)
-        except BaseException:
-            pipeline.finish(None)            # the live view gives the terminal back
-            raise
-        finally:
-            pipeline.close()
-    pipeline.finish(summary.summary())
+            finally:
+                pipeline.close()
+        pipeline.finish(summary.summary())
+    finally:
+        if recorder is not None:
+            _say_recorded(recorder)
+
+
+def _say_recorded(recorder) -> None:
+    """One line: what the recording holds (also after Ctrl-C, SIGTERM or a write failure)."""
+    st = recorder.stats()
+    files = st["files"]
+    where = files[0] if len(files) == 1 else f"{len(files)} files ({files[0]} … {files[-1]})" if files else "no file"
+    extra = f", {st['dropped']} interval(s) over --max-size dropped" if st["dropped"] else ""
+    click.echo(f"netdiag: recorded {st['intervals']} interval(s), {st['bytes']} bytes to {where}{extra}", err=True)
 
 
 def output_sinks(as_json: bool, top: int, ready_file=None) -> list:
