@@ -25,38 +25,38 @@ FORMAT = "netdiag-recording"
 VERSION = 1
 SUFFIX = ".ndrec"
 
-I, F, S, B, J = "int64", "float64", "string", "bool", "json"
+I_, F, S, B, J = "int64", "float64", "string", "bool", "json"
 
 # table -> [(column, type)]; every table also has interval (int64: the interval's number in the
 # recording), ts, node and extra (JSON text of the row's other keys, null when there are none).
 INTERVAL_COLUMNS = [
-    ("interval_s", F), ("lost_events", I), ("evictions", I), ("evictions_total", I), ("map_entries", I),
-    ("map_max", I), ("seeding", B), ("modes", J), ("dns", J)]
+    ("interval_s", F), ("lost_events", I_), ("evictions", I_), ("evictions_total", I_), ("map_entries", I_),
+    ("map_max", I_), ("seeding", B), ("modes", J), ("dns", J)]
 NODE_TOTAL_COLUMNS = [
-    ("connects", I), ("established", I), ("failed", I), ("active", I), ("syn_retrans", I), ("resets_in", I),
-    ("resets_out", I), ("retrans", I), ("listen_overflows", I), ("drops_by_reason", J),
+    ("connects", I_), ("established", I_), ("failed", I_), ("active", I_), ("syn_retrans", I_), ("resets_in", I_),
+    ("resets_out", I_), ("retrans", I_), ("listen_overflows", I_), ("drops_by_reason", J),
     ("connect_latency_hist", J), ("conntrack", J)]
 ROW_TABLES = {
     "destinations": [
-        ("dst", S), ("direction", S), ("netns", I), ("netns_name", S), ("domain", S), ("pod", S),
-        ("connects", I), ("established", I), ("failed", I), ("active", I), ("resets_in", I), ("resets_out", I),
-        ("syn_retrans", I), ("retrans", I), ("accepts", I), ("connect_ms_avg", F), ("failed_by_errno", J),
+        ("dst", S), ("direction", S), ("netns", I_), ("netns_name", S), ("domain", S), ("pod", S),
+        ("connects", I_), ("established", I_), ("failed", I_), ("active", I_), ("resets_in", I_), ("resets_out", I_),
+        ("syn_retrans", I_), ("retrans", I_), ("accepts", I_), ("connect_ms_avg", F), ("failed_by_errno", J),
         ("resets_out_by_reason", J), ("snat", J)],
     "listeners": [
-        ("listen", S), ("netns", I), ("netns_name", S), ("queue", I), ("max_queue", I), ("backlog", I),
-        ("established", I), ("accepts", I), ("synack_retrans", I), ("resets_in", I), ("resets_out", I),
-        ("overflows", I), ("listen_drops_netns", I)],
+        ("listen", S), ("netns", I_), ("netns_name", S), ("queue", I_), ("max_queue", I_), ("backlog", I_),
+        ("established", I_), ("accepts", I_), ("synack_retrans", I_), ("resets_in", I_), ("resets_out", I_),
+        ("overflows", I_), ("listen_drops_netns", I_)],
     "nat": [
-        ("netns", I), ("netns_name", S), ("nat_ip", S), ("dst", S), ("proto", S), ("ports_in_use", I),
-        ("peak_in_use", I), ("port_range", I), ("utilization", F), ("allocations", I), ("releases", I),
-        ("insert_failed", I), ("drop", I), ("failed_allocations", I)],
+        ("netns", I_), ("netns_name", S), ("nat_ip", S), ("dst", S), ("proto", S), ("ports_in_use", I_),
+        ("peak_in_use", I_), ("port_range", I_), ("utilization", F), ("allocations", I_), ("releases", I_),
+        ("insert_failed", I_), ("drop", I_), ("failed_allocations", I_)],
     "conntrack_netns": [
-        ("netns", I), ("name", S), ("entries", I), ("max", I), ("fill", F), ("insert_failed", I), ("drop", I),
-        ("early_drop", I)],
-    "domains": [("domain", S), ("pod", S), ("connects", I), ("established", I), ("failed", I), ("active", I),
-                ("resets_in", I), ("resets_out", I), ("syn_retrans", I)],
-    "pods": [("pod", S), ("connects", I), ("established", I), ("failed", I), ("active", I), ("resets_in", I),
-             ("resets_out", I), ("syn_retrans", I)],
+        ("netns", I_), ("name", S), ("entries", I_), ("max", I_), ("fill", F), ("insert_failed", I_), ("drop", I_),
+        ("early_drop", I_)],
+    "domains": [("domain", S), ("pod", S), ("connects", I_), ("established", I_), ("failed", I_), ("active", I_),
+                ("resets_in", I_), ("resets_out", I_), ("syn_retrans", I_)],
+    "pods": [("pod", S), ("connects", I_), ("established", I_), ("failed", I_), ("active", I_), ("resets_in", I_),
+             ("resets_out", I_), ("syn_retrans", I_)],
     "verdicts": [("kind", S), ("dst", S), ("where", S), ("domain", S), ("evidence", J), ("advice", S)],
 }
 TABLES = ("intervals", *ROW_TABLES)
@@ -70,11 +70,11 @@ def _arrow():
 
 def _arrow_type(t: str):
     pa = _arrow()
-    return {I: pa.int64(), F: pa.float64(), S: pa.string(), B: pa.bool_(), J: pa.string()}[t]
+    return {I_: pa.int64(), F: pa.float64(), S: pa.string(), B: pa.bool_(), J: pa.string()}[t]
 
 
 def _fits(value, t: str) -> bool:
-    if t == I:
+    if t == I_:
         return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
     if t == F:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -122,7 +122,7 @@ class _Columns:
 
     def table(self):
         pa = _arrow()
-        fields = [("interval", I), ("ts", F), ("node", S), *self.spec, ("extra", J)]
+        fields = [("interval", I_), ("ts", F), ("node", S), *self.spec, ("extra", J)]
         return pa.table({c: pa.array(self.cols[c], type=_arrow_type(t)) for c, t in fields})
 
 
