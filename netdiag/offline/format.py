@@ -168,6 +168,15 @@ def segment(name: str, table) -> bytes:
     return SEGMENT + struct.pack("<H", len(nb)) + nb + struct.pack("<Q", len(data)) + data
 
 
+COMMIT = "commit"
+
+
+def commit() -> bytes:
+    """The segment that ends a flush: segments after the last one are a partial flush, dropped."""
+    nb = COMMIT.encode()
+    return SEGMENT + struct.pack("<H", len(nb)) + nb + struct.pack("<Q", 0)
+
+
 def header(meta: dict) -> bytes:
     body = _dumps({"format": FORMAT, "version": VERSION, **meta}).encode()
     return MAGIC + struct.pack("<I", len(body)) + body
@@ -219,32 +228,37 @@ def read(path) -> Recording:
                        f"({VERSION}); upgrade netdiag")
     pos += n
     parts: dict = {}
+    pending: list = []              # segments of a flush whose commit segment is not read yet
+    pending_from = pos
     truncated = 0
     segments = 0
     while pos < len(data):
         rest = len(data) - pos
-        if rest < 6 or data[pos:pos + 4] != SEGMENT[:min(4, rest)]:
-            if data[pos:pos + min(4, rest)] != SEGMENT[:min(4, rest)]:
-                raise BadInput(f"{path}: corrupt at byte {pos} (no segment marker)")
-            truncated = rest
+        if data[pos:pos + min(4, rest)] != SEGMENT[:min(4, rest)]:
+            raise BadInput(f"{path}: corrupt at byte {pos} (no segment marker)")
+        if rest < 6:
             break
         (ln,) = struct.unpack_from("<H", data, pos + 4)
         if rest < 6 + ln + 8:
-            truncated = rest
             break
         name = data[pos + 6:pos + 6 + ln].decode(errors="replace")
         (size,) = struct.unpack_from("<Q", data, pos + 6 + ln)
         start = pos + 6 + ln + 8
         if start + size > len(data):
-            truncated = rest
             break
+        pos = start + size
+        if name == COMMIT:
+            for nm, tb in pending:
+                parts.setdefault(nm, []).append(tb)
+                segments += 1
+            pending, pending_from = [], pos
+            continue
         try:
             table = pq.read_table(pa.BufferReader(data[start:start + size]))
         except (pa.ArrowException, OSError) as e:
-            raise BadInput(f"{path}: corrupt segment {name!r} at byte {pos}: {str(e).splitlines()[0]}") from None
-        parts.setdefault(name, []).append(table)
-        segments += 1
-        pos = start + size
+            raise BadInput(f"{path}: corrupt segment {name!r} at byte {start}: {str(e).splitlines()[0]}") from None
+        pending.append((name, table))
+    truncated = len(data) - pending_from
     tables = {}
     for name, ts in parts.items():
         try:

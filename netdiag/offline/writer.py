@@ -30,6 +30,23 @@ def numbered_files(path: Path) -> list[Path]:
     return sorted(p for p in path.parent.iterdir() if pat.match(p.name))
 
 
+def make_private_dirs(d: Path) -> None:
+    """Create ``d`` and its missing parents, each 0700 (a recording holds addresses and names)."""
+    missing = []
+    d = Path(d)
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    for m in reversed(missing):
+        try:
+            os.mkdir(m, 0o700)
+            os.chmod(m, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise OutputError(f"{m}: cannot create directory ({e.strerror})") from None
+
+
 class RecordingWriter:
     """Append interval records to ``path`` (or, with ``max_size``/``max_age``, to numbered files
     next to it, at most ``keep`` of them). ``write(records)`` appends one flush; a failure
@@ -66,12 +83,7 @@ class RecordingWriter:
 
     # -- files --------------------------------------------------------------------------------------
     def _make_dir(self) -> None:
-        d = self.path.parent
-        if not d.exists():
-            try:
-                os.makedirs(d, mode=0o700)
-            except OSError as e:
-                raise OutputError(f"{d}: cannot create directory ({e.strerror})") from None
+        make_private_dirs(self.path.parent)
 
     def _open(self) -> None:
         p = numbered(self.path, self.next_number) if self.rotating else self.path
@@ -128,6 +140,7 @@ class RecordingWriter:
         parts = [fm.segment(name, t) for name, t in tables.items() if name == "intervals" or t.num_rows]
         for name, t in (extra or {}).items():
             parts.append(fm.segment(name, t))
+        parts.append(fm.commit())
         return b"".join(parts)
 
     def write(self, records: list[dict], extra: dict | None = None) -> None:

@@ -77,6 +77,8 @@ class Recorder:
 
     def _ring(self, record: dict) -> None:
         ts = record["ts"]
+        while self.ring and self.ring[0]["ts"] <= ts - self.ring_s:
+            self.ring.popleft()
         fired = any(v.get("kind") in self.trigger for v in record.get("verdicts") or ())
         if fired:
             if self.until_ts is None:
@@ -89,8 +91,6 @@ class Recorder:
             return
         self.until_ts = None
         self.ring.append(record)
-        while self.ring and self.ring[0]["ts"] <= ts - self.ring_s:
-            self.ring.popleft()
 
     def flush(self, extra: dict | None = None) -> None:
         """Write what is buffered; a write failure stops the recording (``error``) and is raised."""
