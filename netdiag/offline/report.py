@@ -443,4 +443,6 @@ class Report:
                 "verdicts": self.verdicts,
                 "tables": {k: json.loads(df.to_json(orient="records")) for k, df in self.tables.items()},
                 "contexts": self.contexts,
-                "snapshots": [s.meta.get("snapshot") for s in self.snapshots]}
+                "snapshots": [{**(s.meta.get("snapshot") or {}), "nat": (s.meta.get("context") or {}).get("nat"),
+                               "tables": {k: t.to_pylist() for k, t in (s.tables or {}).items()}}
+                              for s in self.snapshots]}

@@ -248,3 +248,40 @@ def test_an_existing_output_is_refused_before_anything_is_lost(doctor, tmp_path)
                        timeout=120)
     assert p.returncode == 73 and "exists" in p.stderr
     assert out.read_bytes() == b"an earlier incident"
+
+
+# -- snapshot ---------------------------------------------------------------------------------------
+def test_snapshot_holds_sockets_listeners_and_counters_per_namespace(topo, tmp_path):
+    listener = Peer(topo.srv_b, "listen", SRV_B, 9090, 6)          # never accepts: the queue fills
+    client = None
+    try:
+        assert listener.line()["ready"]
+        client = Peer(topo.cli_b, "connect", SRV_B, 9090, 3)
+        assert client.line()["ok"] == 3
+        out = tmp_path / "snap" / "node.ndsnap"
+        p = subprocess.run([*NETDIAG, "snapshot", "--out", str(out), "--node", "snap-node"], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+    finally:
+        for x in (client, listener):
+            if x:
+                x.close()
+    assert (out.stat().st_mode & 0o777) == 0o600
+    rep = report(out)
+    snap = rep["snapshots"][0]
+    assert snap["node"] == "snap-node"
+    t = snap["tables"]
+    lst = [r for r in t["listeners"] if r["netns_name"] == topo.srv_b and r["listen"] == f"{SRV_B}:9090"]
+    assert lst == [{"netns": lst[0]["netns"], "netns_name": topo.srv_b, "listen": f"{SRV_B}:9090", "queue": 3,
+                    "backlog": 6}]
+    est = {(r["netns_name"], r["state"]): r["count"] for r in t["sockets"]}
+    assert est[(topo.cli_b, "ESTABLISHED")] == 3 and est[(topo.srv_b, "ESTABLISHED")] == 3
+    mib = {(r["netns_name"], r["counter"]): r["value"] for r in t["netstat"]}
+    assert mib[(topo.cli_b, "ActiveOpens")] >= 3 and mib[(topo.srv_b, "PassiveOpens")] >= 3
+    assert any(r["netns_name"] == topo.srv_b and r["max"] for r in t["conntrack"]) or \
+        all(r["max"] is None for r in t["conntrack"])
+    assert {r["name"] for r in t["doctor"]} >= {"privileges", "BTF"}
+    sysctls = {(r["netns_name"], r["name"]) for r in t["sysctls"]}
+    assert (topo.cli_b, "net.ipv4.ip_local_port_range") in sysctls
+    rc = subprocess.run([*NETDIAG, "snapshot", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert rc.returncode == 73 and "exists" in rc.stderr
