@@ -330,3 +330,27 @@ def json_table(objs: list):
 def json_rows(rec: Recording, name: str) -> list:
     t = rec.tables.get(name)
     return [] if t is None else [json.loads(v) for v in t.column("json").to_pylist()]
+
+
+def iter_records(rec: Recording, chunk: int = 256):
+    """The interval records of a recording, ``chunk`` intervals decoded at a time (memory stays
+    that of a chunk, whatever the recording's length)."""
+    import numpy as np
+    itab = rec.tables.get("intervals")
+    if itab is None or itab.num_rows == 0:
+        return
+    ids = itab.column("interval").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    if not (order == np.arange(len(ids))).all():        # not in order (never written so): sort once
+        rec = Recording(rec.path, rec.meta, {k: t.sort_by("interval") for k, t in rec.tables.items()
+                                             if "interval" in t.column_names}, rec.truncated, rec.segments)
+        itab = rec.tables["intervals"]
+        ids = itab.column("interval").to_numpy()
+    cols = {name: rec.tables[name].column("interval").to_numpy() for name in ROW_TABLES if name in rec.tables}
+    for start in range(0, len(ids), chunk):
+        lo, hi = ids[start], ids[min(start + chunk, len(ids)) - 1]
+        part = {"intervals": itab.slice(start, min(chunk, len(ids) - start))}
+        for name, iv in cols.items():
+            a, b = np.searchsorted(iv, lo, "left"), np.searchsorted(iv, hi, "right")
+            part[name] = rec.tables[name].slice(a, b - a)
+        yield from records(Recording(rec.path, rec.meta, part, 0, 0))

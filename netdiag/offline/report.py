@@ -29,6 +29,42 @@ class Source:
     summaries: list
     notes: list
     tables: dict | None = None      # pyarrow tables (recordings)
+    rec: object = None              # the format.Recording (recordings): records decoded on demand
+
+    def iter_records(self):
+        if self.rec is not None:
+            yield from fm.iter_records(self.rec)
+        else:
+            yield from self.records
+
+    def count(self) -> int:
+        if self.rec is not None:
+            t = self.tables.get("intervals")
+            return t.num_rows if t is not None else 0
+        return len(self.records)
+
+    def first_ts(self) -> float:
+        if self.rec is not None:
+            t = self.tables.get("intervals")
+            return float(t.column("ts")[0].as_py()) if t is not None and t.num_rows else 0.0
+        return self.records[0]["ts"] if self.records else 0.0
+
+    def frames(self, node: str, since, until) -> dict:
+        """pandas frames of this source's tables (node named), within [since, until]."""
+        if self.rec is not None:
+            tabs = {k: t for k, t in self.tables.items() if k in fm.TABLES}
+        else:
+            tabs = fm.encode([r for r in self.records if (r.get("node") or self.node) == node], 0, node)
+        out = {}
+        for k, t in tabs.items():
+            df = t.to_pandas()
+            if since is not None:
+                df = df[df["ts"] >= since]
+            if until is not None:
+                df = df[df["ts"] <= until]
+            df["node"] = node
+            out[k] = df
+        return out
 
 
 def expand(paths) -> list[Path]:
@@ -54,9 +90,8 @@ def load(path) -> Source:
                  f"without closing the file"] if rec.truncated else []
         kind = "snapshot" if rec.meta.get("kind") == "snapshot" else "recording"
         ctx = rec.meta.get("context") or {}
-        records = fm.records(rec) if kind == "recording" else []
-        return Source(str(path), kind, ctx.get("node"), records, rec.meta, fm.json_rows(rec, "summary"), notes,
-                      rec.tables)
+        return Source(str(path), kind, ctx.get("node"), [], rec.meta, fm.json_rows(rec, "summary"), notes,
+                      rec.tables, rec if kind == "recording" else None)
     return _load_ndjson(path)
 
 
@@ -133,35 +168,43 @@ def in_net(dst: str | None, net) -> bool:
 
 
 # -- replay -----------------------------------------------------------------------------------------
-def replay(records: list[dict], th: Thresholds, dns_share: float = 0.5):
-    """Run the diagnosis again over one node's records, in order. Returns (all verdicts of the run,
-    [(record, standing verdicts)])."""
+def replay(records, th: Thresholds, dns_share: float = 0.5, stats: dict | None = None) -> list:
+    """Run the diagnosis again over one node's records (any iterable, in order) and return every
+    verdict of the run. ``stats`` gets ``n`` (records), ``has_live`` (every record carried its live
+    verdicts) and ``match`` (the replay's verdicts equal them, interval by interval)."""
     d = Diagnoser(th)
     named: dict = {}
-    per = []
     dns_seen: dict = {}
+    stats = stats if stats is not None else {}
+    stats.update(n=0, match=True, has_live=True)
+    naming = False
     for rec in records:
+        stats["n"] += 1
         r = {k: v for k, v in rec.items() if k != "verdicts"}
         vs = d.update(r)
         if "dns" in r:
             v = dns_rate_limit_verdict(r.get("dns"), share=dns_share)
             if v is not None:
                 old = dns_seen.get(v["kind"])
+                vs.append(dict(v))
                 v.update(first_ts=old["first_ts"] if old else r["ts"], last_ts=r["ts"],
                          intervals=(old["intervals"] + 1) if old else 1)
                 dns_seen[v["kind"]] = v
-                vs.append({k: x for k, x in v.items() if k not in ("first_ts", "last_ts", "intervals")})
-        if "domains" in r or "pods" in r:
+        naming = "domains" in r or "pods" in r
+        if naming:
             name_verdicts(vs, r, named)
-        per.append((rec, vs))
+        if "verdicts" not in rec:
+            stats["has_live"] = False
+        elif stats["match"] and not same_verdicts(rec["verdicts"], vs):
+            stats["match"] = False
     allv = d.all() + list(dns_seen.values())
-    if per and ("domains" in per[-1][0] or "pods" in per[-1][0]):
+    if naming:
         for v in allv:
             key = (v.get("kind"), v.get("netns"), v.get("dst") or v.get("listener"))
             if key in named:
                 v.setdefault("domain", named[key][0])
                 v.setdefault("pods", named[key][1])
-    return allv, per
+    return allv
 
 
 def same_verdicts(a: list, b: list) -> bool:
@@ -171,12 +214,6 @@ def same_verdicts(a: list, b: list) -> bool:
 
 
 # -- tables (pandas) --------------------------------------------------------------------------------
-def _frames(records: list[dict], node: str | None):
-    """pandas frames of the report's tables for one node's records (the recording's own tables)."""
-    tabs = fm.encode(records, 0, node)
-    return {k: t.to_pandas() for k, t in tabs.items()}
-
-
 def _expand_json(df, col: str, prefix: str):
     """A JSON-object column ({"ETIMEDOUT": 3}) as numeric columns prefix+key, empty objects skipped."""
     import pandas as pd
@@ -334,48 +371,70 @@ class Report:
         self.notes = [n for s in sources for n in s.notes]
         self.snapshots = [s for s in sources if s.kind == "snapshot"]
         f = self.filters
-        by_node: dict = {}
+        by_node: dict = {}              # node -> [source]
         self.contexts = {}
         for s in sources:
             if s.kind == "snapshot":
                 continue
-            for r in s.records:
-                node = s.node or r.get("node") or "node"
-                by_node.setdefault(node, {})[(r["ts"], json.dumps(r.get("interval_s")))] = r
-            if s.node and s.meta.get("context"):
-                self.contexts[s.node] = s.meta["context"]
+            if s.rec is not None:
+                if s.count():
+                    by_node.setdefault(s.node or "node", []).append(s)
+                if s.node and s.meta.get("context"):
+                    self.contexts[s.node] = s.meta["context"]
+            else:
+                for node in dict.fromkeys(r.get("node") or s.node or "node" for r in s.records):
+                    by_node.setdefault(node, []).append(s)
         if f.node:
             if f.node not in by_node:
                 raise BadInput(f"--node {f.node}: no such node in the input (nodes: {', '.join(sorted(by_node))})")
             by_node = {f.node: by_node[f.node]}
         self.verdicts, self.per_interval, frames = [], {}, {}
         self.replay_matches = {}
-        for node, recs in sorted(by_node.items()):
-            recs = [recs[k] for k in sorted(recs)]
-            if f.since is not None:
-                recs = [r for r in recs if r["ts"] >= f.since]
-            if f.until is not None:
-                recs = [r for r in recs if r["ts"] <= f.until]
-            if not recs:
+        self.intervals = {}
+        for node, srcs in sorted(by_node.items()):
+            srcs = sorted(srcs, key=lambda x: x.first_ts())
+
+            def stream(node=node, srcs=srcs):
+                last = None
+                for src in srcs:
+                    for r in src.iter_records():
+                        if src.rec is None and (r.get("node") or src.node or "node") != node:
+                            continue
+                        if last is not None and r["ts"] <= last:      # an overlapping copy: counted once
+                            continue
+                        if f.since is not None and r["ts"] < f.since:
+                            continue
+                        if f.until is not None and r["ts"] > f.until:
+                            continue
+                        last = r["ts"]
+                        yield r
+            stats = {"n": 0, "match": True, "has_live": True}
+            allv = replay(stream(), self.th, dns_share, stats)
+            if not stats["n"]:
                 continue
-            allv, per = replay(recs, self.th, dns_share)
             for v in allv:
                 v["node"] = node
             self.verdicts.extend(allv)
-            self.per_interval[node] = per
-            if all("verdicts" in r for r in recs):
-                self.replay_matches[node] = all(
-                    same_verdicts(r["verdicts"], vs) for r, vs in per)
-            for k, df in _frames(recs, node).items():
+            self.intervals[node] = stats["n"]
+            if stats["has_live"]:
+                self.replay_matches[node] = stats["match"]
+            parts: dict = {}
+            for src in srcs:
+                for k, df in src.frames(node, f.since, f.until).items():
+                    parts.setdefault(k, []).append(df)
+            for k, dfs in parts.items():
+                df = pd.concat(dfs, ignore_index=True) if len(dfs) > 1 else dfs[0]
+                if len(srcs) > 1:           # overlapping copies of one node's recording: each row once
+                    df = df.drop_duplicates(subset=[c for c in df.columns if c != "interval"])
                 frames.setdefault(k, []).append(df)
-        if not frames:
-            if not any(s.records for s in sources) and not self.snapshots:
+        if not self.intervals:
+            if not any(s.count() for s in sources) and not self.snapshots:
                 raise BadInput("no intervals in the input (an empty recording)")
             if not self.snapshots:
                 raise BadInput("no intervals between --since and --until")
         self.frames = {k: pd.concat(v, ignore_index=True) for k, v in frames.items()}
         self._filter_rows()
-        self.nodes = sorted(self.per_interval)
+        self.nodes = sorted(self.intervals)
         self.tables = self._tables()
 
     def _filter_rows(self) -> None:
@@ -437,7 +496,7 @@ class Report:
 
     def as_json(self) -> dict:
         return {"type": "report", "nodes": self.nodes, "thresholds": self.th.as_dict(),
-                "inputs": [{"path": s.path, "kind": s.kind, "node": s.node, "intervals": len(s.records)}
+                "inputs": [{"path": s.path, "kind": s.kind, "node": s.node, "intervals": s.count()}
                            for s in self.sources],
                 "replay_matches_recording": self.replay_matches, "notes": self.notes,
                 "verdicts": self.verdicts,

@@ -193,3 +193,12 @@ def test_a_cut_recording_reports_what_was_flushed(tmp_path):
     rep = json.loads(out)
     assert rep["tables"]["nodes"][0]["intervals"] == 8
     assert [v["kind"] for v in rep["verdicts"]] == ["snat_port_exhaustion"]
+
+
+def test_overlapping_copies_count_once(tmp_path):
+    recs = golden("remote-cap")
+    a = record(tmp_path / "a.ndrec", recs)
+    b = record(tmp_path / "b.ndrec", recs[5:])
+    one = rp.Report([rp.load(a)]).as_json()
+    two = rp.Report([rp.load(a), rp.load(b)]).as_json()
+    assert one["tables"] == two["tables"] and one["verdicts"] == two["verdicts"]
