@@ -45,13 +45,16 @@ class When(click.ParamType):
 @click.option("--node", metavar="NAME", help="Only this node's intervals.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
               help="Diagnose again with this threshold changed (docs/verdicts.md names them); repeatable.")
+@click.option("--recorded-verdicts", "recorded", is_flag=True,
+              help="Take the verdicts the live run recorded instead of diagnosing again (faster on long "
+                   "recordings; not with --threshold).")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows per table (text output).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT",
               help="Also write one self-contained HTML file with the tables and plots.")
 @click.option("--png", "png_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Also write the plots as PNG images into DIR.")
 @json_option
-def command(files, since, until, dst, domain, pod, node, thresholds, top, html_out, png_dir, as_json):
+def command(files, since, until, dst, domain, pod, node, thresholds, recorded, top, html_out, png_dir, as_json):
     """Report on recordings (netdiag record) and watch --json NDJSON, with the diagnosis run again.
 
     Reads every FILE (a directory: the recordings in it), one node or many, and replays the
@@ -75,12 +78,15 @@ def command(files, since, until, dst, domain, pod, node, thresholds, top, html_o
             ipaddress.ip_network(dst, strict=False)
         except ValueError:
             raise click.BadParameter(f"{dst!r} is not a network (e.g. 10.0.0.0/8)", param_hint="--dst")
+    if recorded and thresholds:
+        raise click.BadParameter("--threshold needs the diagnosis: not with --recorded-verdicts",
+                                 param_hint="--recorded-verdicts")
     try:
         th = rp.thresholds(thresholds)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--threshold")
     sources = [rp.load(p) for p in rp.expand(files)]
-    report = rp.Report(sources, th, rp.Filters(since, until, dst, domain, pod, node))
+    report = rp.Report(sources, th, rp.Filters(since, until, dst, domain, pod, node), recorded=recorded)
     for n in report.notes:
         click.echo(f"netdiag report: {n}", err=True)
     if png_dir is not None or html_out is not None:

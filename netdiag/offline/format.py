@@ -272,22 +272,28 @@ def _loads(v):
     return None if v is None else json.loads(v)
 
 
+_EMPTY_OBJ = dict
+
+
 def _table_rows(table, spec, names=None):
     """(interval, dict) for each row of an Arrow table, undoing ``_Columns.add``."""
     cols = table.to_pydict()
     n = table.num_rows
     json_cols = {c for c, t in spec if t == J}
-    present = [c for c, _ in spec if c in cols]
+    present = [(c, cols[c], c in json_cols) for c, _ in spec if c in cols]
+    extras = cols.get("extra") or [None] * n
+    ivs, tss, nodes = cols["interval"], cols["ts"], cols["node"]
+    loads = json.loads
     for i in range(n):
         row = {}
-        for c in present:
-            v = cols[c][i]
+        for c, col, is_json in present:
+            v = col[i]
             if v is not None:
-                row[c] = json.loads(v) if c in json_cols else v
-        extra = cols.get("extra", [None] * n)[i]
+                row[c] = (_EMPTY_OBJ() if v == "{}" else loads(v)) if is_json else v
+        extra = extras[i]
         if extra is not None:
-            row.update(json.loads(extra))
-        yield cols["interval"][i], cols["ts"][i], cols["node"][i], row
+            row.update(loads(extra))
+        yield ivs[i], tss[i], nodes[i], row
 
 
 def records(rec: Recording) -> list[dict]:
@@ -332,9 +338,10 @@ def json_rows(rec: Recording, name: str) -> list:
     return [] if t is None else [json.loads(v) for v in t.column("json").to_pylist()]
 
 
-def iter_records(rec: Recording, chunk: int = 256):
+def iter_records(rec: Recording, chunk: int = 256, only=None):
     """The interval records of a recording, ``chunk`` intervals decoded at a time (memory stays
-    that of a chunk, whatever the recording's length)."""
+    that of a chunk, whatever the recording's length); with ``only``, of the row tables only those
+    are decoded (the others' lists stay empty)."""
     import numpy as np
     itab = rec.tables.get("intervals")
     if itab is None or itab.num_rows == 0:
@@ -346,7 +353,8 @@ def iter_records(rec: Recording, chunk: int = 256):
                                              if "interval" in t.column_names}, rec.truncated, rec.segments)
         itab = rec.tables["intervals"]
         ids = itab.column("interval").to_numpy()
-    cols = {name: rec.tables[name].column("interval").to_numpy() for name in ROW_TABLES if name in rec.tables}
+    cols = {name: rec.tables[name].column("interval").to_numpy() for name in ROW_TABLES
+            if name in rec.tables and (only is None or name in only)}
     for start in range(0, len(ids), chunk):
         lo, hi = ids[start], ids[min(start + chunk, len(ids)) - 1]
         part = {"intervals": itab.slice(start, min(chunk, len(ids) - start))}

@@ -31,9 +31,9 @@ class Source:
     tables: dict | None = None      # pyarrow tables (recordings)
     rec: object = None              # the format.Recording (recordings): records decoded on demand
 
-    def iter_records(self):
+    def iter_records(self, only=None):
         if self.rec is not None:
-            yield from fm.iter_records(self.rec)
+            yield from fm.iter_records(self.rec, only=only)
         else:
             yield from self.records
 
@@ -207,6 +207,25 @@ def replay(records, th: Thresholds, dns_share: float = 0.5, stats: dict | None =
     return allv
 
 
+def recorded_verdicts(records, stats: dict) -> list:
+    """The run's verdicts from those each interval recorded (no diagnosis). A standing verdict is
+    recorded with its ``first_ts``, ``last_ts``, ``intervals`` and largest number so far, so its
+    last recorded state is its state at the end of the run; verdicts recorded without them (the
+    DNS verdict) get them here."""
+    run: dict = {}
+    for rec in records:
+        stats["n"] += 1
+        for v in rec.get("verdicts") or ():
+            key = (v.get("kind"), v.get("netns"), v.get("dst") or v.get("listener"))
+            v = dict(v)
+            if "first_ts" not in v:
+                old = run.get(key)
+                v.update(first_ts=old["first_ts"] if old else rec["ts"], last_ts=rec["ts"],
+                         intervals=old["intervals"] + 1 if old else 1)
+            run[key] = v
+    return list(run.values())
+
+
 def same_verdicts(a: list, b: list) -> bool:
     def key(v):
         return json.dumps(v, sort_keys=True)
@@ -363,7 +382,7 @@ class Report:
     node), ``timeline``, ``nodes``, ``frames`` (per-interval frames for the plots), ``notes``."""
 
     def __init__(self, sources: list[Source], th: Thresholds | None = None, filters: Filters | None = None,
-                 dns_share: float = 0.5):
+                 dns_share: float = 0.5, recorded: bool = False):
         import pandas as pd
         self.sources = sources
         self.th = th or Thresholds()
@@ -397,7 +416,7 @@ class Report:
             def stream(node=node, srcs=srcs):
                 last = None
                 for src in srcs:
-                    for r in src.iter_records():
+                    for r in src.iter_records(only=("verdicts",) if recorded else None):
                         if src.rec is None and (r.get("node") or src.node or "node") != node:
                             continue
                         if last is not None and r["ts"] <= last:      # an overlapping copy: counted once
@@ -409,14 +428,14 @@ class Report:
                         last = r["ts"]
                         yield r
             stats = {"n": 0, "match": True, "has_live": True}
-            allv = replay(stream(), self.th, dns_share, stats)
+            allv = recorded_verdicts(stream(), stats) if recorded else replay(stream(), self.th, dns_share, stats)
             if not stats["n"]:
                 continue
             for v in allv:
                 v["node"] = node
             self.verdicts.extend(allv)
             self.intervals[node] = stats["n"]
-            if stats["has_live"]:
+            if stats["has_live"] and not recorded:
                 self.replay_matches[node] = stats["match"]
             parts: dict = {}
             for src in srcs:

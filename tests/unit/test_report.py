@@ -202,3 +202,9 @@ def test_overlapping_copies_count_once(tmp_path):
     one = rp.Report([rp.load(a)]).as_json()
     two = rp.Report([rp.load(a), rp.load(b)]).as_json()
     assert one["tables"] == two["tables"] and one["verdicts"] == two["verdicts"]
+
+
+@pytest.mark.parametrize("name", ["snat-cap", "idle-timeout", "listen-overflow", "remote-cap"])
+def test_recorded_verdicts_equal_the_replayed_ones(tmp_path, name):
+    f = record(tmp_path / "r.ndrec", diagnosed(name))
+    assert rp.Report([rp.load(f)], recorded=True).verdicts == rp.Report([rp.load(f)]).verdicts
