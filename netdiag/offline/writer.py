@@ -69,7 +69,7 @@ class RecordingWriter:
         self.files: list[Path] = []         # every file this writer created (removed ones too)
         self.current: Path | None = None
         self.next_number = 1
-        self.intervals = 0                  # records written
+        self.intervals = 0                  # intervals written
         self.dropped = 0                    # records larger than --max-size on their own
         self.bytes = 0
         if self.max_size is not None and self.max_size < MIN_MAX_SIZE:
@@ -135,36 +135,44 @@ class RecordingWriter:
             self.fd = None
 
     # -- writing ------------------------------------------------------------------------------------
-    def _encode(self, records: list[dict], extra: dict | None = None) -> bytes:
-        tables = fm.encode(records, self.intervals, self.node)
+    def encode(self, records: list[dict], extra: dict | None = None, first: int | None = None) -> bytes:
+        """The segments of one flush (ending in its commit segment), intervals numbered from
+        ``first`` (default: the intervals written so far)."""
+        tables = fm.encode(records, self.intervals if first is None else first, self.node)
         parts = [fm.segment(name, t) for name, t in tables.items() if name == "intervals" or t.num_rows]
         for name, t in (extra or {}).items():
             parts.append(fm.segment(name, t))
         parts.append(fm.commit())
         return b"".join(parts)
 
-    def write(self, records: list[dict], extra: dict | None = None) -> None:
+    def write(self, records: list[dict], extra: dict | None = None, first: int | None = None) -> None:
+        if self.fd is None:
+            raise OutputError(f"{self.path}: recording closed")
+        if not records and not extra:
+            return
+        first = self.intervals if first is None else first
+        data = self.encode(records, extra, first)
+        if self.max_size is not None and len(fm.header(self.meta)) + len(data) > self.max_size and len(records) > 1:
+            half = len(records) // 2            # two smaller flushes
+            self.write(records[:half], None, first)
+            self.write(records[half:], extra, first + half)
+            return
+        self.write_encoded(data, len(records))
+
+    def write_encoded(self, data: bytes, count: int) -> None:
+        """Append one flush already encoded (``encode``) holding ``count`` intervals."""
         if self.fd is None:
             raise OutputError(f"{self.path}: recording closed")
         if self.max_age and self.clock() - self.opened_at >= self.max_age and self.size > len(fm.header(self.meta)):
             self._rotate()
-        if not records and not extra:
-            return
-        data = self._encode(records, extra)
         if self.max_size is not None:
-            head = len(fm.header(self.meta))
-            if head + len(data) > self.max_size:
-                if len(records) > 1:            # two smaller flushes
-                    half = len(records) // 2
-                    self.write(records[:half])
-                    self.write(records[half:], extra)
-                    return
-                self.dropped += len(records)
+            if len(fm.header(self.meta)) + len(data) > self.max_size:
+                self.dropped += count
                 return
             if self.size + len(data) > self.max_size:
                 self._rotate()
         self._append(data)
-        self.intervals += len(records)
+        self.intervals += count
 
     def _rotate(self) -> None:
         self.close()

@@ -1,6 +1,8 @@
 """The recorder: one more sink. Interval records go into a recording (docs/recording.md), flushed
 at least every ``flush_s`` seconds; with ``ring_s`` it is a flight recorder that keeps the last
-``ring_s`` seconds in memory and writes them, and what follows for as long, when a verdict fires."""
+``ring_s`` seconds in memory and writes them, and what follows for as long, when a verdict fires.
+The ring holds intervals encoded (compressed Parquet segments, one per ``flush_s``), so its
+memory is about what those intervals take on disk."""
 from __future__ import annotations
 
 import time
@@ -48,7 +50,9 @@ class Recorder:
         self.writer_args = dict(max_size=max_size, max_age=max_age, keep=keep)
         self.writer = None
         self.buffer: list = []
-        self.ring: deque = deque()
+        self.ring: deque = deque()      # flight recorder: (last ts, encoded flush, intervals) oldest first
+        self.pending: list = []         # flight recorder: intervals not yet sealed into the ring
+        self.n = 0                      # the next interval's number in the recording
         self.until_ts = None            # flight recorder: write records up to this ts
         self.triggers = 0
         self.last_flush = clock()
@@ -77,20 +81,39 @@ class Recorder:
 
     def _ring(self, record: dict) -> None:
         ts = record["ts"]
-        while self.ring and self.ring[0]["ts"] <= ts - self.ring_s:
+        while self.ring and self.ring[0][0] <= ts - self.ring_s:
             self.ring.popleft()
         fired = any(v.get("kind") in self.trigger for v in record.get("verdicts") or ())
+        if fired and self.until_ts is None:
+            self.triggers += 1
+            self._spill()                            # the minutes before the incident
         if fired:
-            if self.until_ts is None:
-                self.triggers += 1
-                self.buffer.extend(self.ring)       # the minutes before the incident
-                self.ring.clear()
-            self.until_ts = ts + self.ring_s        # and as long after its last verdict
+            self.until_ts = ts + self.ring_s         # and as long after its last verdict
         if self.until_ts is not None and ts <= self.until_ts:
             self.buffer.append(record)
             return
         self.until_ts = None
-        self.ring.append(record)
+        self.pending.append(record)
+
+    def _seal(self) -> None:
+        """The pending intervals into the ring, encoded."""
+        if self.pending:
+            data = self.writer.encode(self.pending, first=self.n)
+            self.ring.append((self.pending[-1]["ts"], data, len(self.pending)))
+            self.n += len(self.pending)
+            self.pending = []
+
+    def _spill(self) -> None:
+        """Write the ring (and the intervals not sealed yet) to the file."""
+        self._seal()
+        try:
+            while self.ring:
+                _last, data, count = self.ring.popleft()
+                self.writer.write_encoded(data, count)
+        except Exception as e:
+            self.error = e
+            self.writer.close()
+            raise
 
     def flush(self, extra: dict | None = None) -> None:
         """Write what is buffered; a write failure stops the recording (``error``) and is raised."""
@@ -99,11 +122,14 @@ class Recorder:
             return
         batch, self.buffer = self.buffer, []
         try:
-            self.writer.write(batch, extra)
+            self.writer.write(batch, extra, first=self.n)
+            self.n += len(batch)
         except Exception as e:
             self.error = e
             self.writer.close()
             raise
+        if self.ring_s is not None:             # after the batch: the ring's intervals are the newer
+            self._seal()
 
     def close(self, summary: dict | None) -> None:
         if self.writer is None:
