@@ -289,3 +289,21 @@ def test_snapshot_holds_sockets_listeners_and_counters_per_namespace(topo, tmp_p
     assert (topo.cli_b, "net.ipv4.ip_local_port_range") in sysctls
     rc = subprocess.run([*NETDIAG, "snapshot", "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert rc.returncode == 73 and "exists" in rc.stderr
+
+
+def test_watch_record_writes_what_watch_prints(topo, tmp_path):
+    from .conftest import Watch
+    out = tmp_path / "w.ndrec"
+    w = Watch(tmp_path, "--netns", topo.cli_a, "--record", str(out))
+    peers = []
+    try:
+        peers += connections(topo, topo.srv_a, topo.cli_a, SRV_A, 5)
+        w.until(lambda: sum(d["connects"] for r in w.intervals() for d in r["destinations"]) >= 5)
+    finally:
+        printed = w.stop()
+        for p in peers:
+            p.close()
+    intervals = [r for r in printed if r["type"] == "interval"]
+    recorded = fm.records(fm.read(out))
+    assert recorded == intervals and len(intervals) > 0          # key for key, interval for interval
+    assert fm.json_rows(fm.read(out), "summary") == [r for r in printed if r["type"] == "summary"]
