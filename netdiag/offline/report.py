@@ -55,13 +55,14 @@ class Source:
             tabs = {k: t for k, t in self.tables.items() if k in fm.TABLES}
         else:
             tabs = fm.encode([r for r in self.records if (r.get("node") or self.node) == node], 0, node)
+        import pyarrow.compute as pc
         out = {}
         for k, t in tabs.items():
-            df = t.to_pandas()
             if since is not None:
-                df = df[df["ts"] >= since]
+                t = t.filter(pc.greater_equal(t["ts"], since))
             if until is not None:
-                df = df[df["ts"] <= until]
+                t = t.filter(pc.less_equal(t["ts"], until))
+            df = t.to_pandas()
             df["node"] = node
             out[k] = df
         return out
