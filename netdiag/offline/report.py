@@ -259,13 +259,13 @@ def destination_table(dst, keys):
     import pandas as pd
     if dst.empty:
         return pd.DataFrame()
-    df = dst.copy()
-    errs = _expand_json(df, "failed_by_errno", ERRNO_PREFIX)
-    reasons = _expand_json(df, "resets_out_by_reason", REASON_PREFIX)
-    df = pd.concat([df, errs, reasons], axis=1)
-    extra_cols = list(errs.columns) + list(reasons.columns)
+    df = dst                                   # no copy: an hour of rows is large
     g = df.groupby(keys, dropna=False, sort=False)
-    sums = g[COUNTERS + extra_cols].sum()
+    sums = g[COUNTERS].sum()
+    for col, prefix in (("failed_by_errno", ERRNO_PREFIX), ("resets_out_by_reason", REASON_PREFIX)):
+        wide = _expand_json(df, col, prefix)
+        if not wide.columns.empty:
+            sums = sums.join(wide.groupby([df[k] for k in keys], dropna=False, sort=False).sum())
     peak = _peak(df, keys)
     lat = df[df["connect_ms_avg"].notna() & (df["established"] > 0)]
     pct = pd.DataFrame(index=sums.index)
