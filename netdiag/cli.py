@@ -19,6 +19,9 @@ COMMANDS = {
     "watch": "watch",
     "conntrack": "conntrack",
     "lab": "lab",
+    "record": "record",
+    "report": "report",
+    "snapshot": "snapshot",
 }
 
 

@@ -8,6 +8,7 @@ import os
 EXIT_USAGE = 2          # click's own usage errors
 EXIT_DATAERR = 65       # corrupt input (recording, format file)
 EXIT_UNAVAILABLE = 69   # a kernel feature the request needs is absent
+EXIT_CANTCREAT = 73     # an output file cannot be created or written (exists, unwritable, disk full)
 EXIT_SOFTWARE = 70      # BPF compile/verifier/attach failure
 EXIT_NOPERM = 77        # not root / missing CAP_BPF+CAP_PERFMON
 EXIT_CONFIG = 78        # set-up incomplete (bcc not importable)
@@ -44,6 +45,11 @@ class BpfLoadError(NetdiagError):
 
 class BadInput(NetdiagError):
     exit_code = EXIT_DATAERR
+
+
+class OutputError(NetdiagError):
+    """An output file (a recording, a report) cannot be created or written."""
+    exit_code = EXIT_CANTCREAT
 
 
 class BpfSyscallError(NetdiagError, OSError):

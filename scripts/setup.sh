@@ -18,7 +18,7 @@ command -v apt-get >/dev/null || die "apt-get not found: netdiag's set-up suppor
 # --- distribution packages -------------------------------------------------------------------
 pkgs=(bpfcc-tools python3-bpfcc python3-venv python3-pip linux-headers-amd64 iptables nftables conntrack
       iproute2 kmod procps qemu-system-x86 linux-image-amd64 busybox-static wrk bpftool
-      podman debootstrap prometheus prometheus-node-exporter nginx-light)
+      podman debootstrap prometheus prometheus-node-exporter nginx-light chromium jq)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -71,8 +71,8 @@ def cleanup_cmd(all_nd):
 
 
 def _scenario_command(sc):
-    def run(as_json, keep, allow_host_sysctl=False, **params):
-        _run_lab(sc.name, params, as_json, keep, allow_host_sysctl)
+    def run(as_json, keep, record_path=None, allow_host_sysctl=False, **params):
+        _run_lab(sc.name, params, as_json, keep, allow_host_sysctl, record_path)
 
     run.__doc__ = (f"{sc.summary}.\n\n"
                    f"Expected verdict: {sc.verdict or 'none'}. Seed: {sc.seed}.\n\n"
@@ -85,6 +85,8 @@ def _scenario_command(sc):
     if sc.name == "conntrack-full":
         cmd = click.option("--allow-host-sysctl", is_flag=True,
                            help="Allow --max to change the node-wide nf_conntrack_max for the run (restored on exit).")(cmd)
+    cmd = click.option("--record", "record_path", type=click.Path(dir_okay=False), metavar="PATH",
+                       help="Also record the lab's intervals and result into this file (see netdiag record).")(cmd)
     cmd = click.option("--keep", is_flag=True, help="Leave the namespaces for inspection (remove with `netdiag lab cleanup`).")(cmd)
     cmd = json_option(cmd)
     return command.command(sc.name)(cmd)
@@ -99,7 +101,7 @@ def _register():
 _register()
 
 
-def _run_lab(name, params, as_json, keep, allow_host_sysctl):
+def _run_lab(name, params, as_json, keep, allow_host_sysctl, record_path=None):
     from netdiag.kernel.features import require_privileges
     from netdiag.labs import LabRunner
     from netdiag.pipeline.run import stop_on_signals
@@ -117,8 +119,12 @@ def _run_lab(name, params, as_json, keep, allow_host_sysctl):
     def on_status(msg):
         click.echo(f"netdiag lab: {msg}", err=True)
 
+    sinks = [sink]
+    if record_path:
+        from netdiag.sinks.recorder import Recorder
+        sinks.insert(0, Recorder(record_path))
     runner = LabRunner(name, params, keep=keep, allow_host_sysctl=allow_host_sysctl,
-                       sinks=[sink], on_status=on_status)
+                       sinks=sinks, on_status=on_status)
     with stop_on_signals(runner.stop):
         result = runner.run()
     if result["error"]:

@@ -84,39 +84,49 @@ def _metrics_address(ctx, param, value):
         raise click.BadParameter(str(e), ctx=ctx, param=param) from None
 
 
+def filter_options(f):
+    """The options `watch` and `record` share: what is watched and how it attaches."""
+    for deco in reversed([
+        click.option("--netns", metavar="NAME|INODE", help="Only this network namespace."),
+        click.option("--port", type=click.IntRange(1, 65535), help="Only destinations / listeners on this port."),
+        click.option("--dst", metavar="CIDR", help="Only destinations inside this network."),
+        click.option("--mode", type=click.Choice(["auto", "kprobe", "fentry", "tracepoint"]), default="auto",
+                     show_default=True, help="Force a hook mode where a signal has it."),
+        click.option("--max-dsts", type=click.IntRange(min=64), default=16384, show_default=True,
+                     help="Bound of the in-kernel destination map (LRU; evictions are counted)."),
+        click.option("--socket-slots", type=click.IntRange(min=2), default=SOCKET_SLOTS, show_default=True,
+                     help="Slots of the in-kernel table of outbound sockets (a power of two); a socket whose slot "
+                          "is taken goes to an LRU hash of 262,144."),
+        click.option("--dst-slots", type=click.IntRange(min=1), default=DST_SLOTS, show_default=True,
+                     help="Per-CPU slots of the in-kernel table that holds the first destinations' rows (a power of "
+                          "two); the others go to the LRU hash of --max-dsts."),
+        click.option("--accepts", "count_accepts", is_flag=True,
+                     help="Count accept() calls per listener on kernels without kprobes/fentry too (adds syscall "
+                          "tracepoints, which slow every syscall a little)."),
+        click.option("--per-process", is_flag=True,
+                     help="Count connects, failures, resets and accepts per process (tgid, name, network "
+                          "namespace) in the kernel and roll them up as `processes` (bounded map, evictions "
+                          "counted)."),
+        click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Create this file once the probes are attached."),
+        tracepoints_option,
+        dns_options,
+    ]):
+        f = deco(f)
+    return f
+
+
 @click.command("watch")
 @interval_option()
 @duration_option()
 @json_option
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows per table.")
-@click.option("--netns", metavar="NAME|INODE", help="Only this network namespace.")
-@click.option("--port", type=click.IntRange(1, 65535), help="Only destinations / listeners on this port.")
-@click.option("--dst", metavar="CIDR", help="Only destinations inside this network.")
-@click.option("--mode", type=click.Choice(["auto", "kprobe", "fentry", "tracepoint"]), default="auto",
-              show_default=True, help="Force a hook mode where a signal has it.")
-@click.option("--max-dsts", type=click.IntRange(min=64), default=16384, show_default=True,
-              help="Bound of the in-kernel destination map (LRU; evictions are counted).")
-@click.option("--socket-slots", type=click.IntRange(min=2), default=SOCKET_SLOTS, show_default=True,
-              help="Slots of the in-kernel table of outbound sockets (a power of two); a socket whose slot "
-                   "is taken goes to an LRU hash of 262,144.")
-@click.option("--dst-slots", type=click.IntRange(min=1), default=DST_SLOTS, show_default=True,
-              help="Per-CPU slots of the in-kernel table that holds the first destinations' rows (a power of "
-                   "two); the others go to the LRU hash of --max-dsts.")
-@click.option("--accepts", "count_accepts", is_flag=True,
-              help="Count accept() calls per listener on kernels without kprobes/fentry too (adds syscall "
-                   "tracepoints, which slow every syscall a little).")
-@click.option("--per-process", is_flag=True,
-              help="Count connects, failures, resets and accepts per process (tgid, name, network namespace) "
-                   "in the kernel and roll them up as `processes` (bounded map, evictions counted).")
-@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Create this file once the probes are attached.")
-@tracepoints_option
-@dns_options
+@click.option("--record", "record_path", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="Also record every interval into this file (as `netdiag record --out PATH`, default bounds).")
+@filter_options
 @metrics_options
-def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, socket_slots, dst_slots, count_accepts,
-            per_process, ready_file,
-            tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share, host_root,
-            metrics, node, metrics_by, metrics_max_series, metrics_ttl, quiet):
+def command(interval, duration, as_json, top, record_path, metrics, node, metrics_by, metrics_max_series,
+            metrics_ttl, quiet, **options):
     """Watch connections per destination and listener, counted in the kernel.
 
     Every interval: connects, established, failed (by errno), active (open now, including
@@ -130,6 +140,33 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
       sudo netdiag watch --port 443 --dst 10.0.0.0/8 --interval 5
       sudo netdiag watch --metrics 9464 --quiet
     """
+    if metrics is not None:
+        source = click.get_current_context().get_parameter_source("metrics_by")
+        if options["per_domain"] and source == click.core.ParameterSource.DEFAULT:
+            metrics_by = "domain"            # --per-domain: connects per domain in the metrics too
+        options["dns"] = options["dns"] or metrics_by == "domain"
+        options["per_pod"] = options["per_pod"] or metrics_by == "pod"
+    sinks = output_sinks(as_json, top, options["ready_file"], quiet)
+    recorder = None
+    if record_path is not None:
+        from netdiag.sinks.recorder import Recorder
+        recorder = Recorder(record_path)
+        sinks.insert(0, recorder)
+    if metrics is not None:
+        from netdiag.kernel.features import require_privileges
+        from netdiag.sinks.metrics import MetricsSink
+        require_privileges()
+        metrics_sink = MetricsSink(*metrics, node=node, by=metrics_by, max_series=metrics_max_series,
+                                   ttl=metrics_ttl)
+        metrics_sink.bind()              # a port in use fails here, before anything is attached
+        sinks.insert(0, metrics_sink)
+    run_watch(interval, duration, sinks, recorder=recorder, quiet=quiet, **options)
+
+
+def run_watch(interval, duration, sinks, netns, port, dst, mode, max_dsts, socket_slots, dst_slots, count_accepts,
+              per_process, ready_file, tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share,
+              host_root, recorder=None, quiet=False):
+    """The interval loop of `watch` (and `record`) handing every record to ``sinks``."""
     from netdiag.analysis.diagnose import Diagnoser
     from netdiag.kernel.features import require_privileges
     from netdiag.pipeline.collector import Watcher
@@ -149,48 +186,47 @@ def command(interval, duration, as_json, top, netns, port, dst, mode, max_dsts, 
         raise click.BadParameter(f"{socket_slots} is not a power of two", param_hint="--socket-slots")
     if dst_slots & (dst_slots - 1):
         raise click.BadParameter(f"{dst_slots} is not a power of two", param_hint="--dst-slots")
-    if metrics is not None:
-        source = click.get_current_context().get_parameter_source("metrics_by")
-        if per_domain and source == click.core.ParameterSource.DEFAULT:
-            metrics_by = "domain"            # --per-domain: connects per domain in the metrics too
-        dns = dns or metrics_by == "domain"
-        per_pod = per_pod or metrics_by == "pod"
     require_privileges()
-    sinks = [*output_sinks(as_json, top, ready_file, quiet)]
-    if metrics is not None:
-        from netdiag.sinks.metrics import MetricsSink
-        metrics_sink = MetricsSink(*metrics, node=node, by=metrics_by, max_series=metrics_max_series,
-                                   ttl=metrics_ttl)
-        metrics_sink.bind()              # a port in use fails here, before anything is attached
-        sinks.insert(0, metrics_sink)
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
                       socket_slots=socket_slots, dst_slots=dst_slots, syscall_tracepoints=count_accepts,
-                      per_process=per_process, proc_dsts=per_domain,
-                      **flavour_kwargs(tracepoints))
+                      per_process=per_process, proc_dsts=per_domain, **flavour_kwargs(tracepoints))
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)
     summary = RunSummary()
     pipeline = Pipeline(watcher, Diagnoser(), enricher, sinks=[summary, *sinks])
     stop = threading.Event()
-    with stop_on_signals(stop.set):
-        try:
+    try:
+        with stop_on_signals(stop.set):
             try:
-                pipeline.start()
-            except Exception:
-                if stop.is_set():            # Ctrl-C while compiling: nothing attached, nothing to say
-                    sys.exit(130)
+                try:
+                    pipeline.start()
+                except Exception:
+                    if stop.is_set():            # Ctrl-C while compiling: nothing attached, nothing to say
+                        sys.exit(130)
+                    raise
+                if enricher.note and not quiet:
+                    click.echo(f"netdiag: {enricher.note}", err=True)
+                pipeline.open(_attached(watcher, enricher, quiet))
+                deadline = time.monotonic() + duration if duration else None
+                pipeline.run(interval, stop, deadline=deadline, partial_last=True)
+            except BaseException:
+                pipeline.finish(None)            # the live view gives the terminal back
                 raise
-            if enricher.note and not quiet:
-                click.echo(f"netdiag: {enricher.note}", err=True)
-            pipeline.open(_attached(watcher, enricher, quiet))
-            deadline = time.monotonic() + duration if duration else None
-            pipeline.run(interval, stop, deadline=deadline, partial_last=True)
-        except BaseException:
-            pipeline.finish(None)            # the live view gives the terminal back
-            raise
-        finally:
-            pipeline.close()
-    pipeline.finish(summary.summary())
+            finally:
+                pipeline.close()
+        pipeline.finish(summary.summary())
+    finally:
+        if recorder is not None:
+            _say_recorded(recorder)
+
+
+def _say_recorded(recorder) -> None:
+    """One line: what the recording holds (also after Ctrl-C, SIGTERM or a write failure)."""
+    st = recorder.stats()
+    files = st["files"]
+    where = files[0] if len(files) == 1 else f"{len(files)} files ({files[0]} … {files[-1]})" if files else "no file"
+    extra = f", {st['dropped']} interval(s) over --max-size dropped" if st["dropped"] else ""
+    click.echo(f"netdiag: recorded {st['intervals']} interval(s), {st['bytes']} bytes to {where}{extra}", err=True)
 
 
 def output_sinks(as_json: bool, top: int, ready_file=None, quiet: bool = False) -> list:
