@@ -158,8 +158,7 @@ static __always_inline int nd_slot_take(u64 *state, const u64 *held, const u64 *
                 return 0;
         return ND_SLOT_MATCH;
     }
-    if (*state == ND_DST_SLOT_FREE &&
-        __sync_val_compare_and_swap(state, ND_DST_SLOT_FREE, ND_DST_SLOT_CLAIMING) == ND_DST_SLOT_FREE)
+    if (*state == ND_DST_SLOT_FREE && ND_CLAIM(state, ND_DST_SLOT_FREE, ND_DST_SLOT_CLAIMING))
         return ND_SLOT_CLAIMED;
     return 0;
 }

@@ -45,6 +45,15 @@ struct nd_tuple {
 #define ND_TP_FAMILY(a) ((a)->family)
 #endif
 
+/* Claim a free slot: *p from `old` to `new` in one step, true if this program did it. Kernels
+ * before 5.12 have no BPF compare-and-exchange (netdiag compiles with ND_NO_CMPXCHG there): no
+ * slot is ever claimed and every entry takes the LRU hash those tables fall back to. */
+#ifdef ND_NO_CMPXCHG
+#define ND_CLAIM(p, old, new) 0
+#else
+#define ND_CLAIM(p, old, new) (__sync_val_compare_and_swap((p), (old), (new)) == (old))
+#endif
+
 #define ND_TUPLE_FROM_ARGS(t, a)                                        \
     do {                                                                \
         (t).family = ND_TP_FAMILY(a);                                   \
@@ -303,7 +312,7 @@ static __always_inline void nd_conn_put(u64 num, struct nd_conn *c)
     if (!tag)
         return;
     u64 cur = *tag;
-    if (cur == num || (cur == 0 && __sync_val_compare_and_swap(tag, 0, num) == 0)) {
+    if (cur == num || (cur == 0 && ND_CLAIM(tag, 0, num))) {
         struct nd_conn *e = nd_conn_slots.lookup(&i);
         if (e)
             *e = *c;

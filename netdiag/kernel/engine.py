@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 from netdiag.errors import BccMissing, BpfLoadError, FeatureMissing
 from netdiag.kernel import tracefs
 from netdiag.kernel.bpfsrc import source_dir
-from netdiag.kernel.features import Features, kprobe_target, require_privileges
+from netdiag.kernel.features import Features, atomic_cmpxchg, kprobe_target, require_privileges
 
 MODES = ("kprobe", "fentry", "tracepoint")
 # indices of nd_stats (bpf/nd_events.h ND_STAT_*)
@@ -398,6 +398,8 @@ class ProbeEngine:
                 flags += ["-DND_PER_PROCESS", f"-DND_MAX_PROCS={int(self.max_procs)}"]
             if getattr(self, "proc_dsts", False):
                 flags.append("-DND_PROC_DSTS")
+        if strict and not atomic_cmpxchg()[0]:
+            flags.append("-DND_NO_CMPXCHG")         # before 5.12: the slot tables stay empty
         if self.plan.keys() & {"resets", "retrans"}:
             flags += tcp_format_flags(strict)
         if "drops" in self.plan:

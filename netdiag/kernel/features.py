@@ -82,6 +82,30 @@ def btf_tracepoint(event: str = "inet_sock_set_state") -> tuple[bool, str]:
     return ok, note or f"tp_btf on {event} loads and attaches"
 
 
+# r1 = 0; *(u64 *)(r10 - 8) = r1 (as an immediate store); r0 = 0; r2 = 1;
+# r0 = cmpxchg((u64 *)(r10 - 8), r0, r2); r0 = 0; exit
+CMPXCHG_PROG = bytes((0x7A, 0x0A, 0xF8, 0xFF, 0, 0, 0, 0,
+                      0xB7, 0x00, 0, 0, 0, 0, 0, 0,
+                      0xB7, 0x02, 0, 0, 1, 0, 0, 0,
+                      0xDB, 0x2A, 0xF8, 0xFF, 0xF1, 0, 0, 0,
+                      0xB7, 0x00, 0, 0, 0, 0, 0, 0,
+                      0x95, 0, 0, 0, 0, 0, 0, 0))
+_cmpxchg: tuple[bool, str] | None = None
+
+
+def atomic_cmpxchg() -> tuple[bool, str]:
+    """Does the verifier take BPF compare-and-exchange (5.12 on)? The slot tables claim their
+    slots with it; without it they are left empty and every entry takes their LRU hash."""
+    global _cmpxchg
+    if _cmpxchg is None:
+        try:
+            bpfsys.close_fd(bpfsys.prog_load(bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, CMPXCHG_PROG, name="nd_cmpxchg"))
+            _cmpxchg = (True, "BPF compare-and-exchange loads")
+        except (BpfSyscallError, FeatureMissing) as e:
+            _cmpxchg = (False, f"BPF compare-and-exchange refused ({_why(e)})")
+    return _cmpxchg
+
+
 def raw_tracepoint(event: str = "inet_sock_set_state") -> tuple[bool, str]:
     """Load a do-nothing raw tracepoint program and attach it to ``event``: BPF gets the
     tracepoint's arguments directly, without the record a classic tracepoint fills first."""
