@@ -20,6 +20,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
 NLA_TYPE_MASK = 0x3FFF
 RECV_SIZE = 1 << 16
+TIMEOUT_S = 5.0                         # a request the kernel never answers fails, not hangs
 
 
 class NetlinkError(NetdiagError, OSError):
@@ -34,6 +35,7 @@ class NetlinkSocket:
     def __init__(self, proto: int):
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
         self.sock.bind((0, 0))
+        self.sock.settimeout(TIMEOUT_S)
         self._seq = 0
         self._buf = bytearray(RECV_SIZE)
         self._view = memoryview(self._buf)
@@ -51,11 +53,14 @@ class NetlinkSocket:
         dump = bool(flags & NLM_F_DUMP)
         out: list[tuple[int, bytes]] = []
         while True:
-            n = self.sock.recv_into(self._buf)
+            try:
+                n = self.sock.recv_into(self._buf)
+            except TimeoutError:
+                raise NetlinkError(f"{what}: no answer in {TIMEOUT_S:.0f} s") from None
             data = self._view[:n]
             off = 0
             while off + NLMSG_HDR.size <= n:
-                ln, typ, fl, mseq, _ = NLMSG_HDR.unpack_from(data, off)
+                ln, typ, _, mseq, _ = NLMSG_HDR.unpack_from(data, off)
                 if ln < NLMSG_HDR.size:
                     raise NetlinkError(f"{what}: malformed netlink reply")
                 if mseq != seq:                     # a stale reply of an interrupted request
@@ -69,8 +74,8 @@ class NetlinkSocket:
                         raise NetlinkError(f"{what}: {os.strerror(err)}")
                     return out                      # an ACK
                 out.append((typ, bytes(data[off + NLMSG_HDR.size:off + ln])))
-                if not dump and not fl & NLM_F_MULTI:
-                    return out
+                if not dump:
+                    return out                      # one answer (ctnetlink marks it MULTI anyway)
                 off += (ln + 3) & ~3
 
 
