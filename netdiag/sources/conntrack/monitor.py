@@ -26,8 +26,8 @@ from netdiag.errors import NetdiagError
 from netdiag.sources.conntrack import natrules
 from netdiag.sources.conntrack.ctmsg import from_pyroute2
 from netdiag.sources.conntrack.events import DEFAULT_RCVBUF, NetlinkEvents
-from netdiag.sources.conntrack.snat import SnatTable, attribute_failures, utilization
 from netdiag.sources.conntrack.nlstats import CtStatsSocket
+from netdiag.sources.conntrack.snat import SnatTable, attribute_failures, utilization
 from netdiag.sources.conntrack.stats import deltas, fill, read_conntrack_max, sum_cpu_stats
 from netdiag.sources.namespaces import Namespace, NamespaceWatcher, NetnsExecutor
 
