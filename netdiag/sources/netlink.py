@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
 
 from netdiag.errors import NetdiagError
 
@@ -37,8 +38,6 @@ class NetlinkSocket:
         self.sock.bind((0, 0))
         self.sock.settimeout(TIMEOUT_S)
         self._seq = 0
-        self._buf = bytearray(RECV_SIZE)
-        self._view = memoryview(self._buf)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -52,12 +51,14 @@ class NetlinkSocket:
         self.sock.send(NLMSG_HDR.pack(NLMSG_HDR.size + len(body), msg_type, flags | NLM_F_REQUEST, seq, 0) + body)
         dump = bool(flags & NLM_F_DUMP)
         out: list[tuple[int, bytes]] = []
+        buf = _buffer()
+        view = memoryview(buf)
         while True:
             try:
-                n = self.sock.recv_into(self._buf)
+                n = self.sock.recv_into(buf)
             except TimeoutError:
                 raise NetlinkError(f"{what}: no answer in {TIMEOUT_S:.0f} s") from None
-            data = self._view[:n]
+            data = view[:n]
             off = 0
             while off + NLMSG_HDR.size <= n:
                 ln, typ, _, mseq, _ = NLMSG_HDR.unpack_from(data, off)
@@ -77,6 +78,18 @@ class NetlinkSocket:
                 if not dump:
                     return out                      # one answer (ctnetlink marks it MULTI anyway)
                 off += (ln + 3) & ~3
+
+
+_local = threading.local()
+
+
+def _buffer() -> bytearray:
+    """This thread's receive buffer: one per thread, not one per socket (a node's hundreds of
+    namespaces hold two sockets each)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = bytearray(RECV_SIZE)
+    return buf
 
 
 def attrs(payload: bytes, start: int) -> dict[int, bytes]:
