@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-
 from netdiag.labs.fleet import ADDR, Fleet
 from netdiag.labs.topology import Topology
 from netdiag.sources import inetdiag, namespaces
