@@ -69,9 +69,11 @@ def dump(states_mask: int) -> list[Sock]:
 
 class NetstatFile:
     """``/proc/net/netstat`` of the namespace the opening thread is in, kept open; ``read()``
-    parses the TcpExt counters only when the text changed since the previous read."""
+    parses the TcpExt counters (``wanted``: only those) when the text changed since the previous
+    read."""
 
-    def __init__(self, path: str = "/proc/thread-self/net/netstat"):
+    def __init__(self, path: str = "/proc/thread-self/net/netstat", wanted: tuple[str, ...] | None = None):
+        self.wanted = wanted              # these counters only (None: every TcpExt counter)
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._raw = b""
         self._parsed: dict[str, int] = {}
@@ -79,20 +81,24 @@ class NetstatFile:
     def read(self) -> dict[str, int]:
         raw = os.pread(self.fd, 1 << 16, 0)
         if raw != self._raw:
-            self._raw, self._parsed = raw, parse_netstat(raw.decode())
+            self._raw, self._parsed = raw, parse_netstat(raw.decode(), self.wanted)
         return self._parsed
 
     def close(self) -> None:
         os.close(self.fd)
 
 
-def parse_netstat(text: str) -> dict[str, int]:
-    """The TcpExt counters of /proc/net/netstat text."""
+def parse_netstat(text: str, wanted: tuple[str, ...] | None = None) -> dict[str, int]:
+    """The TcpExt counters of /proc/net/netstat text (``wanted``: only those present of these)."""
     lines = text.splitlines()
     out = {}
     for head, vals in zip(lines[::2], lines[1::2]):
         if head.startswith("TcpExt:"):
-            out.update({n: int(v) for n, v in zip(head.split()[1:], vals.split()[1:])})
+            names, values = head.split()[1:], vals.split()[1:]
+            if wanted is None:
+                out.update({n: int(v) for n, v in zip(names, values)})
+            else:
+                out.update({n: int(values[names.index(n)]) for n in wanted if n in names})
     return out
 
 

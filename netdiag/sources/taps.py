@@ -26,11 +26,14 @@ class Tap:
         self.netstat.close()
 
 
+NETSTAT_COUNTERS = ("ListenOverflows", "ListenDrops")     # what an interval reports of each namespace
+
+
 def _open() -> tuple[inetdiag.DiagSocket, inetdiag.NetstatFile]:
     """Runs inside the namespace."""
     diag = inetdiag.DiagSocket()
     try:
-        return diag, inetdiag.NetstatFile()
+        return diag, inetdiag.NetstatFile(wanted=NETSTAT_COUNTERS)
     except BaseException:
         diag.close()
         raise
