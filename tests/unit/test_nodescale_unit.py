@@ -307,3 +307,12 @@ def test_overflowing_listener_lookup_matches_addresses_and_wildcards():
     assert diagnose._served("0.0.0.0:8080", by_port) == [(1, ["r1"]), (2, ["r2"])]
     assert diagnose._served("198.18.0.2:8080", by_port) == [(2, ["r2"])]
     assert diagnose._served("[::]:9090", by_port) == [(3, ["r3"])]
+
+
+def test_conntrack_namespace_whose_attach_failed_is_reported_not_fatal():
+    from netdiag.sources.conntrack.monitor import ConntrackMonitor, NsState
+    m = ConntrackMonitor(threaded=False)
+    st = NsState(namespaces.Namespace(5, "/nonexistent"), error="attach: gone")
+    m.ns[5] = st
+    m._read_stats(st)                 # no statistics socket: nothing read, the error stays
+    assert st.error == "attach: gone" and st.stats is None

@@ -244,6 +244,8 @@ class ConntrackMonitor:
     # --- stats --------------------------------------------------------------------------------
     def _read_stats(self, st: NsState) -> None:
         # the namespace's own socket, read from this thread: no setns, no thread round trip
+        if st.stats_sock is None:
+            return              # its attach failed (the namespace went away meanwhile): error says so
         try:
             per_cpu = st.stats_sock.per_cpu()
             entries, mx = st.stats_sock.count()
