@@ -51,14 +51,18 @@ def active_by_ns(rec: dict) -> dict[int, int]:
     return {r["netns"]: r["active"] for r in rec["destinations"] if r["direction"] == "out" and r["dst"] == DST}
 
 
-def exact(w: Watch, want: dict[int, int]) -> bool:
-    """The newest record has exactly the expected listener and active count in each namespace
-    (and none left in namespaces that are gone)."""
+def mismatches(w: Watch, want: dict[int, int]) -> dict:
+    """What the newest record gets wrong: a namespace in ``want`` without its listener or with
+    another active count than expected, or a deleted one still listed."""
     rec = last_record(w)
     lst, act = listeners_by_ns(rec), active_by_ns(rec)
-    ours = set(want) | {i for i in lst if i in gone}
-    return all(lst.get(i) == ({DST} if i in want else None) for i in ours) and \
-        all(act.get(i) == n for i, n in want.items())
+    bad = {i: (lst.get(i), act.get(i), n) for i, n in want.items() if DST not in lst.get(i, ()) or act.get(i) != n}
+    bad.update({i: ("deleted but listed", lst[i]) for i in gone if i in lst})
+    return bad
+
+
+def exact(w: Watch, want: dict[int, int]) -> bool:
+    return not mismatches(w, want)
 
 
 gone: set[int] = set()
@@ -78,7 +82,7 @@ def test_sixty_namespaces_exact_while_they_come_and_go(doctor, tmp_path):
             before = {m.name: overflows_now(m.name) for m in members}
             w = Watch(tmp_path)
             try:
-                assert w.until(lambda: exact(w, want), timeout=30), "listeners/active not exact in every namespace"
+                assert w.until(lambda: exact(w, want), timeout=30), mismatches(w, want)
 
                 # backlog-1 listeners overflow in a third of them, by a different amount each
                 burst = {m.name: 3 + i % 4 for i, m in enumerate(members[::3])}
@@ -92,7 +96,7 @@ def test_sixty_namespaces_exact_while_they_come_and_go(doctor, tmp_path):
                     del want[m.inode]
                 born = [fleet.add(f"q{i}", held=held_for(i + 3)) for i in range(5)]
                 want.update({m.inode: held_for(i + 3) for i, m in enumerate(born)})
-                assert w.until(lambda: exact(w, want), timeout=30), "created/deleted namespaces not tracked exactly"
+                assert w.until(lambda: exact(w, want), timeout=30), mismatches(w, want)
                 t_born = time.monotonic()
                 born_before = {m.name: overflows_now(m.name) for m in born}
                 for m in born[:2]:
@@ -114,7 +118,7 @@ def test_sixty_namespaces_exact_while_they_come_and_go(doctor, tmp_path):
                 # and none elsewhere
                 quiet = [i for i in want if i not in expect]
                 assert all(overflow_sum(w, i) == 0 for i in quiet)
-                assert exact(w, want)
+                assert mismatches(w, want) == {}
                 assert not any(ls["netns"] in gone for ls in last_record(w)["listeners"])
                 assert time.monotonic() - t_born < 60
             finally:
