@@ -57,7 +57,9 @@ def mismatches(w: Watch, want: dict[int, int]) -> dict:
     rec = last_record(w)
     lst, act = listeners_by_ns(rec), active_by_ns(rec)
     bad = {i: (lst.get(i), act.get(i), n) for i, n in want.items() if DST not in lst.get(i, ()) or act.get(i) != n}
-    bad.update({i: ("deleted but listed", lst[i]) for i in gone if i in lst})
+    # an inode is reused once its namespace is freed (by a namespace made later here or elsewhere):
+    # a deleted member is still listed if its inode shows the fleet's listener and is no member now
+    bad.update({i: ("deleted but listed", lst[i]) for i in gone - want.keys() if DST in lst.get(i, ())})
     return bad
 
 
@@ -119,7 +121,6 @@ def test_sixty_namespaces_exact_while_they_come_and_go(doctor, tmp_path):
                 quiet = [i for i in want if i not in expect]
                 assert all(overflow_sum(w, i) == 0 for i in quiet)
                 assert mismatches(w, want) == {}
-                assert not any(ls["netns"] in gone for ls in last_record(w)["listeners"])
                 assert time.monotonic() - t_born < 60
             finally:
                 w.stop()
