@@ -55,9 +55,23 @@ UNDECIDED = object()
 _NOT_CAP_ERRNOS = ("ECONNREFUSED", "EADDRNOTAVAIL", "ENETUNREACH", "EHOSTUNREACH", "ECANCELED")
 
 
-def _listener_serves(listen: str, dst: str) -> bool:
-    (la, lport), (da, dport) = split_dst(listen), split_dst(dst)
-    return lport == dport and (la in ("0.0.0.0", "::") or la == da)
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def _by_port(rows: dict) -> dict:
+    """{port: [(addr, netns, rows)]} of a ``_rows`` table: what a listener may serve is looked up
+    by its port, so a pass over listeners costs the rows on that port, not every row."""
+    out: dict = {}
+    for (ns, dst), rs in rows.items():
+        addr, port = split_dst(dst)
+        out.setdefault(port, []).append((addr, ns, rs))
+    return out
+
+
+def _served(listen: str, by_port: dict) -> list:
+    """[(netns, rows)] of the destinations (``_by_port``) listener ``listen`` serves."""
+    la, lport = split_dst(listen)
+    return [(ns, rs) for addr, ns, rs in by_port.get(lport, ()) if la in WILDCARDS or la == addr]
 
 
 def _ns_label(name, inode) -> str:
@@ -170,6 +184,7 @@ class Diagnoser:
         span = sum(r.get("interval_s") or 0 for r in win)
         out_rows = self._rows("out")
         in_rows = self._rows("in")
+        out_ports, in_ports = _by_port(out_rows), _by_port(in_rows)
 
         # per-netns conntrack counters over the window
         ct: dict = {}
@@ -233,6 +248,12 @@ class Diagnoser:
                                "pools) so fewer ports are held"),
                 }
         nat_fail_ns = {ns for ns, c in ct.items() if c["insert_failed"] or c["drop"] or c["early_drop"]}
+        # addresses of listeners that overflowed in the window, by port (any netns)
+        overflowed: dict = {}
+        for (_, ls), a in lst.items():
+            if sum(a["overflows"]):
+                la, lport = split_dst(ls)
+                overflowed.setdefault(lport, set()).add(la)
 
         # 2./3. per outbound destination: local port exhaustion, remote cap, churn
         for (ns, dst), rows in out_rows.items():
@@ -264,7 +285,7 @@ class Diagnoser:
             plateau = len(actives) >= t.cap_plateau_intervals and \
                 all(a == peak for a in actives[-t.cap_plateau_intervals:])
             local = (dst in snat_dsts or eaddr or nat_fail_ns
-                     or any(_listener_serves(ls, dst) and sum(a["overflows"]) for (_, ls), a in lst.items()))
+                     or _overflowed_for(overflowed, dst))
             if peak >= t.cap_min_active and plateau and cap_fail >= t.cap_min_failures and not local:
                 found[("remote_connection_cap", ns, dst)] = {
                     "kind": "remote_connection_cap", "dst": dst, "netns": ns, "netns_name": name,
@@ -349,7 +370,7 @@ class Diagnoser:
                 continue
             burst = None
             if short:
-                burst = self._burst(win, ns, listen, a, out_rows, in_rows)
+                burst = self._burst(win, ns, listen, a, out_ports, in_ports)
                 if burst is UNDECIDED:
                     continue                     # not enough history yet to tell a burst from a flood
             name = a["netns_name"]
@@ -448,20 +469,19 @@ class Diagnoser:
                 "advice": f"only {avail} left of the {a} allowance before the provider starts dropping: {fix}",
             }
 
-    def _burst(self, win, ns, listen, a, out_rows, in_rows):
+    def _burst(self, win, ns, listen, a, out_ports, in_ports):
         t = self.t
         n = len(win)
         # SYNs towards the listener per interval: from the clients' side when they are watched
         # (connect() calls + SYN retransmissions: exact), else handshakes completed + overflows
         arrivals = [0] * n
-        for (_, dst), rows in out_rows.items():
-            if _listener_serves(listen, dst):
-                for i, r in enumerate(rows):
-                    if r:
-                        arrivals[i] += r["connects"] + r["syn_retrans"]
+        for _, rows in _served(listen, out_ports):
+            for i, r in enumerate(rows):
+                if r:
+                    arrivals[i] += r["connects"] + r["syn_retrans"]
         if not any(arrivals):
-            for (rns, dst), rows in in_rows.items():
-                if rns == ns and _listener_serves(listen, dst):
+            for rns, rows in _served(listen, in_ports):
+                if rns == ns:
                     for i, r in enumerate(rows):
                         if r:
                             arrivals[i] += r["established"]
@@ -505,6 +525,13 @@ def _pop(q: deque, n: int) -> list:
         else:
             q[0][1] = c - k
     return taken
+
+
+def _overflowed_for(overflowed: dict, dst: str) -> bool:
+    """Did a listener serving dst overflow (``overflowed``: {port: listener addresses})?"""
+    da, dport = split_dst(dst)
+    addrs = overflowed.get(dport)
+    return bool(addrs) and (da in addrs or any(w in addrs for w in WILDCARDS))
 
 
 def _client_side(out_rows: dict, dst: str) -> dict:

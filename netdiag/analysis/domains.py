@@ -178,8 +178,9 @@ def name_verdicts(verdicts: list[dict], record: dict, memo: dict | None = None) 
     agree on one. A verdict that stands without rows this interval keeps what ``memo`` (a dict
     kept across intervals) last saw for it. A ``pods`` already there is kept."""
     rows = record.get("destinations", [])
+    index = _RowIndex(rows) if verdicts else None
     for v in verdicts:
-        mine = _verdict_rows(v, rows)
+        mine = _verdict_rows(v, index)
         key = (v.get("kind"), v.get("netns"), v.get("dst") or v.get("listener"))
         if mine:
             doms = {r.get("domain") for r in mine if r.get("domain")}
@@ -192,19 +193,31 @@ def name_verdicts(verdicts: list[dict], record: dict, memo: dict | None = None) 
         v.setdefault("pods", list(named[1]))
 
 
-def _verdict_rows(v: dict, rows: list[dict]) -> list[dict]:
+class _RowIndex:
+    """An interval's rows by endpoint and by namespace: naming V verdicts costs the rows each one
+    is about, not V passes over every row."""
+
+    def __init__(self, rows: list[dict]):
+        self.by_dst: dict = {}
+        self.by_ns: dict = {}
+        for r in rows:
+            self.by_dst.setdefault(r["dst"], []).append(r)
+            self.by_ns.setdefault(r["netns"], []).append(r)
+
+
+def _verdict_rows(v: dict, index: _RowIndex) -> list[dict]:
     ns, dst, listen = v.get("netns"), v.get("dst"), v.get("listener")
     if dst:
-        same = [r for r in rows if r["dst"] == dst]
+        same = index.by_dst.get(dst, [])
         here = [r for r in same if r["netns"] == ns]
         out = [r for r in (here or same) if r.get("direction") == "out"]
         return out or here or same
     if listen:
         addr, port = split_dst(listen)
-        return [r for r in rows if r["netns"] == ns and r.get("direction") == "in"
+        return [r for r in index.by_ns.get(ns, []) if r.get("direction") == "in"
                 and split_dst(r["dst"])[1] == port and (addr in ("0.0.0.0", "::") or split_dst(r["dst"])[0] == addr)]
     if ns is not None:
-        return [r for r in rows if r["netns"] == ns]
+        return list(index.by_ns.get(ns, []))
     return []
 
 

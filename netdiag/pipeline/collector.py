@@ -35,6 +35,7 @@ from netdiag.kernel.engine import DST_SLOTS, MAX_PROCS, SOCKET_SLOTS, flavour_of
 from netdiag.sources import inetdiag, namespaces
 from netdiag.sources import netns as nsmod
 from netdiag.sources.nicstats import NicStats
+from netdiag.sources.taps import NamespaceTaps
 
 WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops", "snat")   # snat: kprobes only
 MAPS = ("nd_dsts", "nd_dst_table", "nd_codes", "nd_code_table", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
@@ -114,6 +115,7 @@ class Watcher:
         self.prev_evictions = 0
         self.prev_snat: dict = {}
         self.max_queue: dict = {}
+        self.taps = NamespaceTaps(only={netns} if netns is not None else None)
         self.t_prev = None
 
     @property
@@ -158,6 +160,7 @@ class Watcher:
             self.conntrack, self.conntrack_note = None, str(e)
 
     def close(self) -> None:
+        self.taps.close()
         if self.conntrack is not None:
             self.conntrack.close()
             self.conntrack = None
@@ -410,10 +413,12 @@ class Watcher:
                 k = by_text.get((r["netns"], r["dst"], False)) or by_text[(r["netns"], r["dst"], True)]
                 inbound.setdefault((r["netns"], k.port), []).append((k.addr, r))
         out = []
-        for inode, path in self._namespaces().items():
+        self.taps.refresh(hint={r["netns"] for r in rows})
+        for inode, tap in list(self.taps.taps.items()):
             try:
-                socks, ns_stat = namespaces.run_in(path, _listen_snapshot)
-            except (OSError, namespaces.NetnsError):
+                socks, ns_stat = tap.diag.dump(1 << inetdiag.TCP_LISTEN), tap.netstat.read()
+            except OSError:
+                self.taps.drop(inode)
                 continue
             mine = []
             for s in socks:
@@ -445,6 +450,9 @@ class Watcher:
             for ls in mine:
                 ls["listen_drops_netns"] = drops
             out.extend(mine)
+        if len(self.prev_netstat) > len(self.taps.taps):       # namespaces went away
+            self.prev_netstat = {i: v for i, v in self.prev_netstat.items() if i in self.taps.taps}
+            self.max_queue = {k: v for k, v in self.max_queue.items() if k[0] in self.taps.taps}
         out.sort(key=lambda ls: (-ls["overflows"], -ls["queue"], ls["listen"]))
         return out
 
@@ -544,10 +552,6 @@ def _sum_percpu(values) -> dict:
             else:
                 out[name] += x
     return out
-
-
-def _listen_snapshot():
-    return inetdiag.dump(1 << inetdiag.TCP_LISTEN), inetdiag.netstat()
 
 
 def _packed(text: str) -> bytes:

@@ -18,6 +18,7 @@ import ctypes
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,24 +124,115 @@ def resolve(spec: str, known: dict[int, Namespace] | None = None) -> Namespace:
 
 
 class NamespaceWatcher:
-    """Keeps the set of namespaces current; ``poll()`` -> (added, removed)."""
+    """Keeps the set of namespaces current; ``poll()`` -> (added, removed).
 
-    def __init__(self, only: set[int] | None = None, proc: Path = PROC, run: Path = NETNS_RUN):
+    A poll costs one ``stat`` per known namespace (is it still there, still the same?) and one of
+    ``/run/netns`` (re-listed only when its mtime moved). The walk of every ``/proc/<pid>/ns/net``
+    (one ``stat`` per process) runs on the first poll, when a process-held namespace's process
+    went away or a named one lost its name (it may live on in another process), when the caller
+    names an inode it has not seen (``poll(hint=...)``: a namespace newer than the last walk, seen
+    in a BPF row), at most once a second for those reasons, and every ``rescan_s`` seconds
+    otherwise (a namespace only a process holds appears within that time). ``walks`` counts them.
+    """
+
+    RESCAN_S = 5.0
+    MIN_WALK_S = 1.0
+
+    def __init__(self, only: set[int] | None = None, proc: Path = PROC, run: Path = NETNS_RUN,
+                 rescan_s: float = RESCAN_S):
         self.only = only
         self._proc, self._run = proc, run
+        self.rescan_s = rescan_s
         self.current: dict[int, Namespace] = {}
+        self.walks = 0
+        self._walked: float | None = None
+        self._run_stamp: tuple | None = None
+        self._named: dict[int, Namespace] = {}
+        self._unplaced: set[int] = set()           # hinted inodes the last walk did not find
 
-    def _scan(self) -> dict[int, Namespace]:
-        found = discover(self._proc, self._run)
+    def _keep(self, found: dict[int, Namespace]) -> dict[int, Namespace]:
         if self.only is not None:
             found = {k: v for k, v in found.items() if k in self.only}
         return found
 
-    def poll(self) -> tuple[list[Namespace], list[Namespace]]:
-        new = self._scan()
+    def _scan(self) -> dict[int, Namespace]:
+        self.walks += 1
+        self._walked = time.monotonic()
+        self._run_stamp = _stamp(self._run)
+        found = discover(self._proc, self._run)
+        self._named = {k: v for k, v in found.items() if v.name is not None and v.path.startswith(str(self._run))}
+        return self._keep(found)
+
+    def _relist_named(self) -> bool:
+        """Re-read /run/netns if it changed; True when a name went away."""
+        stamp = _stamp(self._run)
+        if stamp == self._run_stamp:
+            return False
+        self._run_stamp = stamp
+        named = {}
+        for name in _listdir(self._run):
+            path = f"{self._run}/{name}"
+            try:
+                ino = os.stat(path).st_ino
+            except OSError:
+                continue
+            named.setdefault(ino, Namespace(ino, path, name=name))
+        lost = bool(self._named.keys() - named.keys())
+        self._named = named
+        return lost
+
+    def poll(self, hint=()) -> tuple[list[Namespace], list[Namespace]]:
+        now = time.monotonic()
+        if self._walked is None:
+            return self._apply(self._scan())
+        evidence = self._relist_named()
+        new: dict[int, Namespace] = {}
+        for ino, ns in self.current.items():
+            if ns.path.startswith(str(self._run)):
+                continue                                   # named: the listing above says
+            if _inode_of(ns.path) == ino:
+                new[ino] = ns
+            else:
+                evidence = True                            # its process exited or moved
+        if not evidence and hint:
+            unseen = {i for i in hint if i not in self.current and (self.only is None or i in self.only)}
+            evidence = bool(unseen - self._unplaced)
+        since = now - self._walked
+        if since >= self.rescan_s or (evidence and since >= self.MIN_WALK_S):
+            found = self._scan()
+            self._unplaced = {i for i in hint if i not in found}
+            return self._apply(found)
+        for ino, ns in self._named.items():
+            old = self.current.get(ino)
+            new[ino] = ns if old is None or old.path != ns.path else old
+        return self._apply(self._keep(new))
+
+    def _apply(self, new: dict[int, Namespace]) -> tuple[list[Namespace], list[Namespace]]:
         added, removed = diff(self.current, new)
         self.current = new
         return added, removed
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_nlink
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def _inode_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 def diff(old: dict[int, Namespace], new: dict[int, Namespace]) -> tuple[list[Namespace], list[Namespace]]:

@@ -45,6 +45,7 @@ class NetnsNames:
     REFRESH_S = 0.5      # a miss re-lists /run/netns at most this often
 
     def __init__(self):
+        self._stamp = _stamp()
         self._names = named_namespaces()
         self._listed = time.monotonic()
         self._host = None
@@ -62,6 +63,17 @@ class NetnsNames:
             now = time.monotonic()
             if now - self._listed < self.REFRESH_S:
                 return None                 # listed a moment ago: not a named namespace
-            self._names, self._listed = named_namespaces(), now
+            self._listed = now
+            stamp = _stamp()
+            if stamp != self._stamp or stamp is None:   # re-list only when /run/netns changed
+                self._stamp, self._names = stamp, named_namespaces()
         return self._names.get(inode)
+
+
+def _stamp() -> tuple | None:
+    try:
+        st = os.stat(NETNS_RUN)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_nlink
 

@@ -9,8 +9,10 @@ Usage (what ``netdiag conntrack`` and ``netdiag watch`` do every interval)::
     mon.close()
 
 Threads: one reader thread drains the event sockets as events arrive (a 1 s interval of a busy
-NAT would otherwise overflow the socket buffer), and one ``NetnsExecutor`` thread owns every
-pyroute2 object (stats sockets, dumps, ruleset reads), as pyroute2 0.9.7 ties them to a thread.
+NAT would otherwise overflow the socket buffer), and one ``NetnsExecutor`` thread enters a
+namespace when it appears, to open its event and statistics sockets (plain netlink sockets,
+read from any thread afterwards), and for table dumps and ruleset reads (pyroute2 0.9.7 ties its
+objects to a thread, so those are made and used there).
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ from netdiag.errors import NetdiagError
 from netdiag.sources.conntrack import natrules
 from netdiag.sources.conntrack.ctmsg import from_pyroute2
 from netdiag.sources.conntrack.events import DEFAULT_RCVBUF, NetlinkEvents
+from netdiag.sources.conntrack.nlstats import CtStatsSocket
 from netdiag.sources.conntrack.snat import SnatTable, attribute_failures, utilization
-from netdiag.sources.conntrack.stats import deltas, fill, from_pyroute2_cpu, read_conntrack_max, sum_cpu_stats
+from netdiag.sources.conntrack.stats import deltas, fill, read_conntrack_max, sum_cpu_stats
 from netdiag.sources.namespaces import Namespace, NamespaceWatcher, NetnsExecutor
 
 INTERVAL_COUNTERS = ("insert_failed", "drop", "early_drop", "clash_resolve", "chaintoolong",
@@ -39,7 +42,7 @@ class ConntrackUnavailable(NetdiagError):
 @dataclass
 class NsState:
     ns: Namespace
-    stats_sock: object = None
+    stats_sock: CtStatsSocket | None = None      # created inside the namespace, read from any thread
     events: object = None
     stats: dict | None = None            # cumulative, last read
     stats_at_snapshot: dict | None = None
@@ -54,11 +57,12 @@ class NsState:
     extra: dict = field(default_factory=dict)
 
 
-def _make_nfct():
+def _dump_table() -> list:
+    """The calling thread's namespace's conntrack table, as CtRecords (a pyroute2 socket made
+    for this one dump: it runs when a namespace is attached or resynchronised, not per interval)."""
     from pyroute2 import NFCTSocket
-    s = NFCTSocket()
-    s.asyncore.socket          # create the socket now, in the caller's (this thread's) namespace
-    return s
+    with NFCTSocket() as s:
+        return [from_pyroute2(m) for m in s.dump()]
 
 
 class ConntrackMonitor:
@@ -168,7 +172,7 @@ class ConntrackMonitor:
     def _attach(self, ns: Namespace) -> None:
         st = NsState(ns)
         self.ns[ns.inode] = st
-        st.stats_sock = self._exec.call(ns, _make_nfct)
+        st.stats_sock = self._exec.call(ns, CtStatsSocket)
         ev = self.event_source()
         self._exec.call(ns, ev.open)            # subscribe first, then dump: no gap
         st.events = ev
@@ -194,17 +198,12 @@ class ConntrackMonitor:
                 except (OSError, ValueError):
                     pass
             st.events.close()
-        if st.stats_sock is not None and self._exec is not None:
-            try:
-                self._exec.call(None, st.stats_sock.close)
-            except Exception:
-                pass
+        if st.stats_sock is not None:
+            st.stats_sock.close()
         self.table.reset_netns(inode)
 
     def _seed(self, st: NsState) -> None:
-        sock = st.stats_sock
-        recs = self._exec.call(None, lambda: [from_pyroute2(m) for m in sock.dump()])
-        self.table.seed(st.ns.inode, recs)
+        self.table.seed(st.ns.inode, self._exec.call(st.ns, _dump_table))
 
     # --- events -------------------------------------------------------------------------------
     def _drain_fd(self, fd: int) -> None:
@@ -244,19 +243,18 @@ class ConntrackMonitor:
 
     # --- stats --------------------------------------------------------------------------------
     def _read_stats(self, st: NsState) -> None:
-        sock = st.stats_sock
-
-        def read():
-            return sock.stat(), sock.count()
+        # the namespace's own socket, read from this thread: no setns, no thread round trip
+        if st.stats_sock is None:
+            return              # its attach failed (the namespace went away meanwhile): error says so
         try:
-            per_cpu, count = self._exec.call(None, read)
-        except Exception as e:
+            per_cpu = st.stats_sock.per_cpu()
+            entries, mx = st.stats_sock.count()
+        except OSError as e:
             st.error = f"stats: {e}"
             return
-        st.stats = sum_cpu_stats(from_pyroute2_cpu(per_cpu))
-        if count:
-            st.entries = count[0].get_attr("CTA_STATS_GLOBAL_ENTRIES")
-            st.max = count[0].get_attr("CTA_STATS_GLOBAL_MAX_ENTRIES")
+        st.stats = sum_cpu_stats(per_cpu)
+        if entries is not None:
+            st.entries, st.max = entries, mx
         st.error = None
 
     def poll(self) -> None:
