@@ -96,8 +96,8 @@ def test_inet_diag_messages_become_socks_for_both_families():
     ds = inetdiag.DiagSocket.__new__(inetdiag.DiagSocket)
     ds.nl = nl_with([lambda q: msg(20, v4, q) + done(q), lambda q: msg(20, v6, q) + done(q)])
     got = ds.dump((1 << inetdiag.TCP_LISTEN) | (1 << inetdiag.TCP_ESTABLISHED))
-    assert got == [inetdiag.Sock(4, 10, "198.18.0.1", 8080, "0.0.0.0", 0, 3, 128),
-                   inetdiag.Sock(6, 1, "2001:db8::1", 443, "2001:db8::2", 50000, 0, 0)]
+    assert got == [inetdiag.Sock(4, 10, "198.18.0.1", 8080, "0.0.0.0", 0, 3, 128, 12345),
+                   inetdiag.Sock(6, 1, "2001:db8::1", 443, "2001:db8::2", 50000, 0, 0, 12345)]
     fams = [struct.unpack_from("=BBBxI", req, 16) for req in ds.nl.sock.sent]
     assert fams == [(socket.AF_INET, socket.IPPROTO_TCP, 0, (1 << 10) | 2), (socket.AF_INET6, socket.IPPROTO_TCP, 0, (1 << 10) | 2)]
     assert inetdiag.MSG.size == 72 and inetdiag.REQ.size == 56      # the kernel's structs
