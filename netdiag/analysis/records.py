@@ -73,6 +73,8 @@ class IntervalRecord(TypedDict):
     evictions_total: int
     map_entries: int
     map_max: int
+    socket_map_entries: int
+    socket_map_max: int
     seeding: bool
     destinations: list[DestinationRow]
     listeners: list[ListenerRow]

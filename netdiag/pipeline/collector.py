@@ -25,14 +25,14 @@ from netdiag.analysis.decode import (
 )
 from netdiag.errors import FeatureMissing
 from netdiag.kernel import loader, tracefs
-from netdiag.kernel.engine import DST_SLOTS, SOCKET_SLOTS, flavour_of
+from netdiag.kernel.engine import DST_SLOTS, MAX_SOCKS, SOCKET_SLOTS, flavour_of
 from netdiag.sources import inetdiag, namespaces
 from netdiag.sources import netns as nsmod
 from netdiag.sources.nicstats import NicStats
 
 WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops", "snat")   # snat: kprobes only
 MAPS = ("nd_dsts", "nd_dst_table", "nd_codes", "nd_code_table", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
-        "nd_stats")
+        "nd_stats", "nd_conn_spill")
 OPTIONAL_MAPS = ("nd_snat",)        # the snat signal's, present when it runs (kprobe path)
 AF_INET6 = 10
 STAT_DST_NEW, STAT_LOST = 6, 4      # bpf/nd_events.h
@@ -56,14 +56,14 @@ class Watcher:
                  dst: str | None = None, max_dsts: int = 16384, syscall_tracepoints: bool = False,
                  conntrack: bool = True, raw_tracepoints: bool | None = None,
                  btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS,
-                 dst_slots: int = DST_SLOTS):
+                 dst_slots: int = DST_SLOTS, max_socks: int = MAX_SOCKS):
         # Syscall tracepoints put every syscall of every task on the slow path: off by default.
         # Without them, EADDRNOTAVAIL is inferred from the state tracepoint, and accept() calls
         # are counted only where inet_csk_accept can be hooked (kprobe/fentry).
         self.engine_kwargs = dict(signals=list(WATCH_SIGNALS), mode=mode, netns=netns, stream=False,
                                   aggregate=True, max_dsts=max_dsts, syscall_tracepoints=syscall_tracepoints,
                                   raw_tracepoints=raw_tracepoints, btf_tracepoints=btf_tracepoints,
-                                  socket_slots=socket_slots, dst_slots=dst_slots)
+                                  socket_slots=socket_slots, dst_slots=dst_slots, max_socks=max_socks)
         self.prog = None
         self.plan: dict = {}
         self.want_conntrack = conntrack
@@ -73,6 +73,7 @@ class Watcher:
         self.port = port
         self.dst_net = ipaddress.ip_network(dst, strict=False) if dst else None
         self.max_dsts = max_dsts
+        self.max_socks = max_socks
         self.node = socket.gethostname()
         self.labels = nsmod.NetnsNames()
         self.nic = NicStats()           # the NIC driver's allowance counters (cloud instance limits)
@@ -234,6 +235,9 @@ class Watcher:
                 for i in range(32)]
         stats = {i: sum(U64.unpack(v)[0] for v in self.maps["nd_stats"].lookup(struct.pack("<I", i)))
                  for i in (STAT_DST_NEW, STAT_LOST)}
+        # outbound sockets in the LRU hash behind the socket table (inserted - removed: an entry
+        # the LRU evicted stays counted, so nearing the bound shows before `active` goes wrong)
+        spilled = U64.unpack(self.maps["nd_conn_spill"].lookup(struct.pack("<I", 0)))[0]
         # distinct keys of the dump; one taken while keys are evicted and inserted can see one
         # more key than the map holds at any moment, and it never holds more than its size
         n_entries = min(len(self._decoded), self.max_dsts)
@@ -275,6 +279,8 @@ class Watcher:
             "evictions_total": evictions,
             "map_entries": n_entries,
             "map_max": self.max_dsts,
+            "socket_map_entries": spilled,
+            "socket_map_max": self.max_socks,
             "seeding": self.seeding,
             "destinations": rows,
             "listeners": listeners,
