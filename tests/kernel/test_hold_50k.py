@@ -99,7 +99,7 @@ def test_50000_held_active_exact_then_0(doctor, server, tmp_path):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
         for name, w in watches.items():
-            got = w.until(lambda w=w: N in summed(w, netns, dsts) or client.poll() is not None, timeout=90)
+            w.until(lambda w=w: N in summed(w, netns, dsts) or client.poll() is not None, timeout=90)
             assert N in summed(w, netns, dsts), \
                 f"{name}: active never reached {N} (largest {max(summed(w, netns, dsts), default=0)})"
         client.send_signal(signal.SIGINT)       # closes every held connection and reports
