@@ -100,7 +100,7 @@ MAX_SOCKS = 262144
 MAX_SOCKS_PER_BYTES = 32 * 1024
 MAX_SOCKS_BOUNDS = (MAX_SOCKS, 1 << 20)
 # kernel memory of one entry of that hash: 8-byte key, 64-byte struct nd_conn, the hash element's
-# header and LRU node (the memlock the kernel reports for the map / max_entries, on 6.1 and 6.18)
+# header and LRU node (the memlock the kernel reports for the map / max_entries, measured on 6.18)
 SOCK_ENTRY_BYTES = 136
 # watch: the first destinations each CPU counts have their rows in a direct-mapped per-CPU table of
 # this many slots (bpf/agg.c nd_dst); the others in the LRU hash bounded by --max-dsts
@@ -123,8 +123,8 @@ def flavour_of(engine) -> str:
 def node_max_socks(meminfo: str = "/proc/meminfo") -> int:
     """The default bound of watch's hash of outbound sockets (--max-socks): one entry per 32 KiB of
     the node's memory (MemTotal), rounded up to a power of two, at least 262,144 and at most
-    1,048,576. A held TCP connection costs the kernel a few KB on each end, so the bound follows
-    the connections a node can hold; each entry costs SOCK_ENTRY_BYTES of kernel memory whether
+    1,048,576. A held TCP connection costs the kernel about 5 KB of slab on each end (10 KB for a
+    loopback pair, docs/performance.md), so the bound follows the connections a node can hold; each entry costs SOCK_ENTRY_BYTES of kernel memory whether
     used or not (the map is preallocated): at most about 143 MB."""
     lo, hi = MAX_SOCKS_BOUNDS
     try:
