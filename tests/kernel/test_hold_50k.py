@@ -84,8 +84,7 @@ def test_50000_held_active_exact_then_0(doctor, server, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     # --max-dsts: room for the destinations other traffic on the node makes meanwhile (tests of
-    # 50,000 destinations), so no row is evicted, theirs or these; --dst: only these rows in the
-    # records
+    # 50,000 destinations), so these rows are not pushed out; --dst: only these rows in the records
     common = ("--max-dsts", "262144", "--dst", "127.0.0.1/32")
     watches = {"default": Watch(tmp_path / "a", *common),
                "spill": Watch(tmp_path / "b", *common, "--socket-slots", "2", "--max-socks", "65536")}
@@ -124,8 +123,11 @@ def test_50000_held_active_exact_then_0(doctor, server, tmp_path):
         assert totals(w, netns, dsts, "failed") == 0, (name, errnos)
         assert totals(w, netns, dsts, "connects") == N, name
         assert totals(w, netns, dsts, "established") == N, name
+        # No row of theirs was evicted: an evicted row loses what it counted, and connects,
+        # established and active are exact above. (`evictions` is node-wide: other traffic on a
+        # shared node, a sweep of 50,000 ports say, can push its own rows out meanwhile.) No
+        # socket entry was either: the socket hash never reached its bound.
         ivs = w.intervals()
-        assert sum(rec["evictions"] for rec in ivs) == 0, name
         assert max(rec["socket_map_entries"] for rec in ivs) < ivs[-1]["socket_map_max"], name
         assert any(rec["type"] == "summary" for rec in records[name]), name
     # the spill watch kept (nearly) every socket in its hash, inserted from one CPU
