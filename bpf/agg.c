@@ -24,8 +24,13 @@ struct nd_closed_slot {
 };
 BPF_PERCPU_ARRAY(nd_last_closed, struct nd_closed_slot, 1);
 /* outbound connections that existed before netdiag attached, written by userspace from
- * inet_diag (by 4-tuple: it has no socket addresses); consulted only once nd_seeded[0] is set */
-BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_seeded, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
+ * inet_diag (by 4-tuple: it has no socket addresses); consulted only once nd_seeded[0] is set.
+ * Common LRU lists: userspace inserts them all from one CPU, which per-CPU lists would limit to
+ * ND_MAX_SEEDED / CPUs entries. */
+#ifndef ND_MAX_SEEDED
+#define ND_MAX_SEEDED 262144
+#endif
+BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_out_seeded, ND_MAX_SEEDED, 0);
 /* while userspace seeds (nd_seed_ctl[0] == 0), connections established by the probes are also
  * noted by 4-tuple, so the inet_diag dump does not count them a second time */
 BPF_F_TABLE("lru_hash", struct nd_sock_key, u8, nd_seed_window, 65536, BPF_F_NO_COMMON_LRU);

@@ -246,13 +246,16 @@ struct nd_conn {
  * table small enough to stay in cache. A socket whose slot another one holds goes to nd_conns,
  * an LRU hash, and nd_conn_spill[0] counts those (inserted - deleted; evictions leave it high,
  * never low): a socket that is not in the table costs a hash lookup only while some socket is
- * in the hash. */
+ * in the hash. The hash is sized by watch --max-socks (-DND_MAX_SOCKS), and its LRU lists are
+ * common to all CPUs: an entry is inserted on the CPU that connects and deleted on whichever
+ * CPU closes, and per-CPU lists (BPF_F_NO_COMMON_LRU) would give each CPU max / CPUs entries
+ * of its own, so one busy CPU would evict held sockets' entries from a map far from full. */
 #ifdef ND_AGGREGATE
 #ifndef ND_CONN_SLOT_BITS
 #define ND_CONN_SLOT_BITS 16    /* 65,536 slots (engine.SOCKET_SLOTS) */
 #endif
 #ifndef ND_MAX_SOCKS
-#define ND_MAX_SOCKS 262144     /* outbound sockets whose slot was taken */
+#define ND_MAX_SOCKS 262144     /* outbound sockets whose slot was taken (engine.MAX_SOCKS) */
 #endif
 #else
 #ifndef ND_CONN_SLOT_BITS
@@ -262,7 +265,7 @@ struct nd_conn {
 #endif
 BPF_ARRAY(nd_conn_tags, u64, 1 << ND_CONN_SLOT_BITS);           /* the socket's address; 0: free */
 BPF_ARRAY(nd_conn_slots, struct nd_conn, 1 << ND_CONN_SLOT_BITS);
-BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_SOCKS, BPF_F_NO_COMMON_LRU);
+BPF_F_TABLE("lru_hash", u64, struct nd_conn, nd_conns, ND_MAX_SOCKS, 0);
 BPF_ARRAY(nd_conn_spill, u64, 1);
 
 static __always_inline u32 nd_conn_slot_of(u64 num)

@@ -95,6 +95,8 @@ class IntervalRecord(TypedDict):
     evictions_total: int
     map_entries: int
     map_max: int
+    socket_map_entries: int
+    socket_map_max: int
     seeding: bool
     unmeasured: NotRequired[dict[str, str]]   # record fields this kernel cannot fill (null there) -> why
     destinations: list[DestinationRow]

@@ -95,8 +95,13 @@ def filter_options(f):
         click.option("--max-dsts", type=click.IntRange(min=64), default=16384, show_default=True,
                      help="Bound of the in-kernel destination map (LRU; evictions are counted)."),
         click.option("--socket-slots", type=click.IntRange(min=2), default=SOCKET_SLOTS, show_default=True,
-                     help="Slots of the in-kernel table of outbound sockets (a power of two); a socket whose slot "
-                          "is taken goes to an LRU hash of 262,144."),
+                     help="Slots of the in-kernel table of outbound sockets (a power of two, 72 bytes each); a "
+                          "socket whose slot is taken goes to an LRU hash of --max-socks."),
+        click.option("--max-socks", type=click.IntRange(min=1024), default=None, metavar="N",
+                     help="Bound of the in-kernel LRU hash of outbound sockets whose slot is taken (136 bytes of "
+                          "kernel memory each, used or not). Default sized from the node: one per 32 KiB of "
+                          "memory, a power of two, 262,144 to 1,048,576 (35.7 to 142.6 MB). `active` stays exact "
+                          "while fewer than N outbound connections are open at once outside the slots' table."),
         click.option("--dst-slots", type=click.IntRange(min=1), default=DST_SLOTS, show_default=True,
                      help="Per-CPU slots of the in-kernel table that holds the first destinations' rows (a power of "
                           "two); the others go to the LRU hash of --max-dsts."),
@@ -163,7 +168,8 @@ def command(interval, duration, as_json, top, record_path, metrics, node, metric
     run_watch(interval, duration, sinks, recorder=recorder, quiet=quiet, **options)
 
 
-def run_watch(interval, duration, sinks, netns, port, dst, mode, max_dsts, socket_slots, dst_slots, count_accepts,
+def run_watch(interval, duration, sinks, netns, port, dst, mode, max_dsts, socket_slots, max_socks, dst_slots,
+              count_accepts,
               per_process, ready_file, tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share,
               host_root, recorder=None, quiet=False):
     """The interval loop of `watch` (and `record`) handing every record to ``sinks``."""
@@ -187,9 +193,13 @@ def run_watch(interval, duration, sinks, netns, port, dst, mode, max_dsts, socke
     if dst_slots & (dst_slots - 1):
         raise click.BadParameter(f"{dst_slots} is not a power of two", param_hint="--dst-slots")
     require_privileges()
+    if max_socks is None:
+        from netdiag.kernel.engine import node_max_socks
+        max_socks = node_max_socks()
     watcher = Watcher(mode=mode, netns=netns_inode, port=port, dst=dst, max_dsts=max_dsts,
-                      socket_slots=socket_slots, dst_slots=dst_slots, syscall_tracepoints=count_accepts,
-                      per_process=per_process, proc_dsts=per_domain, **flavour_kwargs(tracepoints))
+                      socket_slots=socket_slots, max_socks=max_socks, dst_slots=dst_slots,
+                      syscall_tracepoints=count_accepts, per_process=per_process, proc_dsts=per_domain,
+                      **flavour_kwargs(tracepoints))
     enricher = Enricher(dns=dns, per_domain=per_domain, per_pod=per_pod, resolve=resolve,
                         dns_share=dns_share, netns=netns_inode, host_root=host_root, dns_capture=dns_capture)
     summary = RunSummary()

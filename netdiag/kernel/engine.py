@@ -93,8 +93,16 @@ OPTIONAL = ("snat",)
 
 
 # watch: outbound sockets from connect() to CLOSE sit in a direct-mapped table of this many slots
-# (bpf/nd_common.h); one whose slot is taken goes to an LRU hash (ND_MAX_SOCKS, 262,144)
+# (bpf/nd_common.h); one whose slot is taken goes to an LRU hash of max_socks entries (ND_MAX_SOCKS)
 SOCKET_SLOTS = 65536
+MAX_SOCKS = 262144
+# `watch --max-socks` by default: one entry per this many bytes of the node's memory, rounded up to
+# a power of two, within these bounds (see node_max_socks)
+MAX_SOCKS_PER_BYTES = 32 * 1024
+MAX_SOCKS_BOUNDS = (MAX_SOCKS, 1 << 20)
+# kernel memory of one entry of that hash: 8-byte key, 64-byte struct nd_conn, the hash element's
+# header and LRU node (the memlock the kernel reports for the map / max_entries, measured on 6.18)
+SOCK_ENTRY_BYTES = 136
 # watch: the first destinations each CPU counts have their rows in a direct-mapped per-CPU table of
 # this many slots (bpf/agg.c nd_dst); the others in the LRU hash bounded by --max-dsts
 DST_SLOTS = 1024
@@ -113,6 +121,22 @@ def flavour_kwargs(name: str) -> dict:
 def flavour_of(engine) -> str:
     """What the shared tracepoints attached as: btf, raw or classic."""
     return "btf" if getattr(engine, "btf_tp", False) else "raw" if engine.raw_tp else "classic"
+
+
+def node_max_socks(meminfo: str = "/proc/meminfo") -> int:
+    """The default bound of watch's hash of outbound sockets (--max-socks): one entry per 32 KiB of
+    the node's memory (MemTotal), rounded up to a power of two, at least 262,144 and at most
+    1,048,576. A held TCP connection costs the kernel about 5 KB of slab on each end (10 KB for a
+    loopback pair, docs/performance.md), so the bound follows the connections a node can hold; each entry costs SOCK_ENTRY_BYTES of kernel memory whether
+    used or not (the map is preallocated): at most about 143 MB."""
+    lo, hi = MAX_SOCKS_BOUNDS
+    try:
+        with open(meminfo) as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return lo
+    want = max(1, kib * 1024 // MAX_SOCKS_PER_BYTES)
+    return min(hi, max(lo, 1 << (want - 1).bit_length()))
 
 
 def ephemeral_range() -> tuple[int, int] | None:
@@ -281,7 +305,7 @@ class ProbeEngine:
                  syscall_tracepoints: bool = True, raw_tracepoints: bool | None = None,
                  btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS,
                  dst_slots: int = DST_SLOTS, per_process: bool = False, max_procs: int = MAX_PROCS,
-                 proc_dsts: bool = False):
+                 proc_dsts: bool = False, max_socks: int = MAX_SOCKS):
         if mode != "auto" and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.signals = tuple(signals)
@@ -296,6 +320,9 @@ class ProbeEngine:
         if dst_slots < 1 or dst_slots & (dst_slots - 1):
             raise ValueError(f"dst_slots must be a power of two >= 1, not {dst_slots}")
         self.dst_slots = dst_slots
+        if max_socks < 1:
+            raise ValueError(f"max_socks must be at least 1, not {max_socks}")
+        self.max_socks = max_socks
         plan = plan_modes([s for s in self.signals if s not in OPTIONAL], mode, self.features)
         self.unavailable = {}
         for s in self.signals:
@@ -356,7 +383,7 @@ class ProbeEngine:
             eng.plan = {s: (mode if mode != "auto" else "tracepoint") for s in eng.signals}
             eng.bpf, eng.buffer, eng._perf_lost, eng.unavailable = None, "ringbuf", 0, {}
             eng.stream, eng.aggregate, eng.max_dsts, eng.raw_tp = True, False, 16384, False
-            eng.socket_slots, eng.dst_slots = SOCKET_SLOTS, DST_SLOTS
+            eng.socket_slots, eng.dst_slots, eng.max_socks = SOCKET_SLOTS, DST_SLOTS, MAX_SOCKS
             eng.btf_tp, eng._btf_auto, eng.btf_fds, eng.btf_refused = False, False, [], None
             eng.btf_loaded = []
             eng.per_process, eng.max_procs, eng.proc_dsts = False, MAX_PROCS, False
@@ -393,6 +420,7 @@ class ProbeEngine:
         if self.aggregate:
             flags += ["-DND_AGGREGATE", f"-DND_MAX_DSTS={int(self.max_dsts)}",
                       f"-DND_CONN_SLOT_BITS={self.socket_slots.bit_length() - 1}",
+                      f"-DND_MAX_SOCKS={int(self.max_socks)}",
                       f"-DND_DST_SLOT_BITS={self.dst_slots.bit_length() - 1}"]
             if getattr(self, "per_process", False):
                 flags += ["-DND_PER_PROCESS", f"-DND_MAX_PROCS={int(self.max_procs)}"]

@@ -31,7 +31,7 @@ from netdiag.analysis.decode import (
 )
 from netdiag.errors import FeatureMissing
 from netdiag.kernel import loader, tracefs
-from netdiag.kernel.engine import DST_SLOTS, MAX_PROCS, SOCKET_SLOTS, flavour_of, signal_gaps
+from netdiag.kernel.engine import DST_SLOTS, MAX_PROCS, MAX_SOCKS, SOCKET_SLOTS, flavour_of, signal_gaps
 from netdiag.sources import inetdiag, namespaces
 from netdiag.sources import netns as nsmod
 from netdiag.sources.nicstats import NicStats
@@ -39,7 +39,7 @@ from netdiag.sources.taps import NamespaceTaps
 
 WATCH_SIGNALS = ("connect", "accept", "resets", "retrans", "drops", "snat")   # snat: kprobes only
 MAPS = ("nd_dsts", "nd_dst_table", "nd_codes", "nd_code_table", "nd_out_seeded", "nd_seed_window", "nd_seed_ctl", "nd_drops", "nd_lat_hist",
-        "nd_stats")
+        "nd_stats", "nd_conn_spill")
 OPTIONAL_MAPS = ("nd_snat", "nd_procs", "nd_proc_dsts")   # the snat signal's (kprobe path); --per-process's;
                                                           # --per-domain's
 AF_INET6 = 10
@@ -66,14 +66,14 @@ class Watcher:
                  conntrack: bool = True, raw_tracepoints: bool | None = None,
                  btf_tracepoints: bool | None = None, socket_slots: int = SOCKET_SLOTS,
                  dst_slots: int = DST_SLOTS, per_process: bool = False, max_procs: int = MAX_PROCS,
-                 proc_dsts: bool = False):
+                 proc_dsts: bool = False, max_socks: int = MAX_SOCKS):
         # Syscall tracepoints put every syscall of every task on the slow path: off by default.
         # Without them, EADDRNOTAVAIL is inferred from the state tracepoint, and accept() calls
         # are counted only where inet_csk_accept can be hooked (kprobe/fentry).
         self.engine_kwargs = dict(signals=list(WATCH_SIGNALS), mode=mode, netns=netns, stream=False,
                                   aggregate=True, max_dsts=max_dsts, syscall_tracepoints=syscall_tracepoints,
                                   raw_tracepoints=raw_tracepoints, btf_tracepoints=btf_tracepoints,
-                                  socket_slots=socket_slots, dst_slots=dst_slots)
+                                  socket_slots=socket_slots, dst_slots=dst_slots, max_socks=max_socks)
         if per_process:      # only then: the program and its image stay what they were without it
             self.engine_kwargs.update(per_process=True, max_procs=max_procs)
         if proc_dsts:        # connects per (process, destination): --per-domain by who resolved
@@ -93,6 +93,7 @@ class Watcher:
         self.port = port
         self.dst_net = ipaddress.ip_network(dst, strict=False) if dst else None
         self.max_dsts = max_dsts
+        self.max_socks = max_socks
         self.node = socket.gethostname()
         self.labels = nsmod.NetnsNames()
         self.nic = NicStats()           # the NIC driver's allowance counters (cloud instance limits)
@@ -257,6 +258,9 @@ class Watcher:
                 for i in range(32)]
         stats = {i: sum(U64.unpack(v)[0] for v in self.maps["nd_stats"].lookup(struct.pack("<I", i)))
                  for i in (STAT_DST_NEW, STAT_LOST, STAT_PROC_NEW, STAT_PROC_DST_NEW)}
+        # outbound sockets in the LRU hash behind the socket table (inserted - removed: an entry
+        # the LRU evicted stays counted, so nearing the bound shows before `active` goes wrong)
+        spilled = U64.unpack(self.maps["nd_conn_spill"].lookup(struct.pack("<I", 0)))[0]
         # distinct keys of the dump; one taken while keys are evicted and inserted can see one
         # more key than the map holds at any moment, and it never holds more than its size
         n_entries = min(len(self._decoded), self.max_dsts)
@@ -304,6 +308,8 @@ class Watcher:
             "evictions_total": evictions,
             "map_entries": n_entries,
             "map_max": self.max_dsts,
+            "socket_map_entries": spilled,
+            "socket_map_max": self.max_socks,
             "seeding": self.seeding,
             "unmeasured": self.gaps,
             "destinations": rows,

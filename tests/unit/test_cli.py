@@ -124,3 +124,8 @@ def test_verbose_shows_error_detail(monkeypatch, capsys):
         err = capsys.readouterr().err
         assert err.startswith("netdiag: error: BPF load/attach failed")
         assert ("R0 invalid mem access" in err) == shown
+
+
+def test_watch_max_socks_has_a_floor():
+    res = CliRunner().invoke(cli, ["watch", "--max-socks", "10"])
+    assert res.exit_code == 2 and "--max-socks" in res.output

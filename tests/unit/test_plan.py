@@ -116,3 +116,30 @@ def test_ephemeral_range_flags_come_with_resets(kernel_has, monkeypatch):
     flags = engine.ProbeEngine(("connect", "resets"), features=f).cflags(strict=False)
     assert "-DND_EPHEMERAL_LO=32768" in flags and "-DND_EPHEMERAL_HI=60999" in flags
     assert not any("EPHEMERAL" in x for x in engine.ProbeEngine(("connect",), features=f).cflags(strict=False))
+
+
+@pytest.mark.parametrize("mem_kib, want", [
+    (2 * 1024 * 1024, 262_144),              # 2 GiB: the floor
+    (8 * 1024 * 1024, 262_144),              # 8 GiB: one per 32 KiB is exactly 262,144
+    (12 * 1024 * 1024, 524_288),             # rounded up to a power of two
+    (24 * 1024 * 1024 - 4096, 1_048_576),    # a 24 GiB machine (MemTotal a little under)
+    (256 * 1024 * 1024, 1_048_576),          # the ceiling
+])
+def test_max_socks_default_follows_the_node_memory(tmp_path, mem_kib, want):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal:       {mem_kib} kB\nMemFree:        1024 kB\n")
+    assert engine.node_max_socks(str(meminfo)) == want
+
+
+def test_max_socks_default_without_meminfo_is_the_floor(tmp_path):
+    assert engine.node_max_socks(str(tmp_path / "absent")) == engine.MAX_SOCKS
+
+
+def test_max_socks_reaches_the_program(kernel_has):
+    kernel_has()
+    eng = engine.ProbeEngine(("connect",), features=feats(), stream=False, aggregate=True, max_socks=1_048_576)
+    assert "-DND_MAX_SOCKS=1048576" in eng.cflags(strict=False)
+    assert "-DND_MAX_SOCKS=262144" in engine.ProbeEngine(("connect",), features=feats(), stream=False,
+                                                         aggregate=True).cflags(strict=False)
+    with pytest.raises(ValueError):
+        engine.ProbeEngine(("connect",), features=feats(), max_socks=0)
