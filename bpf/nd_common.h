@@ -36,14 +36,9 @@ struct nd_tuple {
 
 /* Fill a struct nd_tuple from a tracepoint record with the usual family/sport/dport/saddr/daddr/
  * saddr_v6/daddr_v6 fields (inet_sock_set_state, tcp_receive_reset, tcp_retransmit_*, …). */
-#ifdef ND_TCP_TP_NO_FAMILY
-/* tcp:* tracepoints without `family` (before 5.13): IPv4 sockets store a v4-mapped saddr_v6 */
-#define ND_TP_FAMILY(a)                                                 \
-    ((((const u32 *)(a)->saddr_v6)[0] | ((const u32 *)(a)->saddr_v6)[1]) == 0 && \
-     ((const u32 *)(a)->saddr_v6)[2] == bpf_htonl(0xffff) ? AF_INET : AF_INET6)
-#else
+/* tcp:* tracepoints without `family` (before 5.13): IPv4 sockets store a v4-mapped saddr_v6
+ * (ND_TCP_TP_NO_FAMILY, below); the others carry it */
 #define ND_TP_FAMILY(a) ((a)->family)
-#endif
 
 /* Claim a free slot: *p from `old` to `new` in one step, true if this program did it. Kernels
  * before 5.12 have no BPF compare-and-exchange (netdiag compiles with ND_NO_CMPXCHG there): no
@@ -54,6 +49,31 @@ struct nd_tuple {
 #define ND_CLAIM(p, old, new) (__sync_val_compare_and_swap((p), (old), (new)) == (old))
 #endif
 
+#ifdef ND_TCP_TP_NO_FAMILY
+/* The 5.10 verifier refuses loads through a tracepoint record pointer moved off its start (what
+ * a 16-byte memcpy out of it compiles to): the addresses are read as u32 words at constant
+ * offsets, and the v4-mapped test picks the family. */
+#define ND_TP_WORD(a, f, k) (((const u32 *)(a)->f)[k])
+#define ND_TUPLE_FROM_ARGS(t, a)                                        \
+    do {                                                                \
+        u32 s_[4] = {ND_TP_WORD(a, saddr_v6, 0), ND_TP_WORD(a, saddr_v6, 1), \
+                     ND_TP_WORD(a, saddr_v6, 2), ND_TP_WORD(a, saddr_v6, 3)}; \
+        u32 d_[4] = {ND_TP_WORD(a, daddr_v6, 0), ND_TP_WORD(a, daddr_v6, 1), \
+                     ND_TP_WORD(a, daddr_v6, 2), ND_TP_WORD(a, daddr_v6, 3)}; \
+        (t).sport = (a)->sport;                                         \
+        (t).dport = (a)->dport;                                         \
+        (t).pad = 1;                                                    \
+        if ((s_[0] | s_[1]) == 0 && s_[2] == bpf_htonl(0xffff)) {       \
+            (t).family = AF_INET;                                       \
+            __builtin_memcpy((t).saddr, &s_[3], 4);                     \
+            __builtin_memcpy((t).daddr, &d_[3], 4);                     \
+        } else {                                                        \
+            (t).family = AF_INET6;                                      \
+            __builtin_memcpy((t).saddr, s_, 16);                        \
+            __builtin_memcpy((t).daddr, d_, 16);                        \
+        }                                                               \
+    } while (0)
+#else
 #define ND_TUPLE_FROM_ARGS(t, a)                                        \
     do {                                                                \
         (t).family = ND_TP_FAMILY(a);                                   \
@@ -68,6 +88,7 @@ struct nd_tuple {
             __builtin_memcpy((t).daddr, (a)->daddr, 4);                 \
         }                                                               \
     } while (0)
+#endif
 
 BPF_PERCPU_ARRAY(nd_stats, u64, ND_STAT_MAX);
 

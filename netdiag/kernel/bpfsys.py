@@ -41,12 +41,14 @@ BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM = 0, 1, 2
 BPF_PROG_LOAD = 5
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_RAW_TRACEPOINT_OPEN = 17
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_LINK_CREATE = 28
 COMMANDS = {BPF_MAP_CREATE: "BPF_MAP_CREATE", BPF_MAP_LOOKUP_ELEM: "BPF_MAP_LOOKUP_ELEM",
             BPF_MAP_UPDATE_ELEM: "BPF_MAP_UPDATE_ELEM", BPF_PROG_LOAD: "BPF_PROG_LOAD",
             BPF_OBJ_GET_INFO_BY_FD: "BPF_OBJ_GET_INFO_BY_FD", BPF_RAW_TRACEPOINT_OPEN: "BPF_RAW_TRACEPOINT_OPEN",
-            BPF_MAP_LOOKUP_BATCH: "BPF_MAP_LOOKUP_BATCH", BPF_LINK_CREATE: "BPF_LINK_CREATE"}
+            BPF_MAP_LOOKUP_BATCH: "BPF_MAP_LOOKUP_BATCH", BPF_MAP_GET_NEXT_KEY: "BPF_MAP_GET_NEXT_KEY",
+            BPF_LINK_CREATE: "BPF_LINK_CREATE"}
 
 BPF_NOEXIST = 1
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PROG_ARRAY = 1, 2, 3
@@ -190,6 +192,23 @@ def map_lookup_batch(fd: int, in_batch, out_batch, keys, values, count: int, fir
     return struct.unpack_from("<I", attr, 32)[0], done
 
 
+def map_get_next_key(fd: int, key, next_key) -> bool:
+    """BPF_MAP_GET_NEXT_KEY: the key after ``key`` (None: the first) into ``next_key``; False at the end."""
+    attr = _attr(24, [(0, "I", fd), (8, "Q", ctypes.addressof(key) if key is not None else 0),
+                      (16, "Q", ctypes.addressof(next_key))])
+    try:
+        bpf(BPF_MAP_GET_NEXT_KEY, attr)
+    except BpfSyscallError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+# a kernel without BPF_MAP_LOOKUP_BATCH for a map type answers ENOTSUPP (524, kernel-internal) or EINVAL
+BATCH_UNSUPPORTED = (524, errno.EINVAL, errno.EOPNOTSUPP)
+
+
 def obj_info(fd: int, size: int = 88) -> bytes:
     """BPF_OBJ_GET_INFO_BY_FD: the leading ``size`` bytes of the object's info struct."""
     info = (ctypes.c_uint8 * size)()
@@ -300,6 +319,7 @@ class Map:
         self.percpu = self.type in (BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH)
         self.ncpus = ncpus() if self.percpu else 1
         self.stride = ((self.value_size + 7) // 8) * 8 if self.percpu else self.value_size
+        self.batch_ok = True
 
     def lookup(self, key: bytes) -> bytes | list[bytes] | None:
         out = ctypes.create_string_buffer(self.stride * self.ncpus)
@@ -322,6 +342,8 @@ class Map:
         """Every (key, value) pair, in batches of ``batch`` (BPF_MAP_LOOKUP_BATCH, kernel ≥ 5.6);
         for per-CPU maps the value is a list of per-CPU byte strings (with ``split=False``, all
         CPUs' values in one byte string: see ``split_percpu``)."""
+        if not self.batch_ok:
+            return self._items_by_key(split)
         out = []
         vsize = self.stride * self.ncpus          # per-CPU maps: one value per possible CPU
         keys = ctypes.create_string_buffer(self.key_size * batch)
@@ -330,7 +352,13 @@ class Map:
         out_batch = ctypes.create_string_buffer(max(self.key_size, 8))
         first = True
         while True:
-            count, done = map_lookup_batch(self.fd, in_batch, out_batch, keys, vals, batch, first)
+            try:
+                count, done = map_lookup_batch(self.fd, in_batch, out_batch, keys, vals, batch, first)
+            except BpfSyscallError as e:
+                if not first or e.errno not in BATCH_UNSUPPORTED:
+                    raise
+                self.batch_ok = False           # this kernel has no batch lookup for this map type
+                return self._items_by_key(split)
             kr, vr = keys.raw, vals.raw
             for i in range(count):
                 v = vr[i * vsize:(i + 1) * vsize]
@@ -341,6 +369,20 @@ class Map:
                 return out
             ctypes.memmove(in_batch, out_batch, len(out_batch))
             first = False
+
+    def _items_by_key(self, split: bool) -> list[tuple[bytes, bytes]]:
+        """Every pair, one key at a time (BPF_MAP_GET_NEXT_KEY, then a lookup): kernels before the
+        batch lookup for this map type (array maps before 5.9, say)."""
+        out = []
+        cur, nxt = None, ctypes.create_string_buffer(self.key_size)
+        val = ctypes.create_string_buffer(self.stride * self.ncpus)
+        while map_get_next_key(self.fd, cur, nxt):
+            key = nxt.raw
+            if map_lookup(self.fd, ctypes.create_string_buffer(key, len(key)), val):
+                v = val.raw
+                out.append((key, self.split_percpu(v) if self.percpu and split else v))
+            cur = ctypes.create_string_buffer(key, len(key))
+        return out
 
     def split_percpu(self, raw: bytes) -> list[bytes]:
         return [raw[c * self.stride: c * self.stride + self.value_size] for c in range(self.ncpus)]
