@@ -22,7 +22,7 @@ test-integration: setup
 test-kernel: setup
 	.venv/bin/python -m pytest tests/kernel -q -rs
 
-# KERNEL=6.1 or KERNEL=5.10: one guest kernel's lane; both when unset
+# KERNEL=6.1 or KERNEL=5.10: one guest kernel's lane; both when unset (`make test` runs 6.1's)
 VM_TESTS = $(if $(filter 6.1,$(KERNEL)),tests/vm/test_vm_lane.py,$(if $(filter 5.10,$(KERNEL)),tests/vm/test_vm_lane_510.py,tests/vm))
 test-vm: setup
 	.venv/bin/python -m pytest $(VM_TESTS) -q -rs
