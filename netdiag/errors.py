@@ -30,6 +30,11 @@ class BccMissing(NetdiagError):
     exit_code = EXIT_CONFIG
 
 
+class ExtraMissing(NetdiagError):
+    """A command's optional Python packages are not installed (pip install 'netdiag[report]')."""
+    exit_code = EXIT_CONFIG
+
+
 class FeatureMissing(NetdiagError):
     """A kernel feature is absent. ``feature`` names it (e.g. "kprobes")."""
     exit_code = EXIT_UNAVAILABLE

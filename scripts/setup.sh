@@ -128,7 +128,7 @@ printf '%s\n' "$here/.venv/system-bcc" > "$site/netdiag-system-bcc.pth"
 stamp=".venv/.netdiag-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null || die "pip upgrade failed"
-    .venv/bin/python -m pip install -q -e ".[test,vm]" || die "pip install of netdiag failed"
+    .venv/bin/python -m pip install -q -e ".[test,vm,report]" || die "pip install of netdiag failed"
     touch "$stamp"
     say "installed netdiag into .venv"
 fi

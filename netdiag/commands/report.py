@@ -69,6 +69,13 @@ def command(files, since, until, dst, domain, pod, node, thresholds, recorded, t
       kubectl logs ds/netdiag > node.ndjson; netdiag report node.ndjson --json
       netdiag report node.ndrec --threshold confirm_intervals=1
     """
+    import importlib.util
+
+    from netdiag.errors import ExtraMissing
+    missing = [m for m in ("pandas", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExtraMissing(f"report needs {' and '.join(missing)}: pip install 'netdiag[report]' "
+                           "(the container image leaves them out; copy the recording off the node)")
     from netdiag.offline import report as rp
     if since is not None and until is not None and since > until:
         raise click.BadParameter("--since is after --until", param_hint="--since")
