@@ -17,7 +17,8 @@ from netdiag.labs.topology import Topology, ns_exec
 
 from .conftest import Peer, Watch, record_result
 
-pytestmark = pytest.mark.kernel
+# host lane only (heavy): the emulated VM lane has no network for installs and no time for it
+pytestmark = [pytest.mark.kernel, pytest.mark.heavy]
 
 CLI, NAT_IN, NAT_OUT, SRV_A, SRV_B = "198.18.21.2", "198.18.21.1", "198.19.21.1", "198.19.21.2", "198.19.21.3"
 QUERIES = 20000

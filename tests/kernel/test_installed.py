@@ -20,7 +20,8 @@ from netdiag.labs.topology import Topology
 
 from .conftest import Peer, Tracer, Watch, record_result
 
-pytestmark = pytest.mark.kernel
+# host lane only (heavy): the emulated VM lane has no network for installs and no time for it
+pytestmark = [pytest.mark.kernel, pytest.mark.heavy]
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PY = "/usr/bin/python3"
 BCC = Path("/usr/lib/python3/dist-packages/bcc")

@@ -34,7 +34,8 @@ from netdiag.labs.natlab import load_modules
 from netdiag.labs.topology import Topology, ns_exec
 from tests.kernel.conftest import NETDIAG, READY_TIMEOUT
 
-pytestmark = pytest.mark.kernel
+# host lane only (heavy): Prometheus and two watches take too long under emulation
+pytestmark = [pytest.mark.kernel, pytest.mark.heavy]
 
 RANGE = 10                 # node-a's MASQUERADE --to-ports range: the cap
 A_CONNECTS = 24            # more than RANGE: the rest find no free port

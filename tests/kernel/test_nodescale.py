@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from netdiag.labs.fleet import ADDR, Fleet
 from netdiag.labs.topology import Topology
 from netdiag.sources import inetdiag, namespaces
 from tests.kernel.conftest import Watch
+
+# host lane only (heavy): 60 namespaces take too long under emulation
+pytestmark = [pytest.mark.kernel, pytest.mark.heavy]
 
 N = 60
 PORT = 8080

@@ -17,7 +17,8 @@ from netdiag.offline import format as fm
 from .conftest import READY_TIMEOUT, Peer, record_result
 from .test_labs import LAB_TIMEOUT, assert_gone, lab_tag
 
-pytestmark = pytest.mark.kernel
+# host lane only (heavy): the emulated VM lane has no network for installs and no time for it
+pytestmark = [pytest.mark.kernel, pytest.mark.heavy]
 NETDIAG = [sys.executable, "-m", "netdiag"]
 SRV_A, CLI_A, SRV_B, CLI_B = "198.18.6.1", "198.18.6.2", "198.18.7.1", "198.18.7.2"
 
