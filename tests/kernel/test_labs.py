@@ -243,6 +243,7 @@ def test_killed_lab_is_cleaned_by_lab_cleanup():
 CT_FULL_MAX = 300
 
 
+@pytest.mark.heavy   # host lane only: no kprobe signal of its own
 def test_conntrack_full_300_and_sysctl_restored():
     """The table of a node-wide maximum of 300 fills through the lab's NAT: the verdict's numbers
     are that maximum, the load generator's 50 extra connections are the ones that failed, and

@@ -29,7 +29,7 @@ def lane():
     if not (ROOT / ".venv" / "bin" / "vng").exists():
         pytest.skip("VM lane needs virtme-ng in .venv (run scripts/setup.sh)")
     p = subprocess.run(["bash", str(ROOT / "scripts" / "vm" / "run.sh"), str(RESULTS)],
-                       capture_output=True, text=True, timeout=1800)
+                       capture_output=True, text=True, timeout=3000)
     assert p.returncode == 0, p.stderr
     out = (RESULTS / "pytest.out").read_text()
     return {
