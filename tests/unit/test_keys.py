@@ -5,12 +5,16 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import re
+from pathlib import Path
 
 import pytest
 
 from netdiag.analysis import aggregate as agg
 from netdiag.analysis.keys import Endpoint, endpoint
 from netdiag.offline.keys import parse_endpoint, with_keys
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("family,addr,port,text", [
@@ -59,3 +63,10 @@ def test_with_keys_gives_a_record_read_back_the_keys_of_a_live_one():
     assert type(rec["nat"][0]["dst"]) is str                  # the NAT table's text stays text
     assert with_keys(rec) == json.loads(text)
 
+
+def test_analysis_and_pipeline_never_parse_endpoint_text():
+    parse = re.compile(r"""(rpartition|rsplit|split|partition)\(\s*["']:["']|split_dst|strip\(["']\[\]""")
+    for layer in ("analysis", "pipeline"):
+        for py in (ROOT / "netdiag" / layer).glob("*.py"):
+            for n, line in enumerate(py.read_text().splitlines(), 1):
+                assert not parse.search(line), f"{py.relative_to(ROOT)}:{n}: {line.strip()}"
