@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 
 from netdiag.analysis.diagnose import Diagnoser
-from netdiag.analysis.domains import dns_rate_limit_verdict, name_verdicts, split_dst
+from netdiag.analysis.domains import dns_rate_limit_verdict, name_verdicts
 from netdiag.analysis.thresholds import Thresholds
 from netdiag.errors import BadInput
 from netdiag.offline import format as fm
+from netdiag.offline.keys import parse_endpoint, with_keys
 
 ERRNO_PREFIX = "failed_"
 REASON_PREFIX = "reset_"
@@ -163,7 +164,7 @@ def in_net(dst: str | None, net) -> bool:
     if not dst:
         return False
     try:
-        return ipaddress.ip_address(split_dst(dst)[0]) in net
+        return ipaddress.ip_address(parse_endpoint(dst).addr) in net
     except ValueError:
         return False
 
@@ -181,7 +182,7 @@ def replay(records, th: Thresholds, dns_share: float = 0.5, stats: dict | None =
     naming = False
     for rec in records:
         stats["n"] += 1
-        r = {k: v for k, v in rec.items() if k != "verdicts"}
+        r = with_keys({k: v for k, v in rec.items() if k != "verdicts"})
         vs = d.update(r)
         if "dns" in r:
             v = dns_rate_limit_verdict(r.get("dns"), share=dns_share)
