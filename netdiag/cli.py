@@ -56,6 +56,15 @@ def cli(ctx, verbose):
     ctx.obj["verbose"] = verbose
 
 
+def one_line(e: click.ClickException) -> str:
+    """A click error as one line, with where to read the usage (usage errors)."""
+    text = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        text += f" (see '{ctx.command_path} --help')"
+    return text
+
+
 def main(argv=None):
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -63,7 +72,7 @@ def main(argv=None):
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"netdiag: error: {one_line(e)}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
