@@ -110,7 +110,11 @@ def command(files, since, until, dst, domain, pod, node, thresholds, recorded, t
     if as_json:
         click.echo(json.dumps(report.as_json(), default=str))
         return
-    click.echo(render_text(report, top))
+    click.echo(render_text(report, top).translate(_CONTROL))
+
+
+# what a recording's strings (a process's comm, a pod's name) may hold but a terminal must not get
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)] if c != 0x0a}
 
 
 def _when(ts) -> str:

@@ -13,6 +13,7 @@ from netdiag.analysis.domains import dns_rate_limit_verdict, name_verdicts, spli
 from netdiag.analysis.thresholds import Thresholds
 from netdiag.errors import BadInput
 from netdiag.offline import format as fm
+from netdiag.offline import validate
 
 ERRNO_PREFIX = "failed_"
 REASON_PREFIX = "reset_"
@@ -87,6 +88,7 @@ def load(path) -> Source:
         raise BadInput(f"{path}: no such file")
     if fm.is_recording(path):
         rec = fm.read(path)
+        validate.recording(rec)
         notes = [f"{path}: a partial last flush ({rec.truncated} bytes) was dropped: the recorder stopped "
                  f"without closing the file"] if rec.truncated else []
         kind = "snapshot" if rec.meta.get("kind") == "snapshot" else "recording"
@@ -108,17 +110,17 @@ def _load_ndjson(path: Path) -> Source:
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 what = "truncated" if not line.endswith(b"\n") else "corrupt"
                 raise BadInput(f"{path}:{i}: not a netdiag recording or watch --json NDJSON ({what} line)") from None
             if not isinstance(obj, dict):
                 raise BadInput(f"{path}:{i}: not a watch --json object")
             t = obj.get("type")
             if t == "interval":
-                if not isinstance(obj.get("ts"), (int, float)) or not isinstance(obj.get("destinations"), list):
-                    raise BadInput(f"{path}:{i}: interval object without ts/destinations")
-                records.append(obj)
+                records.append(validate.interval(obj, f"{path}:{i}"))
             elif t in ("summary", "lab"):
+                if not validate.depth_ok(obj):
+                    raise BadInput(f"{path}:{i}: {t} object nested deeper than {validate.MAX_DEPTH}")
                 summaries.append(obj)
             else:
                 raise BadInput(f"{path}:{i}: not a watch --json object (type {t!r})")
