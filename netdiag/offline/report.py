@@ -109,7 +109,8 @@ def _load_ndjson(path: Path) -> Source:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.decode("utf-8"))      # strict: no encoded surrogates
+                validate.no_lone_surrogates(obj, line)
             except (ValueError, RecursionError):
                 what = "truncated" if not line.endswith(b"\n") else "corrupt"
                 raise BadInput(f"{path}:{i}: not a netdiag recording or watch --json NDJSON ({what} line)") from None

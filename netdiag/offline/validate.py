@@ -150,6 +150,20 @@ def _utf8(s: str) -> bool:
     return True
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def no_lone_surrogates(obj, raw: bytes) -> None:
+    """ValueError when a JSON text's escapes (``"\\ud800"``) made a string or key that cannot be
+    written as UTF-8; looked at only when ``raw`` holds such an escape (a pair is fine)."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return
+    try:
+        json.dumps(obj, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ValueError("a lone surrogate") from None
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and -INT64 <= v < INT64
 
@@ -248,7 +262,8 @@ def json_value(text, where: str):
     """A JSON column's value; BadInput when it is not JSON (or nested too deep)."""
     try:
         v = json.loads(text)
-    except (ValueError, TypeError, RecursionError):
+        no_lone_surrogates(v, text.encode("utf-8", "surrogatepass"))
+    except (ValueError, TypeError, RecursionError, AttributeError):
         raise BadInput(f"{where}: not JSON") from None
     if not depth_ok(v):
         raise BadInput(f"{where}: nested deeper than {MAX_DEPTH}")

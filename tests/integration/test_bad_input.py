@@ -141,6 +141,8 @@ CASES = [
     (["load", "server"], 2, "--port"),
     (["load", "server", "--port", "0"], 65, "port"),
     (["load", "server", "--port", "80;id"], 65, "port"),
+    (["load", "server", "--port", "18080", "--bind", "x;y"], 65, "--bind"),
+    (["load", "server", "--port", "18080", "--bind", "::1"], 65, "--bind"),
     (["load", "server", "--port", "18080", "--duration", "nan"], 2, "--duration"),
     (["load", "server", "--port", "18080", "--workers", "0"], 65, "--workers"),
     (["load", "server", "--port", "18080", "--backlog", "-1"], 65, "--backlog"),

@@ -247,7 +247,8 @@ def test_other_json_in_json_columns(work, where, data):
     if t.num_rows == 0 or col not in t.column_names:
         return
     raw = data.draw(st.one_of(st.text(max_size=30), json_values.map(json.dumps),
-                              st.just("[" * 5000 + "]" * 5000)))
+                              st.just("[" * 5000 + "]" * 5000), st.just('{"\\ud800": 1}'),
+                              st.just('"\\udfff"')))
     t = t.set_column(t.column_names.index(col), col, pa.array([raw] * t.num_rows, pa.string()))
     tables[name] = t
     check(write(work, "j.ndrec", recording(tables)))
@@ -309,7 +310,7 @@ def test_ndjson_missing_fields(work, line, data):
 @given(line=st.integers(0, len(NDJSON_LINES) - 1), data=st.data())
 def test_ndjson_raw_bytes(work, line, data):
     raw = NDJSON_LINES[line].encode()
-    how = data.draw(st.sampled_from(["utf8", "nest", "cut", "splice", "nan", "dup"]))
+    how = data.draw(st.sampled_from(["utf8", "nest", "cut", "splice", "nan", "dup", "surrogate"]))
     if how == "utf8":
         off = data.draw(st.integers(0, len(raw)))
         raw = raw[:off] + data.draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80\x80"])) + raw[off:]
@@ -321,6 +322,8 @@ def test_ndjson_raw_bytes(work, line, data):
     elif how == "splice":
         off = data.draw(st.integers(0, len(raw)))
         raw = raw[:off] + data.draw(st.binary(max_size=16)) + raw[off:]
+    elif how == "surrogate":                    # valid JSON, but no UTF-8 string can hold it
+        raw = raw.replace(b'"dst":"', b'"dst":"\\ud800', 1).replace(b'"node":"', b'"node":"\\udc00', 1)
     elif how == "nan":
         raw = raw.replace(b'"ts":', b'"ts":NaN,"was":', 1)
     else:

@@ -152,3 +152,44 @@ def test_pyarrow_is_not_the_one_that_unpickles():
     assert (major, minor, patch) >= (14, 0, 1)
     text = (ROOT / "pyproject.toml").read_text()
     assert '"pyarrow>=14.0.1"' in text
+
+
+def test_control_characters_from_a_file_never_reach_the_terminal(capsys):
+    """An error quoting a file's key, and report's text tables, print control characters escaped:
+    the error stays one line, and no escape sequence from the file reaches the terminal."""
+    from netdiag import cli as climod
+    from netdiag.errors import BadInput
+    assert climod.printable("a\nb\x1b[2Jc\td\x9b") == "a\\nb\\x1b[2Jc\\td\\x9b"
+
+    import click
+
+    @click.command("boom")
+    def boom():
+        raise BadInput("f.ndrec: key 'x\n\x1b[31mred': bad")
+
+    import pytest as _pytest
+    mp = _pytest.MonkeyPatch()
+    mp.setattr(climod.LazyGroup, "get_command", lambda self, ctx, name: boom)
+    try:
+        with _pytest.raises(SystemExit) as ei:
+            climod.main(["boom"])
+    finally:
+        mp.undo()
+    assert ei.value.code == 65
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err
+
+
+def test_report_text_escapes_control_characters(tmp_path):
+    import json
+
+    from netdiag.commands.report import _CONTROL
+    line = json.loads((GOLDEN / "healthy.ndjson").read_text().splitlines()[0])
+    line["destinations"][0]["netns_name"] = "evil\x1b]0;pwned\x07"
+    f = tmp_path / "e.ndjson"
+    f.write_text(json.dumps(line) + "\n")
+    from click.testing import CliRunner
+    res = CliRunner().invoke(cli, ["report", str(f)])
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.output and "\x07" not in res.output and "evil\\x1b]0;pwned\\x07" in res.output
+    assert 0x0a not in _CONTROL
