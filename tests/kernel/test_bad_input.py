@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# nothing here depends on the kernel's version: the host lane runs it, the emulated guests need not
+# (`heavy` keeps it out of their `-m "not heavy"` run)
+pytestmark = [pytest.mark.kernel, pytest.mark.heavy]
 
 if os.geteuid() != 0:
     pytest.skip("needs root: the refusals are checked where a lab could build namespaces and rules "
