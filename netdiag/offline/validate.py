@@ -113,6 +113,10 @@ INTERVAL = {
 }
 
 
+SNAPSHOT = {"node": string(), "ts": num(null=True), "hostname": string(), "kernel": string(),
+            "sysctls": F("obj", null=True), "namespaces": count(null=True), "errors": F("any", null=True)}
+
+
 class _Bad(Exception):
     pass
 
@@ -292,8 +296,11 @@ def recording(rec) -> None:
     if ctx.get("node") is not None and not isinstance(ctx["node"], str):
         raise BadInput(f"{path}: corrupt header (context.node is not a string)")
     snapshot = meta.get("kind") == "snapshot"
-    if snapshot and not isinstance((meta.get("snapshot") or {}).get("sysctls") or {}, dict):
-        raise BadInput(f"{path}: corrupt header (snapshot.sysctls is not an object)")
+    if snapshot:
+        try:
+            _object(meta.get("snapshot") or {}, SNAPSHOT, "snapshot")
+        except _Bad as e:
+            raise BadInput(f"{path}: corrupt header ({e})") from None
     interval_spec = {**{c: t for c, t in fm.INTERVAL_COLUMNS}, **{"nt_" + c: t for c, t in fm.NODE_TOTAL_COLUMNS}}
     specs = {"intervals": (interval_spec, INTERVAL),
              **{name: (dict(cols), ROWS[name]) for name, cols in fm.ROW_TABLES.items()}}

@@ -38,6 +38,7 @@ LIMIT_S = 20.0            # one case; a loaded 2-core box runs one in well under
 EXAMPLES = {
     "truncate": 60, "bitflip": 150, "overwrite": 100, "garbage_segment": 80, "schema": 60,
     "header": 80, "json_column": 100, "ndjson_value": 150, "ndjson_delete": 60, "ndjson_raw": 120,
+    "snapshot": 60,
 }
 SCALE = float(os.environ.get("NETDIAG_FUZZ_SCALE", "1"))
 
@@ -55,16 +56,16 @@ def _alarm(*_):
     raise Hang(f"report ran longer than {LIMIT_S} s")
 
 
-def run_report(path, *extra):
-    """`netdiag report PATH --json` in-process: (exit code, stdout, stderr). Anything but SystemExit
-    escaping main() is a crash (the user would see a traceback)."""
+def run_report(path, *extra, json_out=True):
+    """`netdiag report PATH --json` (or the text report) in-process: (exit code, stdout, stderr).
+    Anything but SystemExit escaping main() is a crash (the user would see a traceback)."""
     out, err = io.StringIO(), io.StringIO()
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, LIMIT_S)
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main(["report", str(path), "--json", *extra])
+            main(["report", str(path), *(["--json"] if json_out else []), *extra])
     except SystemExit as e:
         code = e.code
     finally:
@@ -331,3 +332,41 @@ def test_ndjson_raw_bytes(work, line, data):
     lines = [x.encode() for x in NDJSON_LINES]
     lines[line] = raw
     check(write(work, "r.ndjson", ndjson(lines)))
+
+
+# -- snapshots ---------------------------------------------------------------------------------------
+SNAP_META = {"kind": "snapshot", "context": dict(CTX, node="vm"),
+             "snapshot": {"node": "vm", "ts": 1714533120.0, "hostname": "vm", "kernel": "6.1.0",
+                          "sysctls": {"net.ipv4.ip_local_port_range": "32768 60999"}, "namespaces": 1, "errors": []}}
+
+
+def snapshot_tables():
+    import pyarrow as pa
+    return {"sockets": pa.table({"netns": [1], "netns_name": ["host"], "state": ["ESTABLISHED"], "count": [3]}),
+            "listeners": pa.table({"netns": [1], "netns_name": ["host"], "listen": ["0.0.0.0:22"], "queue": [0],
+                                   "backlog": [128]})}
+
+
+@fuzz("snapshot")
+@given(data=st.data())
+def test_mutated_snapshot(work, data):
+    import copy
+    meta = copy.deepcopy(SNAP_META)
+    key = data.draw(st.sampled_from(sorted(meta["snapshot"]) + ["snapshot", "context"]))
+    value = data.draw(st.one_of(json_values, extreme_values))
+    if key in ("snapshot", "context"):
+        meta[key] = value
+    else:
+        meta["snapshot"][key] = value
+    tables = snapshot_tables()
+    if data.draw(st.booleans()):
+        name = data.draw(st.sampled_from(sorted(tables)))
+        t = tables[name]
+        col = data.draw(st.sampled_from(t.column_names))
+        t = t.set_column(t.column_names.index(col), col, _junk_array(data.draw(st.sampled_from(
+            ["str", "int", "float", "null", "list", "json"])), t.num_rows))
+        tables[name] = t
+    blob = fm.header(meta) + segments(tables)
+    for json_out in (True, False):
+        code, out, err = run_report(write(work, "n.ndsnap", blob), json_out=json_out)
+        assert "Traceback" not in err and code in (0, 65), (code, err)
