@@ -13,6 +13,7 @@ from netdiag.analysis.domains import dns_rate_limit_verdict, name_verdicts
 from netdiag.analysis.thresholds import Thresholds
 from netdiag.errors import BadInput
 from netdiag.offline import format as fm
+from netdiag.offline import validate
 from netdiag.offline.keys import parse_endpoint, with_keys
 
 ERRNO_PREFIX = "failed_"
@@ -88,6 +89,7 @@ def load(path) -> Source:
         raise BadInput(f"{path}: no such file")
     if fm.is_recording(path):
         rec = fm.read(path)
+        validate.recording(rec)
         notes = [f"{path}: a partial last flush ({rec.truncated} bytes) was dropped: the recorder stopped "
                  f"without closing the file"] if rec.truncated else []
         kind = "snapshot" if rec.meta.get("kind") == "snapshot" else "recording"
@@ -108,18 +110,19 @@ def _load_ndjson(path: Path) -> Source:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except ValueError:
+                obj = json.loads(line.decode("utf-8"))      # strict: no encoded surrogates
+                validate.no_lone_surrogates(obj, line)
+            except (ValueError, RecursionError):
                 what = "truncated" if not line.endswith(b"\n") else "corrupt"
                 raise BadInput(f"{path}:{i}: not a netdiag recording or watch --json NDJSON ({what} line)") from None
             if not isinstance(obj, dict):
                 raise BadInput(f"{path}:{i}: not a watch --json object")
             t = obj.get("type")
             if t == "interval":
-                if not isinstance(obj.get("ts"), (int, float)) or not isinstance(obj.get("destinations"), list):
-                    raise BadInput(f"{path}:{i}: interval object without ts/destinations")
-                records.append(obj)
+                records.append(validate.interval(obj, f"{path}:{i}"))
             elif t in ("summary", "lab"):
+                if not validate.depth_ok(obj):
+                    raise BadInput(f"{path}:{i}: {t} object nested deeper than {validate.MAX_DEPTH}")
                 summaries.append(obj)
             else:
                 raise BadInput(f"{path}:{i}: not a watch --json object (type {t!r})")
