@@ -78,7 +78,7 @@ ROLLUP = {"domain": string(), "pod": string(), **{c: count() for c in COUNTS}, "
 PROCESS = {"pid": F("int", True), "comm": string(), "netns": F("int", True), "netns_name": string(),
            "pod": string(), "connects": count(), "established": count(), "failed": count(), "resets_in": count(),
            "resets_out": count(), "accepts": count(null=True), "inbound": count(), "inbound_via": string(),
-           "listens": F("strs", null=True)}
+           "listens": F("endpoints", null=True)}
 VERDICT = {
     "kind": string(True, null=False), "dst": string(), "listener": string(), "where": string(),
     "domain": string(), "pods": F("strs", null=True), "evidence": F("obj", null=True), "advice": string(),
@@ -203,6 +203,11 @@ def _field(v, f: F, path: str) -> None:
     elif k == "endpoint":
         if not (isinstance(v, str) and _utf8(v) and _ENDPOINT.fullmatch(v) and int(v.rpartition(":")[2]) <= 65535):
             raise _expect(path, "ip:port", v)
+    elif k == "endpoints":
+        if not isinstance(v, list):
+            raise _expect(path, "a list of ip:port", v)
+        for i, x in enumerate(v):
+            _field(x, F("endpoint"), f"{path}[{i}]")
     elif k in ("counts", "hist", "nums"):
         if not isinstance(v, dict):
             raise _expect(path, "an object of counts", v)
