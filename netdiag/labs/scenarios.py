@@ -333,7 +333,7 @@ def start_nginx(ctx, ns, conf_text: str) -> LabProc:
         raise RuntimeError(f"nginx refused the lab's configuration: {test.stderr.strip()[-300:]}")
     p = ctx.proc(ns, [nginx, "-p", d, "-c", conf, "-e", os.path.join(d, "error.log")], "nginx")
     pid = os.path.join(d, "nginx.pid")
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + SERVER_READY_S
     while not os.path.exists(pid):
         if not p.running():
             raise RuntimeError(f"nginx exited: {' '.join(p.err[-3:])}")
@@ -374,9 +374,7 @@ def run_ct_full(ctx, topo):
     srv = ctx.proc(topo.server, netdiag_argv("load", "server", "--bind", topo.server_ip, "--port",
                                              f"{SERVER_PORT}-{SERVER_PORT + ports - 1}", "--workers", workers,
                                              "--json", "--duration", 600, "--ready-file", ready), "server")
-    deadline = time.monotonic() + 30
-    while not os.path.exists(ready) and time.monotonic() < deadline and srv.running() and not ctx.stop.is_set():
-        time.sleep(0.05)
+    ctx.wait_ready(srv, ready)
     ctx.client(topo.client, netdiag_argv("load", "client", f"{topo.server_ip}:{SERVER_PORT}-{SERVER_PORT + ports - 1}",
                                         "-n", target, "--timeout", 2, "--hold", 3, "--json"),
                timeout=target / 500 + 60)
