@@ -333,7 +333,10 @@ def recording(rec) -> None:
         for col, typ in want.items():
             if col not in table.column_names:
                 raise BadInput(f"{path}: table {name!r} has no column {col!r}")
-            if table.schema.field(col).type != fm._arrow_type(typ):
+            got = table.schema.field(col).type
+            if pa.types.is_dictionary(got) and typ in (fm.S, fm.J):      # text read dictionary-encoded
+                got = got.value_type
+            if got != fm._arrow_type(typ):
                 raise BadInput(f"{path}: table {name!r}: column {col!r} is {table.schema.field(col).type}, "
                                f"not {fm._arrow_type(typ)}")
         if table.column_names != list(want):        # only the declared columns, once each, in order
