@@ -139,8 +139,11 @@ class Diagnoser:
         """Ages of open connections per outbound destination, oldest first (FIFO), from the
         per-interval `established` counts: what idle_timeout_reset needs to date a reset."""
         seen = set()
+        aged = self.aged_dsts
         for r in rec["destinations"]:
             if r["direction"] != "out":
+                continue
+            if aged is not None and r["dst"] not in aged:
                 continue
             key = (r["netns"], r["dst"])
             seen.add(key)
@@ -175,6 +178,9 @@ class Diagnoser:
     # The destinations whose rows are judged this interval (None: every one). The offline replay
     # (netdiag/offline/replay.py) sets it to those whose window could hold a verdict's evidence.
     only_dsts = None
+    # The destinations whose connections' ages are tracked (None: every one); the replay sets it
+    # to those with rows that received enough resets for idle_timeout_reset.
+    aged_dsts = None
 
     def _rows(self, direction: str | None = None):
         """{(netns, dst): [row or None per record in the window]} for rows of this direction."""

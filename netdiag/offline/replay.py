@@ -32,6 +32,7 @@ from netdiag.offline.keys import parse_endpoint, with_keys
 
 _NUMERIC = ("connects", "established", "active", "syn_retrans", "resets_in")
 _TOL = 1e-6                     # relative: sums here are numpy's, the Diagnoser's are Python's
+_PIECE = 1 << 19                # rows judged at a time (whole keys): bounds the memory of the pairs
 
 
 class _Judged:
@@ -50,9 +51,9 @@ class Plan:
     every judged window left out), ``judged(i)`` (``only_dsts`` of the i-th record) and
     ``naming_record(i, verdicts)`` (record i with every row those verdicts are named from)."""
 
-    def __init__(self, srcs, keep, order, full, per_interval, since, until):
+    def __init__(self, srcs, keep, order, full, per_interval, since, until, aged):
         self.srcs, self.keep, self.order = srcs, keep, order
-        self.full, self.per_interval = full, per_interval
+        self.full, self.per_interval, self.aged = full, per_interval, aged
         self.since, self.until = since, until
         self._empty = frozenset()
         self._idcache: dict = {}
@@ -77,8 +78,11 @@ class Plan:
                 last = ts
                 yield r
 
-    def judged(self, i: int) -> _Judged:
-        return _Judged(self.full, self.per_interval.get(i, self._empty))
+    def judged(self, i: int):
+        now = self.per_interval.get(i, self._empty)
+        if not self.full:
+            return now
+        return _Judged(self.full, now) if len(self.full) > 256 else self.full | now
 
     def naming_record(self, i: int, verdicts: list) -> dict:
         """The destination rows of record i that verdicts are named from (netdiag.analysis.domains.
@@ -109,6 +113,55 @@ class Plan:
         if s not in self._idcache:
             self._idcache[s] = self.srcs[s].tables["destinations"].column("interval").to_numpy()
         return self._idcache[s]
+
+
+def _judge(out: bool, comp, key, cols: dict, win, th):
+    """(record index, row) of each (row's key, record) pair where a per-destination verdict's
+    conditions could hold: rows sorted by ``comp`` (key * (n + 1) + record index), whole keys; a
+    pair for each record whose window holds a row of the key, judged on the window sums of
+    ``cols``."""
+    import numpy as np
+    lo, span, nwin, n = win
+    gs = comp - key * (n + 1)                   # each row's record index
+    m = len(comp)
+    same_next = np.zeros(m, bool)
+    same_next[:-1] = key[1:] == key[:-1]
+    next_g = np.where(same_next, np.roll(gs, -1), n)
+    hi = np.searchsorted(lo, gs, side="right") - 1          # the last record whose window holds the row
+    cnt = np.maximum(np.minimum(hi, next_g - 1) - gs + 1, 0)   # ... up to the key's next row
+    r = np.repeat(np.arange(m), cnt)
+    i = gs[r] + (np.arange(len(r)) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    first = np.searchsorted(comp, key[r] * (n + 1) + lo[i], side="left")    # the window's first row
+
+    def wsum(x):
+        cs = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+        return cs[r + 1] - cs[first]
+    sp = span[i]
+    low = 1 - _TOL
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if out:
+            conns = wsum(cols["connects"])
+            rate = np.where(sp > 0, conns / sp, np.inf)
+            cpa = rate / np.maximum(wsum(cols["active"]) / nwin[i], 1.0)
+            hit = (conns > 0) & (sp >= th.churn_min_span_s * low) & (rate >= th.churn_min_rate * low) & \
+                (cpa >= th.churn_connects_per_active * low)                          # connection_churn
+            del conns, rate, cpa
+            hit |= wsum(cols["eaddr"]) >= th.ports_min_eaddrnotavail * low          # local_port_exhaustion
+            # remote_connection_cap: `active` the same (and at least cap_min_active) over the last
+            # cap_plateau_intervals records, all in the window, with failures in the window
+            a = cols["active"]
+            step = np.zeros(m, bool)
+            step[1:] = same_next[:-1] & (gs[1:] == gs[:-1] + 1) & (a[1:] == a[:-1])
+            brk = np.flatnonzero(~step)
+            run = np.arange(m) - np.repeat(brk, np.diff(np.append(brk, m))) + 1     # equal rows ending here
+            plateau = (run >= th.cap_plateau_intervals) & (a >= th.cap_min_active)
+            cap = plateau[r] & (i == gs[r]) & (nwin[i] >= th.cap_plateau_intervals)
+            hit |= cap & (wsum(cols["capfail"]) >= th.cap_min_failures * low)
+        else:
+            rate = np.where(sp > 0, wsum(cols["established"]) / sp, np.inf)
+            hit = (sp >= th.churn_min_span_s * low) & (rate >= th.churn_min_rate * low) & \
+                (rate >= th.churn_connects_per_active * low)
+    return i[hit], r[hit]
 
 
 def stream_order(srcs, since, until):
@@ -217,16 +270,16 @@ def plan(srcs, th, since=None, until=None) -> Plan | None:
                 nulls = np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in col.chunks])
                 idx = np.where(nulls, len(values), idx)
                 values.append(None)
-            return idx.astype(np.int64), values
+            return idx.astype(np.int32), values
         uniq = pc.unique(col)
-        return pc.index_in(col, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64), uniq.to_pylist()
+        return pc.index_in(col, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int32), uniq.to_pylist()
 
     dst_code, dst_names = codes("dst")
     ns_code, _ = codes("netns")
     dir_code, dirs = codes("direction")
     out_c = dirs.index("out") if "out" in dirs else -1
     in_c = dirs.index("in") if "in" in dirs else -1
-    vals = {c: column(c).to_numpy().astype(np.float64) for c in _NUMERIC}
+    vals = {c: column(c).to_numpy() for c in _NUMERIC}
     fbe_code, fbe_uniq = codes("failed_by_errno")
     eaddr_u, capf_u, refused_u = [], [], []
     for text in fbe_uniq:
@@ -240,9 +293,8 @@ def plan(srcs, th, since=None, until=None) -> Plan | None:
         eaddr_u.append(errs.get("EADDRNOTAVAIL", 0))
         capf_u.append(sum(v for k, v in errs.items() if k not in _NOT_CAP_ERRNOS))
         refused_u.append(errs.get("ECONNREFUSED", 0))
-    eaddr = np.array(eaddr_u, np.float64)[fbe_code]
-    capfail = vals["syn_retrans"] + np.array(capf_u, np.float64)[fbe_code]
-    refused = np.array(refused_u, np.float64)[fbe_code]
+    eaddr_u, capf_u = np.array(eaddr_u, np.float64), np.array(capf_u, np.float64)
+    refused_u = np.array(refused_u, np.float64)
 
     lo = np.searchsorted(rec_ts, rec_ts - th.window_s, side="right")
     csum_iv = np.concatenate([[0.0], np.cumsum(rec_iv)])
@@ -254,8 +306,11 @@ def plan(srcs, th, since=None, until=None) -> Plan | None:
     full = np.zeros(len(dst_names), bool)
     # ages tracked for idle_timeout_reset: every row of a destination that received resets
     is_out = dir_code == out_c
-    resets = vals["resets_in"] - refused
-    full[dst_code[read & is_out & (resets >= max(th.idle_min_resets, 1))]] = True
+    resets = vals["resets_in"] - refused_u[fbe_code]
+    aged = np.zeros(len(dst_names), bool)
+    aged[dst_code[read & is_out & (resets >= max(th.idle_min_resets, 1))]] = True
+    full |= aged
+    del resets, is_out
     # a NAT's destinations (snat's client side) and the ports of listeners that overflowed (bursts)
     nat_dsts, ports = set(), set()
     for t in (s.tables.get("nat") for s in srcs):
@@ -282,68 +337,41 @@ def plan(srcs, th, since=None, until=None) -> Plan | None:
 
     cand_i, cand_d = [], []
     n_dst = len(dst_names)
+    win = (lo, span, nwin, n)
     for direction in (out_c, in_c):
         if direction < 0:
             continue
         sel = np.flatnonzero(read & (dir_code == direction))
         if not len(sel):
             continue
-        key = ns_code[sel] * n_dst + dst_code[sel]
-        comp = key * (n + 1) + g[sel]
+        comp = (ns_code[sel].astype(np.int64) * n_dst + dst_code[sel]) * (n + 1) + g[sel]
         o = np.argsort(comp, kind="stable")
-        sel, key, comp = sel[o], key[o], comp[o]
-        gs = g[sel]
+        sel, comp = sel[o], comp[o]
+        del o
         dup = np.flatnonzero(comp[1:] == comp[:-1])
         full[dst_code[sel[dup]]] = True
-        same_next = np.zeros(len(sel), bool)
-        same_next[:-1] = key[1:] == key[:-1]
-        next_g = np.where(same_next, np.roll(gs, -1), n)
-        hi = np.searchsorted(lo, gs, side="right") - 1
-        cnt = np.maximum(np.minimum(hi, next_g - 1) - gs + 1, 0)
-        r = np.repeat(np.arange(len(sel)), cnt)
-        start = np.cumsum(cnt) - cnt
-        i = gs[r] + (np.arange(len(r)) - np.repeat(start, cnt))
-        first = np.searchsorted(comp, key[r] * (n + 1) + lo[i], side="left")
-
-        def wsum(x, r=r, first=first, sel=sel):
-            cs = np.concatenate([[0.0], np.cumsum(x[sel])])
-            return cs[r + 1] - cs[first]
-        sp = span[i]
-        if direction == out_c:
-            conns, act = wsum(vals["connects"]), wsum(vals["active"])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rate = np.where(sp > 0, conns / sp, np.inf)
-                cpa = rate / np.maximum(act / nwin[i], 1.0)
-            churn = (conns > 0) & (sp >= th.churn_min_span_s * (1 - _TOL)) & \
-                (rate >= th.churn_min_rate * (1 - _TOL)) & (cpa >= th.churn_connects_per_active * (1 - _TOL))
-            local = wsum(eaddr) >= th.ports_min_eaddrnotavail * (1 - _TOL)
-            # remote_connection_cap: `active` the same (and at least cap_min_active) over the last
-            # cap_plateau_intervals records, all in the window, with failures in the window
-            a = vals["active"][sel]
-            run = np.ones(len(sel), np.int64)
-            step = np.zeros(len(sel), bool)
-            step[1:] = (key[1:] == key[:-1]) & (gs[1:] == gs[:-1] + 1) & (a[1:] == a[:-1])
-            # run length of consecutive steps ending at each row
-            brk = np.flatnonzero(~step)
-            run = np.arange(len(sel)) - np.repeat(brk, np.diff(np.append(brk, len(sel)))) + 1
-            present = i == gs[r]
-            cap = present & (run[r] >= th.cap_plateau_intervals) & (nwin[i] >= th.cap_plateau_intervals) & \
-                (a[r] >= th.cap_min_active) & (wsum(capfail) >= th.cap_min_failures * (1 - _TOL))
-            hit = churn | local | cap
-        else:
-            est = wsum(vals["established"])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rate = np.where(sp > 0, est / sp, np.inf)
-            hit = (sp >= th.churn_min_span_s * (1 - _TOL)) & (rate >= th.churn_min_rate * (1 - _TOL)) & \
-                (rate >= th.churn_connects_per_active * (1 - _TOL))
-        cand_i.append(i[hit])
-        cand_d.append(dst_code[sel[r[hit]]])
+        # in pieces of whole keys: the pairs (row, record) below hold several arrays per pair
+        key = comp // (n + 1)
+        starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+        at = 0
+        while at < len(sel):
+            nxt = np.searchsorted(starts, at + _PIECE, side="left")
+            end = int(starts[nxt]) if nxt < len(starts) else len(sel)
+            piece = sel[at:end]
+            cols = {c: vals[c][piece] for c in (("connects", "active") if direction == out_c else ("established",))}
+            if direction == out_c:
+                cols["eaddr"] = eaddr_u[fbe_code[piece]]
+                cols["capfail"] = vals["syn_retrans"][piece] + capf_u[fbe_code[piece]]
+            ii, rr = _judge(direction == out_c, comp[at:end], key[at:end], cols, win, th)
+            cand_i.append(ii)
+            cand_d.append(dst_code[piece[rr]])
+            at = end
     ci = np.concatenate(cand_i) if cand_i else np.zeros(0, np.int64)
-    cd = np.concatenate(cand_d) if cand_d else np.zeros(0, np.int64)
+    cd = np.concatenate(cand_d).astype(np.int64) if cand_d else np.zeros(0, np.int64)
     keep_c = ~full[cd]
     cc = np.unique(cd[keep_c] * (n + 1) + ci[keep_c])        # (dst, record) judged, sorted
     # rows kept: a full destination's, and those inside the window of a record their dst is judged at
-    rc = dst_code * (n + 1) + np.maximum(g, 0)
+    rc = dst_code.astype(np.int64) * (n + 1) + np.maximum(g, 0)
     p = np.searchsorted(cc, rc, side="left")
     pc_ = np.minimum(p, max(len(cc) - 1, 0))
     if len(cc):
@@ -361,4 +389,4 @@ def plan(srcs, th, since=None, until=None) -> Plan | None:
         keeps.append(keep[at:at + size])
         at += size
     return Plan(srcs, keeps, [(s, iv) for s, iv, _ in order], {dst_names[c] for c in np.flatnonzero(full)},
-                per_interval, since, until)
+                per_interval, since, until, {dst_names[c] for c in np.flatnonzero(aged)})

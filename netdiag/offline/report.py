@@ -185,6 +185,8 @@ def replay(records, th: Thresholds, dns_share: float = 0.5, stats: dict | None =
     (netdiag.offline.replay.plan), ``records`` are its records and only the destinations it names
     are judged each interval."""
     d = Diagnoser(th)
+    if plan is not None:
+        d.aged_dsts = plan.aged
     named: dict = {}
     dns_seen: dict = {}
     stats = stats if stats is not None else {}

@@ -139,6 +139,7 @@ def test_generated_intervals_replay_the_same(tmp_path, monkeypatch, naming, seed
 
 
 def test_generated_with_thresholds_and_two_copies(tmp_path, monkeypatch):
+    monkeypatch.setattr(rpl, "_PIECE", 97)                      # rows judged in many pieces
     recs = generated(seed=5)
     a = record(tmp_path / "a.ndrec", recs[:150])
     b = record(tmp_path / "b.ndrec", recs[100:])                 # overlapping copies of one node
