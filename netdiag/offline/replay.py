@@ -208,6 +208,8 @@ def plan(srcs, th, since=None, until=None) -> Plan | None:
             return None
         d = s.tables.get("destinations")
         if d is not None and d.num_rows:
+            if not {"interval", "dst", "direction", "netns", "failed_by_errno", *_NUMERIC} <= set(d.column_names):
+                return None
             if d.column("dst").null_count or d.column("direction").null_count or \
                     d.column("failed_by_errno").null_count or any(d.column(c).null_count for c in _NUMERIC):
                 return None
