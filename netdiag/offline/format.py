@@ -257,7 +257,7 @@ def read(path, dictionary: bool = False) -> Recording:
             continue
         try:
             table = _parquet(pa, pq, data[start:start + size], dictionary)
-        except (pa.ArrowException, OSError) as e:
+        except (pa.ArrowException, OSError, ValueError) as e:     # ValueError: a schema's bad UTF-8
             raise BadInput(f"{path}: corrupt segment {name!r} at byte {start}: {str(e).splitlines()[0]}") from None
         pending.append((name, table))
     truncated = len(data) - pending_from

@@ -320,7 +320,10 @@ def recording(rec) -> None:
         rec.tables[name] = table
         if name in ("summary",) or snapshot:
             if name == "summary":
-                if table.schema.names != ["json"] or table.schema.field("json").type != pa.string():
+                jt = table.schema.field("json").type if table.schema.names == ["json"] else None
+                if jt is not None and pa.types.is_dictionary(jt):              # read dictionary-encoded
+                    jt = jt.value_type
+                if jt != pa.string():
                     raise BadInput(f"{path}: corrupt table 'summary' (not one JSON column)")
                 for i, v in enumerate(table.column("json").to_pylist()):
                     if not isinstance(json_value(v, f"{path}: summary row {i}"), dict):

@@ -13,6 +13,7 @@ from netdiag.analysis.diagnose import Diagnoser
 from netdiag.analysis.thresholds import Thresholds
 from netdiag.offline import replay as rpl
 from netdiag.offline import report as rp
+from netdiag.offline.keys import with_keys
 
 from .test_recording import GOLDEN, diagnosed
 from .test_report import record
@@ -119,7 +120,7 @@ def generated(n=240, dsts=40, seed=3, naming=False):
         recs.append(rec)
     d = Diagnoser()
     for r in recs:
-        r["verdicts"] = d.update(r)
+        r["verdicts"] = d.update(with_keys(r))          # a live record's endpoints are keys
     return recs
 
 
