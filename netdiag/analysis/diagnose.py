@@ -89,8 +89,14 @@ class Diagnoser:
 
     # -- public -----------------------------------------------------------------------------------
     def update(self, record: IntervalRecord) -> list[Verdict]:
+        self.step(record)
+        return self.standing()
+
+    def step(self, record: IntervalRecord) -> None:
+        """``update`` without returning the standing verdicts (``standing(deep=False)`` reads them
+        cheaper when they are only compared or named)."""
         if record.get("type", "interval") != "interval":
-            return self.standing()
+            return
         self.now = float(record["ts"])
         self.window.append(record)
         while self.window and self.window[0]["ts"] <= self.now - self.t.window_s:
@@ -104,10 +110,12 @@ class Diagnoser:
             self.streak[key] = self.streak.get(key, 0) + 1
             if self.streak[key] >= self.t.confirm_intervals or key in self.verdicts:
                 self._record(key, v)
-        return self.standing()
 
-    def standing(self) -> list[dict]:
-        return [copy.deepcopy(v) for v in self.verdicts.values() if v["last_ts"] >= self.now - self.t.stand_s]
+    def standing(self, deep: bool = True) -> list[dict]:
+        """The verdicts standing now, as copies (``deep=False``: copies of the top level only, the
+        evidence shared with the Diagnoser's own and not to be changed)."""
+        cp = copy.deepcopy if deep else dict
+        return [cp(v) for v in self.verdicts.values() if v["last_ts"] >= self.now - self.t.stand_s]
 
     def all(self) -> list[dict]:
         return [copy.deepcopy(v) for v in self.verdicts.values()]
@@ -131,8 +139,11 @@ class Diagnoser:
         """Ages of open connections per outbound destination, oldest first (FIFO), from the
         per-interval `established` counts: what idle_timeout_reset needs to date a reset."""
         seen = set()
+        aged = self.aged_dsts
         for r in rec["destinations"]:
             if r["direction"] != "out":
+                continue
+            if aged is not None and r["dst"] not in aged:
                 continue
             key = (r["netns"], r["dst"])
             seen.add(key)
@@ -164,13 +175,23 @@ class Diagnoser:
                 self.cohorts.pop(key, None)
 
     # -- evidence ---------------------------------------------------------------------------------
+    # The destinations whose rows are judged this interval (None: every one). The offline replay
+    # (netdiag/offline/replay.py) sets it to those whose window could hold a verdict's evidence.
+    only_dsts = None
+    # The destinations whose connections' ages are tracked (None: every one); the replay sets it
+    # to those with rows that received enough resets for idle_timeout_reset.
+    aged_dsts = None
+
     def _rows(self, direction: str | None = None):
         """{(netns, dst): [row or None per record in the window]} for rows of this direction."""
         out: dict = {}
         n = len(self.window)
+        only = self.only_dsts
         for i, rec in enumerate(self.window):
             for r in rec["destinations"]:
                 if direction and r["direction"] != direction:
+                    continue
+                if only is not None and r["dst"] not in only:
                     continue
                 out.setdefault((r["netns"], r["dst"]), [None] * n)[i] = r
         return out

@@ -199,8 +199,10 @@ def is_recording(path) -> bool:
         return False
 
 
-def read(path) -> Recording:
-    """Read one recording; raise ``BadInput`` (one line) when it is not one, or is corrupt, or newer."""
+def read(path, dictionary: bool = False) -> Recording:
+    """Read one recording; raise ``BadInput`` (one line) when it is not one, or is corrupt, or newer.
+    With ``dictionary``, text columns are read dictionary-encoded (each distinct value held once:
+    an hour of rows repeats a few thousand addresses and names millions of times)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     try:
@@ -254,8 +256,8 @@ def read(path) -> Recording:
             pending, pending_from = [], pos
             continue
         try:
-            table = pq.read_table(pa.BufferReader(data[start:start + size]))
-        except (pa.ArrowException, OSError) as e:
+            table = _parquet(pa, pq, data[start:start + size], dictionary)
+        except (pa.ArrowException, OSError, ValueError) as e:     # ValueError: a schema's bad UTF-8
             raise BadInput(f"{path}: corrupt segment {name!r} at byte {start}: {str(e).splitlines()[0]}") from None
         pending.append((name, table))
     truncated = len(data) - pending_from
@@ -266,6 +268,14 @@ def read(path) -> Recording:
         except pa.ArrowException as e:
             raise BadInput(f"{path}: segments of table {name!r} disagree: {e}") from None
     return Recording(path, meta, tables, truncated, segments)
+
+
+def _parquet(pa, pq, buf, dictionary: bool):
+    if not dictionary:
+        return pq.read_table(pa.BufferReader(buf))
+    schema = pq.read_schema(pa.BufferReader(buf))
+    text = [f.name for f in schema if pa.types.is_string(f.type)]
+    return pq.read_table(pa.BufferReader(buf), read_dictionary=text)
 
 
 def _loads(v):

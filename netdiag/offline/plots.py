@@ -44,9 +44,9 @@ def _active(ax, rep) -> None:
     out = dst[dst["direction"] == "out"]
     if out.empty:
         out = dst
-    peaks = out.groupby(["node", "dst"])["active"].max().sort_values(ascending=False).head(TOP_DSTS)
+    peaks = out.groupby(["node", "dst"], observed=True)["active"].max().sort_values(ascending=False).head(TOP_DSTS)
     for node, d in peaks.index:
-        rows = out[(out["node"] == node) & (out["dst"] == d)].groupby("ts")["active"].sum()
+        rows = out[(out["node"] == node) & (out["dst"] == d)].groupby("ts", observed=True)["active"].sum()
         label = d if len(rep.nodes) == 1 else f"{node} {d}"
         ax.plot(_times(rows.index), rows.values, label=label)
     for v in rep.verdicts:
@@ -62,7 +62,7 @@ def _rates(ax, rep) -> None:
     iv = rep.frames.get("intervals")
     if iv is None or iv.empty:
         return _empty(ax, "intervals")
-    for node, g in iv.groupby("node"):
+    for node, g in iv.groupby("node", observed=True):
         t = _times(g["ts"])
         dt = g["interval_s"].where(g["interval_s"] > 0)
         sfx = "" if len(rep.nodes) == 1 else f" {node}"
@@ -77,7 +77,7 @@ def _snat(ax, rep) -> None:
     nat = rep.frames.get("nat")
     if nat is None or nat.empty:
         return _empty(ax, "SNAT data")
-    for (node, ip, d), g in nat.groupby(["node", "nat_ip", "dst"]):
+    for (node, ip, d), g in nat.groupby(["node", "nat_ip", "dst"], observed=True):
         t = _times(g["ts"])
         line, = ax.plot(t, g["ports_in_use"], label=f"{ip} → {d}" + ("" if len(rep.nodes) == 1 else f" ({node})"))
         rng = g["port_range"].dropna()
@@ -91,7 +91,7 @@ def _conntrack(ax, rep) -> None:
     iv = rep.frames.get("intervals")
     plotted = False
     if iv is not None and not iv.empty:
-        for node, g in iv.groupby("node"):
+        for node, g in iv.groupby("node", observed=True):
             ct = g["nt_conntrack"].dropna()
             if ct.empty:
                 continue
@@ -109,7 +109,7 @@ def _dns(ax, rep) -> None:
     iv = rep.frames.get("intervals")
     plotted = False
     if iv is not None and not iv.empty:
-        for node, g in iv.groupby("node"):
+        for node, g in iv.groupby("node", observed=True):
             d = g["dns"].dropna()
             vals = [json.loads(x) for x in d]
             pts = [(t, v.get("pps")) for t, v in zip(g.loc[d.index, "ts"], vals) if v.get("pps") is not None]

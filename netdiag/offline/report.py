@@ -13,6 +13,7 @@ from netdiag.analysis.domains import dns_rate_limit_verdict, name_verdicts
 from netdiag.analysis.thresholds import Thresholds
 from netdiag.errors import BadInput
 from netdiag.offline import format as fm
+from netdiag.offline import replay as rpl
 from netdiag.offline import validate
 from netdiag.offline.keys import parse_endpoint, with_keys
 
@@ -64,7 +65,11 @@ class Source:
                 t = t.filter(pc.greater_equal(t["ts"], since))
             if until is not None:
                 t = t.filter(pc.less_equal(t["ts"], until))
-            df = t.to_pandas()
+            if "extra" in t.column_names:               # no table reads it: not held twice
+                t = t.drop_columns(["extra"])
+            # text columns read dictionary-encoded become categoricals; numbers without nulls are
+            # not copied (split_blocks)
+            df = t.to_pandas(split_blocks=True)
             df["node"] = node
             out[k] = df
         return out
@@ -88,7 +93,7 @@ def load(path) -> Source:
     if not path.exists():
         raise BadInput(f"{path}: no such file")
     if fm.is_recording(path):
-        rec = fm.read(path)
+        rec = fm.read(path, dictionary=True)
         validate.recording(rec)
         notes = [f"{path}: a partial last flush ({rec.truncated} bytes) was dropped: the recorder stopped "
                  f"without closing the file"] if rec.truncated else []
@@ -173,20 +178,27 @@ def in_net(dst: str | None, net) -> bool:
 
 
 # -- replay -----------------------------------------------------------------------------------------
-def replay(records, th: Thresholds, dns_share: float = 0.5, stats: dict | None = None) -> list:
+def replay(records, th: Thresholds, dns_share: float = 0.5, stats: dict | None = None, plan=None) -> list:
     """Run the diagnosis again over one node's records (any iterable, in order) and return every
     verdict of the run. ``stats`` gets ``n`` (records), ``has_live`` (every record carried its live
-    verdicts) and ``match`` (the replay's verdicts equal them, interval by interval)."""
+    verdicts) and ``match`` (the replay's verdicts equal them, interval by interval). With ``plan``
+    (netdiag.offline.replay.plan), ``records`` are its records and only the destinations it names
+    are judged each interval."""
     d = Diagnoser(th)
+    if plan is not None:
+        d.aged_dsts = plan.aged
     named: dict = {}
     dns_seen: dict = {}
     stats = stats if stats is not None else {}
     stats.update(n=0, match=True, has_live=True)
     naming = False
     for rec in records:
+        if plan is not None:
+            d.only_dsts = plan.judged(stats["n"])
         stats["n"] += 1
         r = with_keys({k: v for k, v in rec.items() if k != "verdicts"})
-        vs = d.update(r)
+        d.step(r)
+        vs = d.standing(deep=False)          # only compared and named (top-level keys added)
         if "dns" in r:
             v = dns_rate_limit_verdict(r.get("dns"), share=dns_share)
             if v is not None:
@@ -197,7 +209,7 @@ def replay(records, th: Thresholds, dns_share: float = 0.5, stats: dict | None =
                 dns_seen[v["kind"]] = v
         naming = "domains" in r or "pods" in r
         if naming:
-            name_verdicts(vs, r, named)
+            name_verdicts(vs, plan.naming_record(stats["n"] - 1, vs) if plan is not None and vs else r, named)
         if "verdicts" not in rec:
             stats["has_live"] = False
         elif stats["match"] and not same_verdicts(rec["verdicts"], vs):
@@ -238,6 +250,25 @@ def same_verdicts(a: list, b: list) -> bool:
 
 
 # -- tables (pandas) --------------------------------------------------------------------------------
+def _map_text(s, fn):
+    """``fn`` of each value of a text column as a bool Series; on a categorical, once per category."""
+    import numpy as np
+    import pandas as pd
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        per = np.array([bool(fn(c)) for c in s.cat.categories] + [bool(fn(None))], dtype=bool)
+        return pd.Series(per[s.cat.codes.to_numpy()], index=s.index)    # code -1 (null): the last
+    return s.map(fn).astype(bool)
+
+
+def _loads_all(s) -> list:
+    """The JSON objects of a text column (no nulls); on a categorical, each category parsed once."""
+    import pandas as pd
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        parsed = [json.loads(c) for c in s.cat.categories]
+        return [parsed[c] for c in s.cat.codes.tolist()]
+    return [json.loads(v) for v in s]
+
+
 def _expand_json(df, col: str, prefix: str):
     """A JSON-object column ({"ETIMEDOUT": 3}) as numeric columns prefix+key, empty objects skipped."""
     import pandas as pd
@@ -245,13 +276,13 @@ def _expand_json(df, col: str, prefix: str):
     s = s[s != "{}"]
     if s.empty:
         return pd.DataFrame(index=df.index)
-    wide = pd.json_normalize(s.map(json.loads).tolist()).set_index(s.index).add_prefix(prefix)
+    wide = pd.json_normalize(_loads_all(s)).set_index(s.index).add_prefix(prefix)
     return wide.reindex(df.index).fillna(0).astype("int64")
 
 
 def _peak(df, keys: list, col: str = "active"):
     """Per group: the largest ``col`` and the ts of its first occurrence."""
-    idx = df.groupby(keys, dropna=False, sort=False)[col].idxmax()
+    idx = df.groupby(keys, dropna=False, sort=False, observed=True)[col].idxmax()
     out = df.loc[idx, keys + [col, "ts"]].rename(columns={col: "peak_" + col, "ts": "peak_ts"})
     return out.set_index(keys)
 
@@ -264,25 +295,25 @@ def destination_table(dst, keys):
     if dst.empty:
         return pd.DataFrame()
     df = dst                                   # no copy: an hour of rows is large
-    g = df.groupby(keys, dropna=False, sort=False)
+    g = df.groupby(keys, dropna=False, sort=False, observed=True)
     sums = g[COUNTERS].sum()
     for col, prefix in (("failed_by_errno", ERRNO_PREFIX), ("resets_out_by_reason", REASON_PREFIX)):
         wide = _expand_json(df, col, prefix)
         if not wide.columns.empty:
-            sums = sums.join(wide.groupby([df[k] for k in keys], dropna=False, sort=False).sum())
+            sums = sums.join(wide.groupby([df[k] for k in keys], dropna=False, sort=False, observed=True).sum())
     peak = _peak(df, keys)
-    lat = df[df["connect_ms_avg"].notna() & (df["established"] > 0)]
+    lat = df.loc[df["connect_ms_avg"].notna() & (df["established"] > 0), keys + ["connect_ms_avg"]]
     pct = pd.DataFrame(index=sums.index)
     if not lat.empty:
-        lg = lat.groupby(keys, dropna=False, sort=False)["connect_ms_avg"]
+        lg = lat.groupby(keys, dropna=False, sort=False, observed=True)["connect_ms_avg"]
         pct = pd.concat({"connect_ms_p50": lg.quantile(0.5), "connect_ms_p90": lg.quantile(0.9),
                          "connect_ms_p99": lg.quantile(0.99), "connect_ms_max": lg.max()}, axis=1)
     snat = df["snat"].dropna()
     sn = pd.DataFrame(index=sums.index)
     if not snat.empty:
-        s = pd.json_normalize(snat.map(json.loads).tolist()).set_index(snat.index)
+        s = pd.json_normalize(_loads_all(snat)).set_index(snat.index)
         s = pd.concat([df.loc[snat.index, keys], s[["ports_in_use", "port_range"]]], axis=1)
-        sg = s.groupby(keys, dropna=False, sort=False)
+        sg = s.groupby(keys, dropna=False, sort=False, observed=True)
         sn = pd.concat({"snat_ports_peak": sg["ports_in_use"].max(), "snat_port_range": sg["port_range"].max()},
                        axis=1)
     out = sums.join(peak).join(pct).join(sn)
@@ -297,9 +328,9 @@ def rollup_table(dst, by: str, keys_extra=("node",)):
     if df.empty:
         return pd.DataFrame()
     keys = [*keys_extra, by]
-    per_iv = df.groupby(keys + ["interval", "ts"], dropna=False, sort=False)[COUNTERS + ["active"]].sum()
+    per_iv = df.groupby(keys + ["interval", "ts"], dropna=False, sort=False, observed=True)[COUNTERS + ["active"]].sum()
     per_iv = per_iv.reset_index()
-    sums = per_iv.groupby(keys, dropna=False, sort=False)[COUNTERS].sum()
+    sums = per_iv.groupby(keys, dropna=False, sort=False, observed=True)[COUNTERS].sum()
     peak = _peak(per_iv, keys)
     return sums.join(peak).sort_values("peak_active", ascending=False).reset_index()
 
@@ -309,23 +340,23 @@ def node_table(iv):
     if iv.empty:
         return pd.DataFrame()
     df = iv.rename(columns={"nt_" + c: c for c in COUNTERS + ["active", "listen_overflows"]})
-    g = df.groupby("node", sort=True)
+    g = df.groupby("node", sort=True, observed=True)
     sums = g[COUNTERS + ["listen_overflows", "lost_events", "evictions"]].sum()
     peak = _peak(df, ["node"])
     span = pd.concat({"intervals": g.size(), "first_ts": g["ts"].min(), "last_ts": g["ts"].max()}, axis=1)
     hist = _expand_json(df, "nt_connect_latency_hist", "")
     out = span.join(sums).join(peak)
     if not hist.columns.empty:
-        h = pd.concat([df[["node"]], hist], axis=1).groupby("node").sum()
+        h = pd.concat([df[["node"]], hist], axis=1).groupby("node", observed=True).sum()
         for q in (0.5, 0.9, 0.99):
             out[f"connect_p{int(q * 100)}_bucket"] = h.apply(lambda row: _hist_q(row, q), axis=1)
     ct = df["nt_conntrack"].dropna()
     if not ct.empty:
-        c = pd.json_normalize(ct.map(json.loads).tolist()).set_index(ct.index)
+        c = pd.json_normalize(_loads_all(ct)).set_index(ct.index)
         if {"entries", "max"} <= set(c.columns):
             c["node"] = df.loc[ct.index, "node"]
             c["fill"] = c["entries"] / c["max"].where(c["max"] > 0)
-            cg = c.groupby("node")
+            cg = c.groupby("node", observed=True)
             out = out.join(pd.concat({"conntrack_peak_entries": cg["entries"].max(), "conntrack_max": cg["max"].max(),
                                       "conntrack_peak_fill": cg["fill"].max().round(4)}, axis=1))
     return out.reset_index()
@@ -350,7 +381,7 @@ def nat_table(nat):
     if nat.empty:
         return pd.DataFrame()
     keys = ["node", "netns_name", "nat_ip", "dst"]
-    g = nat.groupby(keys, dropna=False, sort=False)
+    g = nat.groupby(keys, dropna=False, sort=False, observed=True)
     out = pd.concat({"ports_peak": g["ports_in_use"].max(), "port_range": g["port_range"].max(),
                      "utilization_peak": g["utilization"].max(), "allocations": g["allocations"].sum(),
                      "insert_failed": g["insert_failed"].sum(), "drop": g["drop"].sum()}, axis=1)
@@ -362,7 +393,7 @@ def conntrack_table(ct):
     if ct.empty:
         return pd.DataFrame()
     keys = ["node", "name"]
-    g = ct.groupby(keys, dropna=False, sort=False)
+    g = ct.groupby(keys, dropna=False, sort=False, observed=True)
     out = pd.concat({"entries_peak": g["entries"].max(), "max": g["max"].max(), "fill_peak": g["fill"].max(),
                      "insert_failed": g["insert_failed"].sum(), "drop": g["drop"].sum(),
                      "early_drop": g["early_drop"].sum()}, axis=1)
@@ -374,7 +405,7 @@ def listener_table(ls):
     if ls.empty:
         return pd.DataFrame()
     keys = ["node", "netns_name", "listen"]
-    g = ls.groupby(keys, dropna=False, sort=False)
+    g = ls.groupby(keys, dropna=False, sort=False, observed=True)
     out = pd.concat({"backlog": g["backlog"].max(), "queue_peak": g["queue"].max(),
                      "established": g["established"].sum(), "overflows": g["overflows"].sum(),
                      "synack_retrans": g["synack_retrans"].sum(), "resets_out": g["resets_out"].sum()}, axis=1)
@@ -433,7 +464,11 @@ class Report:
                         last = r["ts"]
                         yield r
             stats = {"n": 0, "match": True, "has_live": True}
-            allv = recorded_verdicts(stream(), stats) if recorded else replay(stream(), self.th, dns_share, stats)
+            if recorded:
+                allv = recorded_verdicts(stream(), stats)
+            else:
+                p = rpl.plan(srcs, self.th, f.since, f.until)
+                allv = replay(p.records() if p is not None else stream(), self.th, dns_share, stats, p)
             if not stats["n"]:
                 continue
             for v in allv:
@@ -466,7 +501,7 @@ class Report:
         net = f.net()
         dst = self.frames.get("destinations")
         if dst is not None:
-            keep = dst["dst"].map(lambda d: in_net(d, net)) if net is not None else True
+            keep = _map_text(dst["dst"], lambda d: in_net(d, net)) if net is not None else True
             if f.domain:
                 keep = keep & (dst["domain"] == f.domain)
             if f.pod:

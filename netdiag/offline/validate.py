@@ -320,7 +320,10 @@ def recording(rec) -> None:
         rec.tables[name] = table
         if name in ("summary",) or snapshot:
             if name == "summary":
-                if table.schema.names != ["json"] or table.schema.field("json").type != pa.string():
+                jt = table.schema.field("json").type if table.schema.names == ["json"] else None
+                if jt is not None and pa.types.is_dictionary(jt):              # read dictionary-encoded
+                    jt = jt.value_type
+                if jt != pa.string():
                     raise BadInput(f"{path}: corrupt table 'summary' (not one JSON column)")
                 for i, v in enumerate(table.column("json").to_pylist()):
                     if not isinstance(json_value(v, f"{path}: summary row {i}"), dict):
@@ -333,7 +336,10 @@ def recording(rec) -> None:
         for col, typ in want.items():
             if col not in table.column_names:
                 raise BadInput(f"{path}: table {name!r} has no column {col!r}")
-            if table.schema.field(col).type != fm._arrow_type(typ):
+            got = table.schema.field(col).type
+            if pa.types.is_dictionary(got) and typ in (fm.S, fm.J):      # text read dictionary-encoded
+                got = got.value_type
+            if got != fm._arrow_type(typ):
                 raise BadInput(f"{path}: table {name!r}: column {col!r} is {table.schema.field(col).type}, "
                                f"not {fm._arrow_type(typ)}")
         if table.column_names != list(want):        # only the declared columns, once each, in order
