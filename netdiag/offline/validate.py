@@ -113,7 +113,8 @@ INTERVAL = {
 }
 
 
-SNAPSHOT = {"node": string(), "ts": num(null=True), "hostname": string(), "kernel": string(),
+KERNEL = {"release": string(), "version": string(), "machine": string()}
+SNAPSHOT = {"node": string(), "ts": num(null=True), "hostname": string(), "kernel": F("obj", null=True, spec=KERNEL),
             "sysctls": F("obj", null=True), "namespaces": count(null=True), "errors": F("any", null=True)}
 
 

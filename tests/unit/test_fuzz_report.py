@@ -336,7 +336,8 @@ def test_ndjson_raw_bytes(work, line, data):
 
 # -- snapshots ---------------------------------------------------------------------------------------
 SNAP_META = {"kind": "snapshot", "context": dict(CTX, node="vm"),
-             "snapshot": {"node": "vm", "ts": 1714533120.0, "hostname": "vm", "kernel": "6.1.0",
+             "snapshot": {"node": "vm", "ts": 1714533120.0, "hostname": "vm",
+                          "kernel": {"release": "6.1.0-18-amd64", "version": "#1 SMP Debian", "machine": "x86_64"},
                           "sysctls": {"net.ipv4.ip_local_port_range": "32768 60999"}, "namespaces": 1, "errors": []}}
 
 
