@@ -155,7 +155,7 @@ def command(interval, duration, as_json, top, record_path, metrics, node, metric
     recorder = None
     if record_path is not None:
         from netdiag.sinks.recorder import Recorder
-        recorder = Recorder(record_path)
+        recorder = Recorder(record_path, write_behind=True)
         sinks.insert(0, recorder)
     if metrics is not None:
         from netdiag.kernel.features import require_privileges
@@ -224,7 +224,7 @@ def run_watch(interval, duration, sinks, netns, port, dst, mode, max_dsts, socke
                 raise
             finally:
                 pipeline.close()
-        pipeline.finish(summary.summary())
+            pipeline.finish(summary.summary())   # a second signal here changes nothing
     finally:
         if recorder is not None:
             _say_recorded(recorder)

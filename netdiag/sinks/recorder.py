@@ -40,7 +40,7 @@ class Recorder:
 
     def __init__(self, path, node: str | None = None, flush_s: float = 10.0, max_size: int | None = None,
                  max_age: float | None = None, keep: int | None = None, ring_s: float | None = None,
-                 trigger: set | None = None, context=None, clock=time.monotonic):
+                 trigger: set | None = None, context=None, clock=time.monotonic, write_behind: bool = False):
         self.path = path
         self.node = node
         self.flush_s = flush_s
@@ -59,6 +59,7 @@ class Recorder:
         self.last_flush = clock()
         self.error = None
         self.seen = 0
+        self.write_behind = write_behind                # periodic flushes written by a thread
         self._writing: threading.Thread | None = None   # the flush being written (plain recordings)
         self._failed: Exception | None = None            # its failure, raised by the next call
 
@@ -82,7 +83,7 @@ class Recorder:
         else:
             self._ring(record)
         if self.clock() - self.last_flush >= self.flush_s:
-            self.flush(wait=False)
+            self.flush(wait=not self.write_behind)
 
     def _ring(self, record: dict) -> None:
         ts = record["ts"]
