@@ -112,8 +112,9 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def stop_on_signals(on_stop: Callable[[], None], signals=(signal.SIGINT, signal.SIGTERM)):
-    """Call ``on_stop()`` on SIGINT/SIGTERM while inside; the previous handlers come back on exit."""
+def stop_on_signals(on_stop: Callable[[], None], signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
+    """Call ``on_stop()`` on SIGINT/SIGTERM/SIGHUP (a closed terminal or a supervisor's stop) while
+    inside; the previous handlers come back on exit."""
     old = {s: signal.signal(s, lambda _signum, _frame: on_stop()) for s in signals}
     try:
         yield
