@@ -88,6 +88,8 @@ def _cached_or_child(request: dict) -> Detached:
         path = progcache.path_for(request)
     except OSError as e:             # netdiag's own files unreadable: no cache, say why
         path, note = None, f"program cache off: {e}"
+    if path is not None and not progcache.dir_usable(path.parent):
+        path, note = None, f"program cache off: {path.parent} is not owned by this user or is writable by others"
     if path is not None:
         image = progcache.read(path)
         if image is not None:

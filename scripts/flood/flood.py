@@ -27,7 +27,6 @@ import argparse
 import errno
 import ipaddress
 import json
-import os
 import random
 import select
 import socket
