@@ -265,6 +265,8 @@ def _attached(watcher, enricher, quiet: bool = False) -> dict:
     if not quiet:
         click.echo(f"netdiag: attached ({modes} program={program}"
                    f"{f' dns_program={dns_program}' if dns_program else ''})", err=True)
+    if watcher.conntrack_note and watcher.want_conntrack and not quiet:
+        click.echo(f"netdiag: conntrack off: {watcher.conntrack_note}", err=True)
     verbose = (click.get_current_context().find_root().obj or {}).get("verbose")
     if watcher.prog is not None and watcher.prog.cache_note and verbose:
         click.echo(f"netdiag: {watcher.prog.cache_note}", err=True)
