@@ -252,14 +252,15 @@ class Snapshot:
 
 
 def diff(before: Snapshot, after: Snapshot) -> tuple[list[str], list[str]]:
-    """(leaks of this test's own, leaks of node-wide objects): one line each."""
+    """(leaks of this test's own: its processes; leaks of node-wide objects, which another run on
+    the machine may have made: all the rest): one line each."""
     own, node = [], []
     for pid in sorted(set(after.procs) - set(before.procs)):
         own.append(f"process {pid}: {after.procs[pid]}")
     for p in sorted(after.temp - before.temp):
-        own.append(f"temporary file {p}")
+        node.append(f"temporary file {p}")
     for m in sorted(after.mounts - before.mounts):
-        own.append(f"mount {m}")
+        node.append(f"mount {m}")
     for ns in sorted(after.netns - before.netns):
         node.append(f"network namespace {ns}")
     for name, rules in after.firewall.items():
