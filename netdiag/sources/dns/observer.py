@@ -38,6 +38,7 @@ sends or reads is a byte stream, reassembled per socket across calls.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import selectors
 import socket
@@ -153,6 +154,8 @@ class DnsObserver:
         self._exec = None
         self._thread = None
         self._stop = threading.Event()
+        self._go = threading.Event()     # clear while an interval is being made: the reader waits
+        self._go.set()
         self._last_scan = 0.0
         self._last_expire = 0.0
         self._t_snap = None
@@ -308,8 +311,22 @@ class DnsObserver:
         return drops             # the kernel resets the counters on each read
 
     # -- reading --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hold(self):
+        """While inside, the background reader takes no packet (what arrives waits in the rings
+        and sockets, or is counted lost where they overflow): the interval being made gets the
+        CPU, so a DNS flood cannot make it late."""
+        self._go.clear()
+        try:
+            yield
+        finally:
+            self._go.set()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if not self._go.is_set():
+                self._go.wait(0.5)
+                continue
             try:
                 events = self._sel.select(timeout=0.2)
             except (OSError, ValueError):       # closed under us
