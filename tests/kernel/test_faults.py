@@ -267,7 +267,10 @@ def _loader_child(ppid: int) -> int | None:
     return None
 
 
-def test_compile_child_killed(doctor, tmp_path):
+@pytest.mark.parametrize("after_s", [0.0, 0.3], ids=["at-once", "compiling"])
+def test_compile_child_killed(doctor, tmp_path, after_s):
+    """Killed as soon as it exists (the request still unread: the parent's socket is reset) and
+    0.3 s later (inside BCC's compile)."""
     p, _ready = start(tmp_path, "--interval", "0.5", env={"NETDIAG_CACHE": "off"})
     deadline = time.monotonic() + 60
     child = None
@@ -275,13 +278,14 @@ def test_compile_child_killed(doctor, tmp_path):
         child = _loader_child(p.pid)
         time.sleep(0.01)
     assert child is not None, "no compile child seen"
-    time.sleep(0.3)                                  # inside BCC's compile
+    time.sleep(after_s)
     os.kill(child, signal.SIGKILL)
     rc, lines, err = finish(p, sig=0)
     errs = errors_of(err)
     assert rc == 70 and len(errs) == 1 and errs[0].startswith("netdiag: error:"), err
+    assert "killed by SIGKILL" in errs[0], err
     assert not [r for r in lines if r["type"] == "interval"]
-    outcome("compile_child_killed", exit=rc, message=errs[0])
+    outcome(f"compile_child_killed_{'at_once' if after_s == 0 else 'compiling'}", exit=rc, message=errs[0])
 
 
 # -- the disk fills up while recording ---------------------------------------------------------------------------
