@@ -57,6 +57,26 @@ def cli(ctx, verbose):
     ctx.obj["verbose"] = verbose
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)]}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def printable(text: str) -> str:
+    """An error message as one line with no control characters: it may quote a file's contents
+    (a key of a recording, a line of NDJSON), which must not move the cursor or recolour the
+    terminal."""
+    return text.translate(_CONTROL)
+
+
+def one_line(e: click.ClickException) -> str:
+    """A click error as one line, with where to read the usage (usage errors)."""
+    text = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        text += f" (see '{ctx.command_path} --help')"
+    return text
+
+
 def _interrupt(_signum, _frame):
     raise KeyboardInterrupt
 
@@ -73,12 +93,12 @@ def main(argv=None):
     except (click.exceptions.Abort, KeyboardInterrupt):
         sys.exit(130)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"netdiag: error: {printable(one_line(e))}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except NetdiagError as e:
-        click.echo(f"netdiag: error: {e}", err=True)
+        click.echo(f"netdiag: error: {printable(str(e))}", err=True)
         verbose = "-v" in args or "--verbose" in args
         if e.detail and verbose:
             click.echo(e.detail, err=True)

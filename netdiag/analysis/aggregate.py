@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from netdiag.analysis.keys import Endpoint, endpoint
 from netdiag.analysis.records import DestinationRow
 
 COUNTERS = ("connects", "established", "failed", "resets_in", "resets_out", "syn_retrans", "retrans",
@@ -26,8 +27,9 @@ class DstKey(NamedTuple):
     out: bool = True  # remote endpoint of outbound connections (False: a local service endpoint)
 
     @property
-    def endpoint(self) -> str:
-        return f"[{self.addr}]:{self.port}" if self.family == 6 else f"{self.addr}:{self.port}"
+    def endpoint(self) -> Endpoint:
+        """The row's ``dst`` key (its text, ``addr:port``, is what the sinks write)."""
+        return endpoint(self.addr, self.port)
 
 
 def delta(cur: dict, prev: dict | None) -> dict:

@@ -1,10 +1,12 @@
 """Verdicts from interval records (pure: no I/O, no kernel; replays recorded NDJSON offline).
 
-``Diagnoser().update(record)`` takes one `watch` interval record (docs/contracts.md) and
-returns the verdicts standing after it; ``.all()`` returns every verdict of the run. A verdict is
-keyed by (kind, netns, destination or listener): it appears once its evidence held for
-``confirm_intervals`` consecutive intervals over a window of ``window_s`` seconds, and from then on
-it is updated in place (``last_ts``, ``intervals``, number, evidence), never repeated.
+``Diagnoser().update(record)`` takes one `watch` interval record (docs/contracts.md), its
+endpoints as keys (netdiag/analysis/keys.py: a live record's are; one read back from a file gets
+them from ``netdiag.offline.keys.with_keys``), and returns the verdicts standing after it;
+``.all()`` returns every verdict of the run. A verdict is keyed by (kind, netns, destination or
+listener): it appears once its evidence held for ``confirm_intervals`` consecutive intervals over
+a window of ``window_s`` seconds, and from then on it is updated in place (``last_ts``,
+``intervals``, number, evidence), never repeated.
 
 Every threshold is in ``netdiag.analysis.thresholds``; docs/verdicts.md explains each verdict.
 """
@@ -14,7 +16,7 @@ import copy
 from collections import deque
 from statistics import median
 
-from netdiag.analysis.domains import split_dst
+from netdiag.analysis.keys import WILDCARDS, Endpoint
 from netdiag.analysis.processes import fanout_found
 from netdiag.analysis.records import IntervalRecord, Verdict
 from netdiag.analysis.thresholds import DEFAULT, Thresholds
@@ -55,23 +57,19 @@ UNDECIDED = object()
 _NOT_CAP_ERRNOS = ("ECONNREFUSED", "EADDRNOTAVAIL", "ENETUNREACH", "EHOSTUNREACH", "ECANCELED")
 
 
-WILDCARDS = ("0.0.0.0", "::")
-
-
 def _by_port(rows: dict) -> dict:
     """{port: [(addr, netns, rows)]} of a ``_rows`` table: what a listener may serve is looked up
     by its port, so a pass over listeners costs the rows on that port, not every row."""
     out: dict = {}
     for (ns, dst), rs in rows.items():
-        addr, port = split_dst(dst)
-        out.setdefault(port, []).append((addr, ns, rs))
+        out.setdefault(dst.port, []).append((dst.addr, ns, rs))
     return out
 
 
-def _served(listen: str, by_port: dict) -> list:
+def _served(listen: Endpoint, by_port: dict) -> list:
     """[(netns, rows)] of the destinations (``_by_port``) listener ``listen`` serves."""
-    la, lport = split_dst(listen)
-    return [(ns, rs) for addr, ns, rs in by_port.get(lport, ()) if la in WILDCARDS or la == addr]
+    wild, la = listen.wildcard, listen.addr
+    return [(ns, rs) for addr, ns, rs in by_port.get(listen.port, ()) if wild or la == addr]
 
 
 def _ns_label(name, inode) -> str:
@@ -252,8 +250,7 @@ class Diagnoser:
         overflowed: dict = {}
         for (_, ls), a in lst.items():
             if sum(a["overflows"]):
-                la, lport = split_dst(ls)
-                overflowed.setdefault(lport, set()).add(la)
+                overflowed.setdefault(ls.port, set()).add(ls.addr)
 
         # 2./3. per outbound destination: local port exhaustion, remote cap, churn
         for (ns, dst), rows in out_rows.items():
@@ -527,11 +524,10 @@ def _pop(q: deque, n: int) -> list:
     return taken
 
 
-def _overflowed_for(overflowed: dict, dst: str) -> bool:
+def _overflowed_for(overflowed: dict, dst: Endpoint) -> bool:
     """Did a listener serving dst overflow (``overflowed``: {port: listener addresses})?"""
-    da, dport = split_dst(dst)
-    addrs = overflowed.get(dport)
-    return bool(addrs) and (da in addrs or any(w in addrs for w in WILDCARDS))
+    addrs = overflowed.get(dst.port)
+    return bool(addrs) and (dst.addr in addrs or any(w in addrs for w in WILDCARDS))
 
 
 def _client_side(out_rows: dict, dst: str) -> dict:
@@ -566,7 +562,8 @@ def _churn(dst, ns, name, rate, mean_active, cpa, connects, peak, span, directio
 
 
 def replay(records) -> list[dict]:
-    """Run a sequence of interval records (e.g. parsed NDJSON) through a fresh Diagnoser."""
+    """Run a sequence of interval records (parsed NDJSON through ``netdiag.offline.keys.with_keys``)
+    through a fresh Diagnoser."""
     d = Diagnoser()
     for r in records:
         d.update(r)

@@ -21,11 +21,6 @@ COUNTERS = ("connects", "established", "failed", "active", "resets_in", "resets_
 LINK_LOCAL_PPS = 1024        # per-instance packet limit of a cloud's link-local DNS resolver (AWS)
 
 
-def split_dst(dst: str) -> tuple[str, int]:
-    addr, _, port = dst.rpartition(":")
-    return addr.strip("[]"), int(port)
-
-
 class ReverseResolver:
     """PTR lookups for addresses never seen in DNS (``--resolve``), one background thread,
     bounded cache; ``lookup`` never blocks: None until the answer is in."""
@@ -101,7 +96,7 @@ def annotate(record: dict, observer, pods=None, reverse: ReverseResolver | None 
             row["pod"] = pods.label(row["netns"])
         if row.get("direction", "out") != "out":
             continue
-        ip, _port = split_dst(row["dst"])
+        ip = row["dst"].addr
         entries = observer.entries(row["netns"], ip, at=ts) if observer is not None else []
         if entries:
             top = entries[0]
@@ -213,9 +208,9 @@ def _verdict_rows(v: dict, index: _RowIndex) -> list[dict]:
         out = [r for r in (here or same) if r.get("direction") == "out"]
         return out or here or same
     if listen:
-        addr, port = split_dst(listen)
+        port, wild, addr = listen.port, listen.wildcard, listen.addr
         return [r for r in index.by_ns.get(ns, []) if r.get("direction") == "in"
-                and split_dst(r["dst"])[1] == port and (addr in ("0.0.0.0", "::") or split_dst(r["dst"])[0] == addr)]
+                and r["dst"].port == port and (wild or r["dst"].addr == addr)]
     if ns is not None:
         return list(index.by_ns.get(ns, []))
     return []
@@ -245,9 +240,9 @@ def _add_row(g: dict, row: dict) -> None:
         g["accepts"] = (g["accepts"] or 0) + row["accepts"]
     _merge_map(g["failed_by_errno"], row.get("failed_by_errno"))
     _merge_map(g["resets_out_by_reason"], row.get("resets_out_by_reason"))
-    ip, port = split_dst(row["dst"])
-    g["_ips"].add(ip)
-    g["_ports"].add(port)
+    dst = row["dst"]
+    g["_ips"].add(dst.addr)
+    g["_ports"].add(dst.port)
     g["_who"].add(row.get("netns_name") or f"netns:{row.get('netns')}")
     if row.get("pod"):
         g["_pods"].add(row["pod"])
@@ -313,8 +308,7 @@ def rollup_domains(record: dict, per_pod: bool = False) -> list[dict]:
         if whole.get("direction", "out") != "out":
             continue
         for row in _parts(whole):
-            ip, _ = split_dst(row["dst"])
-            name = row.get("domain") or ip
+            name = row.get("domain") or row["dst"].addr
             key = (_who(row) if per_pod else None, name)
             g = groups.get(key)
             if g is None:

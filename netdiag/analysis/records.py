@@ -5,16 +5,22 @@ tests/unit/test_records.py checks these declarations against the schema, field b
 
 Fields may be added, never renamed. Optional parts (`NotRequired`) appear only with the options
 or hooks that produce them.
+
+Endpoints (a row's `dst`, a listener's `listen`, a verdict's `dst` or `listener`, a process's
+`listens`) are ``Endpoint`` keys (netdiag/analysis/keys.py): structured, read by their `addr` and
+`port`, and as text the contract's "addr:port", which is what the sinks write.
 """
 
 from typing import Any, Optional
 
 from typing_extensions import NotRequired, TypedDict
 
+from netdiag.analysis.keys import Endpoint
+
 
 class DestinationRow(TypedDict):
     """One destination (out) or local service endpoint (in) in one namespace, for one interval."""
-    dst: str                          # "addr:port" ("[addr]:port" for IPv6), made once, in aggregation
+    dst: Endpoint                     # remote (out) or local (in) endpoint: "addr:port" ("[addr]:port" for IPv6)
     domain: Optional[str]             # the name the namespace resolved it by (--per-domain)
     direction: str                    # "out" | "in"
     netns: int
@@ -38,7 +44,7 @@ class DestinationRow(TypedDict):
 
 
 class ListenerRow(TypedDict):
-    listen: str
+    listen: Endpoint
     netns: int
     netns_name: Optional[str]
     queue: int
@@ -67,7 +73,7 @@ class ProcessRow(TypedDict):
     accepts: Optional[int]            # null where no accept hook runs
     inbound: int                      # accepts, or the handshakes on the listeners it holds
     inbound_via: str                  # "accept" | "listener"
-    listens: NotRequired[list[str]]
+    listens: NotRequired[list[Endpoint]]
 
 
 class Verdict(TypedDict):
@@ -75,11 +81,11 @@ class Verdict(TypedDict):
     where: str
     evidence: dict[str, Any]
     advice: str
-    dst: NotRequired[Optional[str]]
+    dst: NotRequired[Optional[str]]   # an Endpoint (a NAT verdict's: the NAT row's "addr:port" text)
     cap: NotRequired[Any]             # the number: a cap, a backlog, a timeout
     netns: NotRequired[Optional[int]]
     netns_name: NotRequired[Optional[str]]
-    listener: NotRequired[str]        # listener verdicts: the local "addr:port"
+    listener: NotRequired[Endpoint]   # listener verdicts: the listening endpoint
     domain: NotRequired[Optional[str]]     # --per-domain: named by the pipeline from the verdict's rows
     pods: NotRequired[list[str]]           # --per-pod
 

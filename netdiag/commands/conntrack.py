@@ -68,6 +68,11 @@ def command(as_json, interval, duration, netns_spec, once, ready_file):
       sudo netdiag conntrack --netns nd-nat --interval 2 --duration 30
       sudo netdiag conntrack --json --once | jq '.snat[] | select(.utilization >= 0.9)'
     """
+    from netdiag.inputs import check_netns_spec, check_output_file
+    for s in netns_spec:
+        check_netns_spec(s)
+    if ready_file is not None:
+        check_output_file(ready_file, "--ready-file", may_exist=True, make_dirs=False)
     from netdiag.kernel.features import require_privileges
     require_privileges()
     from netdiag.sources import namespaces as nsmod

@@ -102,9 +102,15 @@ _register()
 
 
 def _run_lab(name, params, as_json, keep, allow_host_sysctl, record_path=None):
+    from netdiag.inputs import check_output_file
     from netdiag.kernel.features import require_privileges
     from netdiag.labs import LabRunner
+    from netdiag.labs.scenarios import SCENARIOS
     from netdiag.pipeline.run import stop_on_signals
+    # bad input is refused before anything (namespaces, rules, sysctls, files, BPF) is made
+    SCENARIOS[name].validate(params, allow_host_sysctl)
+    if record_path:
+        check_output_file(record_path, "--record")
     require_privileges()
     if as_json:
         from netdiag.sinks.ndjson import NdjsonSink

@@ -9,7 +9,7 @@ import time
 
 import click
 
-from netdiag.commands.options import json_option
+from netdiag.commands.options import finite, json_option
 from netdiag.errors import BadInput
 
 EXAMPLES_GROUP = """
@@ -47,19 +47,19 @@ Examples:
 @click.option("--max-conns", type=int, default=None, metavar="N",
               help="Hold at most N connections; beyond that SYNs go unanswered (clients time out).")
 @click.option("--backlog", type=int, default=4096, show_default=True, metavar="B", help="listen() backlog.")
-@click.option("--accept-delay-ms", type=float, default=0.0, show_default=True, metavar="D",
+@click.option("--accept-delay-ms", type=finite(), default=0.0, show_default=True, metavar="D",
               help="Wait D ms after each accept (with a small --backlog: listen overflow).")
 @click.option("--mode", type=click.Choice(["hold", "echo", "http"]), default="hold", show_default=True,
               help="hold: read and discard; echo: send back; http: minimal HTTP/1.1 200 responder.")
 @click.option("--max-requests", type=int, default=None, metavar="K",
               help="http: close a connection after K requests (nginx keepalive_requests).")
-@click.option("--idle-timeout", type=float, default=None, metavar="S",
+@click.option("--idle-timeout", type=finite(), default=None, metavar="S",
               help="Close connections idle for S seconds (nginx keepalive_timeout).")
 @click.option("--workers", type=int, default=1, show_default=True, metavar="W",
               help="Worker processes sharing the listeners.")
-@click.option("--stats-interval", type=float, default=1.0, show_default=True, metavar="S",
+@click.option("--stats-interval", type=finite(), default=1.0, show_default=True, metavar="S",
               help="Seconds between stats lines.")
-@click.option("--duration", type=float, default=3600.0, show_default=True, metavar="S",
+@click.option("--duration", type=finite(), default=3600.0, show_default=True, metavar="S",
               help="Stop after S seconds.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
               help="Write a JSON line here once listening.")
@@ -180,29 +180,29 @@ Examples:
 @click.option("--single", is_flag=True, help="One connect at a time, like a single-threaded client.")
 @click.option("--rate", "rate_spec", default=None, metavar="R[/s]", help="At most R connects per second.")
 @click.option("--burst", type=int, default=None, metavar="N", help="Start connects in bursts of N.")
-@click.option("--burst-window-ms", type=float, default=50.0, show_default=True, metavar="W",
+@click.option("--burst-window-ms", type=finite(), default=50.0, show_default=True, metavar="W",
               help="Each burst is started within W ms.")
-@click.option("--burst-interval-ms", type=float, default=1000.0, show_default=True, metavar="I",
+@click.option("--burst-interval-ms", type=finite(), default=1000.0, show_default=True, metavar="I",
               help="Time from one burst's start to the next.")
-@click.option("--hold", type=float, default=0.0, show_default=True, metavar="S",
+@click.option("--hold", type=finite(), default=0.0, show_default=True, metavar="S",
               help="Hold the connections S seconds once all are open.")
-@click.option("--keepalive", type=float, default=None, metavar="S",
+@click.option("--keepalive", type=finite(), default=None, metavar="S",
               help="While holding, send one byte on each connection every S seconds.")
-@click.option("--delay-threshold-ms", type=float, default=None, metavar="MS",
+@click.option("--delay-threshold-ms", type=finite(), default=None, metavar="MS",
               help="Count connects slower than MS as delayed.")
-@click.option("--timeout", type=float, default=5.0, show_default=True, metavar="S", help="Connect (and request) timeout.")
+@click.option("--timeout", type=finite(), default=5.0, show_default=True, metavar="S", help="Connect (and request) timeout.")
 @click.option("--requests-per-conn", type=int, default=None, metavar="K",
               help="Churn: K HTTP/1.1 requests per connection, then a new connection.")
 @click.option("--requests", type=int, default=None, metavar="R",
               help="Churn: requests each client makes in all [default: K].")
-@click.option("--idle-ms", type=float, default=0.0, show_default=True, metavar="I",
+@click.option("--idle-ms", type=finite(), default=0.0, show_default=True, metavar="I",
               help="Churn: idle gap between requests on a connection.")
 @click.option("--source-ips", default=None, metavar="CIDR|LIST",
               help="Source addresses to spread connections over (e.g. 127.0.0.2-127.0.0.9).")
 @click.option("--workers", type=int, default=None, metavar="W",
               help="Worker processes [default: one per core above 2,000 connections].")
-@click.option("--duration", type=float, default=None, metavar="S", help="Stop churning/holding after S seconds.")
-@click.option("--max-time", type=float, default=None, metavar="S",
+@click.option("--duration", type=finite(), default=None, metavar="S", help="Stop churning/holding after S seconds.")
+@click.option("--max-time", type=finite(), default=None, metavar="S",
               help="Hard bound on the whole run [default: derived from N, --timeout and --hold].")
 @click.option("--allow-remote", is_flag=True, help="Allow targets outside loopback and 198.18.0.0/15.")
 @json_option

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from netdiag.commands.options import duration_option, interval_option
+from netdiag.commands.options import duration_option, finite, interval_option
 from netdiag.commands.watch import filter_options, run_watch
 
 _UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
@@ -54,7 +54,7 @@ class Duration(click.ParamType):
 @click.option("--node", metavar="NAME", help="The node name stored in the recording (default: the host name).")
 @interval_option()
 @duration_option()
-@click.option("--flush", "flush_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="S",
+@click.option("--flush", "flush_s", type=finite(min=0.1), default=10.0, show_default=True, metavar="S",
               help="Write buffered intervals to the file at least this often (SIGKILL loses at most this window).")
 @click.option("--max-size", type=Size(), metavar="SIZE",
               help="Rotate to the next numbered file before one would pass SIZE bytes (k/M/G suffixes).")
@@ -82,13 +82,21 @@ def command(out, node, interval, duration, flush_s, max_size, max_age, keep, rin
       sudo netdiag record --out /var/lib/netdiag/node.ndrec --max-size 256M --keep 8
       sudo netdiag record --out /var/lib/netdiag/incident.ndrec --ring 10m --trigger verdict:snat_port_exhaustion
     """
+    from netdiag.inputs import check_name
+    from netdiag.offline.writer import MIN_MAX_SIZE, check_recording_path
     from netdiag.sinks.ready import ReadyFile
     from netdiag.sinks.recorder import Recorder, parse_trigger
     if trigger is not None and ring is None:
         raise click.BadParameter("--trigger needs --ring", param_hint="--trigger")
     if keep is not None and not (max_size or max_age):
         raise click.BadParameter("--keep needs --max-size or --max-age", param_hint="--keep")
+    if max_size is not None and max_size < MIN_MAX_SIZE:
+        raise click.BadParameter(f"{max_size} is below the smallest bound ({MIN_MAX_SIZE} bytes)",
+                                 param_hint="--max-size")
     kinds = parse_trigger(trigger) if ring is not None else None
+    if node is not None:
+        check_name(node, "--node")
+    check_recording_path(out, rotating=bool(max_size or max_age))
     recorder = Recorder(out, node=node, flush_s=flush_s, max_size=max_size, max_age=max_age, keep=keep,
                         ring_s=ring, trigger=kinds)
     sinks = [recorder]

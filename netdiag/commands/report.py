@@ -76,7 +76,12 @@ def command(files, since, until, dst, domain, pod, node, thresholds, recorded, t
     if missing:
         raise ExtraMissing(f"report needs {' and '.join(missing)}: pip install 'netdiag[report]' "
                            "(the container image leaves them out; copy the recording off the node)")
+    from netdiag.inputs import check_output_dir, check_output_file
     from netdiag.offline import report as rp
+    if html_out is not None:                # before the (long) read: an unusable output fails now
+        check_output_file(html_out, "--html", may_exist=True, make_dirs=False)
+    if png_dir is not None:
+        check_output_dir(png_dir, "--png")
     if since is not None and until is not None and since > until:
         raise click.BadParameter("--since is after --until", param_hint="--since")
     if dst:
@@ -105,7 +110,11 @@ def command(files, since, until, dst, domain, pod, node, thresholds, recorded, t
     if as_json:
         click.echo(json.dumps(report.as_json(), default=str))
         return
-    click.echo(render_text(report, top))
+    click.echo(render_text(report, top).translate(_CONTROL))
+
+
+# what a recording's strings (a process's comm, a pod's name) may hold but a terminal must not get
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)] if c != 0x0a}
 
 
 def _when(ts) -> str:

@@ -25,8 +25,12 @@ def command(out, node, nat):
       sudo netdiag snapshot --out /var/lib/netdiag/node-$(date +%s).ndsnap
       netdiag report /var/lib/netdiag/node-1714533120.ndsnap
     """
+    from netdiag.inputs import check_name, check_output_file
     from netdiag.kernel.features import require_privileges
     from netdiag.offline import snapshot
+    if node is not None:
+        check_name(node, "--node")
+    check_output_file(out, "--out")         # before the node is read (nft runs in every namespace)
     require_privileges()
     meta, tables = snapshot.take(node, nat=nat)
     size = snapshot.write(out, meta, tables)

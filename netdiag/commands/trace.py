@@ -20,7 +20,7 @@ HEADER = f"{'TIME(s)':<9} {'EVENT':<7} {'PID':<7} {'COMM':<15} {'NETNS':<14} {'L
 @json_option
 @duration_option()
 @click.option("--netns", metavar="NAME|INODE", help="Only this network namespace (ip netns name or inode).")
-@click.option("--pid", type=click.IntRange(min=1), help="Only this process id.")
+@click.option("--pid", type=click.IntRange(min=1, max=4194304), help="Only this process id.")
 @click.option("--mode", type=click.Choice(["auto", "kprobe", "fentry", "tracepoint"]), default="auto",
               show_default=True, help="Force a hook mode for every signal (fails if the kernel cannot).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -42,11 +42,13 @@ def command(ctx, what, as_json, duration, netns, pid, mode, ready_file, dump_bpf
       sudo netdiag trace --netns nd-client --pid 1234
     """
     from netdiag.analysis.decode import decode_event, endpoint
+    from netdiag.inputs import check_netns_spec, check_output_file
     from netdiag.kernel.engine import ProbeEngine
     from netdiag.sources import netns as nsmod
-
     signals = WHAT[what]
-    netns_inode = nsmod.resolve(netns) if netns else None
+    netns_inode = nsmod.resolve(check_netns_spec(netns)) if netns else None
+    if ready_file is not None:
+        check_output_file(ready_file, "--ready-file", may_exist=True, make_dirs=False)
     if dump_bpf:
         click.echo(ProbeEngine.for_dump(signals, mode, pid=pid, netns=netns_inode).dump())
         return

@@ -13,11 +13,13 @@ from netdiag.commands.options import (
     DST_SLOTS,
     SOCKET_SLOTS,
     duration_option,
+    finite,
     flavour_kwargs,
     interval_option,
     json_option,
     tracepoints_option,
 )
+from netdiag.errors import BadInput
 
 
 def dns_options(f):
@@ -25,7 +27,7 @@ def dns_options(f):
     f = click.option("--host-root", type=click.Path(file_okay=False), default="/", show_default=True,
                      help="Where the node's /var/log/pods, /run/netns, /sys/fs/cgroup and CRI socket are "
                           "(/host in `kubectl debug node/... --profile=sysadmin`); processes are read from /proc.")(f)
-    f = click.option("--dns-share", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
+    f = click.option("--dns-share", type=finite(min=0.01), default=0.5, show_default=True,
                      help=f"Verdict dns_rate_limit_risk when the node's DNS packets/s exceed this share of "
                           f"{LINK_LOCAL_PPS} (the link-local resolver limit per instance).")(f)
     f = click.option("--resolve", is_flag=True,
@@ -53,7 +55,7 @@ def metrics_options(f):
     """--metrics, --node, --metrics-by, --metrics-max-series, --metrics-ttl, --quiet."""
     f = click.option("--quiet", "-q", is_flag=True,
                      help="Print nothing but errors (and the NDJSON of --json): for DaemonSets.")(f)
-    f = click.option("--metrics-ttl", type=click.FloatRange(min=0, min_open=True), default=300.0,
+    f = click.option("--metrics-ttl", type=finite(min=0, min_open=True), default=300.0,
                      show_default=True, metavar="S",
                      help="Remove a series (a destination, pod, verdict) not updated for S seconds.")(f)
     f = click.option("--metrics-max-series", type=click.IntRange(min=1), default=500, show_default=True,
@@ -151,6 +153,14 @@ def command(interval, duration, as_json, top, record_path, metrics, node, metric
             metrics_by = "domain"            # --per-domain: connects per domain in the metrics too
         options["dns"] = options["dns"] or metrics_by == "domain"
         options["per_pod"] = options["per_pod"] or metrics_by == "pod"
+    from netdiag.inputs import check_name
+    if node is not None:
+        check_name(node, "--node")
+    if record_path is not None:
+        from netdiag.offline.writer import check_recording_path
+        check_recording_path(record_path, "--record")
+    check_input(options["netns"], options["dst"], options["socket_slots"], options["dst_slots"],
+                options["ready_file"], options["host_root"])
     sinks = output_sinks(as_json, top, options["ready_file"], quiet)
     recorder = None
     if record_path is not None:
@@ -168,6 +178,29 @@ def command(interval, duration, as_json, top, record_path, metrics, node, metric
     run_watch(interval, duration, sinks, recorder=recorder, quiet=quiet, **options)
 
 
+def check_input(netns, dst, socket_slots, dst_slots, ready_file, host_root):
+    """Refuse bad input of `watch`/`record` (one line, exit 2/65/73) before anything is bound,
+    attached or written; returns the --netns inode (or None)."""
+    from netdiag.inputs import check_netns_spec, check_output_file
+    from netdiag.sources import netns as nsmod
+    netns_inode = nsmod.resolve(check_netns_spec(netns)) if netns else None
+    if ready_file is not None:
+        check_output_file(ready_file, "--ready-file", may_exist=True, make_dirs=False)
+    if not Path(host_root).is_dir():
+        raise BadInput(f"--host-root {host_root}: no such directory")
+    if dst:
+        import ipaddress
+        try:
+            ipaddress.ip_network(dst, strict=False)
+        except ValueError:
+            raise click.BadParameter(f"{dst!r} is not a network (e.g. 10.0.0.0/8)", param_hint="--dst")
+    if socket_slots & (socket_slots - 1):
+        raise click.BadParameter(f"{socket_slots} is not a power of two", param_hint="--socket-slots")
+    if dst_slots & (dst_slots - 1):
+        raise click.BadParameter(f"{dst_slots} is not a power of two", param_hint="--dst-slots")
+    return netns_inode
+
+
 def run_watch(interval, duration, sinks, netns, port, dst, mode, max_dsts, socket_slots, max_socks, dst_slots,
               count_accepts,
               per_process, ready_file, tracepoints, dns, dns_capture, per_domain, per_pod, resolve, dns_share,
@@ -179,19 +212,8 @@ def run_watch(interval, duration, sinks, netns, port, dst, mode, max_dsts, socke
     from netdiag.pipeline.dnswatch import Enricher
     from netdiag.pipeline.run import Pipeline, stop_on_signals
     from netdiag.sinks.summary import RunSummary
-    from netdiag.sources import netns as nsmod
 
-    netns_inode = nsmod.resolve(netns) if netns else None
-    if dst:
-        import ipaddress
-        try:
-            ipaddress.ip_network(dst, strict=False)
-        except ValueError:
-            raise click.BadParameter(f"{dst!r} is not a network (e.g. 10.0.0.0/8)", param_hint="--dst")
-    if socket_slots & (socket_slots - 1):
-        raise click.BadParameter(f"{socket_slots} is not a power of two", param_hint="--socket-slots")
-    if dst_slots & (dst_slots - 1):
-        raise click.BadParameter(f"{dst_slots} is not a power of two", param_hint="--dst-slots")
+    netns_inode = check_input(netns, dst, socket_slots, dst_slots, ready_file, host_root)
     require_privileges()
     if max_socks is None:
         from netdiag.kernel.engine import node_max_socks

@@ -12,7 +12,9 @@ from netdiag.kernel.engine import MODES, SIGNALS, mode_available, plan_modes, si
 # what each field `signal_gaps` can name is, for the table, and what stands in for it
 GAP_ROWS = {"drops_by_reason": ("drop reasons", "drops counted per namespace without a reason; listen overflows "
                                                 "from the namespace's ListenOverflows (TcpExt) counter"),
-            "resets_out_by_reason": ("reset reasons", "resets sent counted per destination without a reason")}
+            "resets_out_by_reason": ("reset reasons", "resets sent from a socket counted per destination "
+                                                       "without a reason; those sent with no socket (NO_SOCKET) only "
+                                                       "in the namespace's Tcp OutRsts counter")}
 
 
 @dataclass

@@ -266,7 +266,9 @@ def signal_gaps() -> dict[str, str]:
     rst = _fields("tcp", "tcp_send_reset")
     if rst is not None and "reason" not in rst:
         gaps["resets_out_by_reason"] = ("tcp:tcp_send_reset has no reset reason before kernel 6.10: resets sent "
-                                        "are counted without one")
+                                        "from a socket are counted without one; a reset sent with no socket "
+                                        "(NO_SOCKET: a connect to a closed port) is not traced at all, the "
+                                        "namespace's Tcp OutRsts counter (nstat) counts it")
     return gaps
 
 

@@ -113,7 +113,7 @@ class LabRunner:
     def __init__(self, scenario: str, params: dict | None = None, keep: bool = False,
                  allow_host_sysctl: bool = False, sinks=(), on_status=None):
         self.sc = SCENARIOS[scenario]
-        self.params = {**self.sc.defaults(), **{k: v for k, v in (params or {}).items() if v is not None}}
+        self.params = self.sc.validate(params or {}, allow_host_sysctl)     # before anything is built
         self.keep = keep
         self.allow_host_sysctl = allow_host_sysctl
         self.sinks = list(sinks)        # netdiag/sinks/: each interval record, then the result

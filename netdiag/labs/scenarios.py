@@ -14,6 +14,7 @@ from netdiag.labs.procs import LabProc, netdiag_argv, peer_argv
 from netdiag.labs.topology import Topology, ns_exec
 
 SERVER_PORT = 8080
+CT_MAX_LO, CT_MAX_HI = 100, 1_000_000     # conntrack-full --max (0: the table's current size)
 
 
 @dataclass
@@ -22,6 +23,32 @@ class Param:
     type: type
     default: object
     help: str
+    lo: float | None = None         # the smallest value the scenario can run with
+    hi: float | None = None         # the largest
+    lo_open: bool = False           # lo itself excluded (a float above 0)
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value) -> None:
+        """BadInput (one line, exit 65) unless ``value`` is in [lo, hi]."""
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and self.type is int:
+            ok = float(value).is_integer()
+        if ok and self.lo is not None:
+            ok = value > self.lo if self.lo_open else value >= self.lo
+        if ok and self.hi is not None:
+            ok = value <= self.hi
+        if not ok:
+            lo = "" if self.lo is None else (f"above {_num(self.lo)}" if self.lo_open else f"{_num(self.lo)}")
+            rng = f"{lo} to {_num(self.hi)}" if self.hi is not None and not self.lo_open else (
+                f"{lo}, at most {_num(self.hi)}" if self.hi is not None else f"at least {lo}")
+            raise BadInput(f"{self.option} must be {rng}, not {value}")
+
+
+def _num(x) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 @dataclass
@@ -40,6 +67,23 @@ class Scenario:
 
     def defaults(self) -> dict:
         return {p.name: p.default for p in self.params}
+
+    def validate(self, params: dict, allow_host_sysctl: bool = False) -> dict:
+        """The parameters to run with (defaults filled in), or BadInput before anything is built."""
+        known = {p.name: p for p in self.params}
+        for k in params:
+            if k not in known:
+                raise BadInput(f"lab {self.name}: unknown option --{k.replace('_', '-')}")
+        full = {**self.defaults(), **{k: v for k, v in params.items() if v is not None}}
+        for name, p in known.items():
+            p.check(full[name])
+        if self.name == "conntrack-full" and 0 < full["max"] < CT_MAX_LO:
+            raise BadInput(f"--max must be 0 (the table's current size) or {CT_MAX_LO} to {CT_MAX_HI}, "
+                           f"not {full['max']}")
+        if self.name == "conntrack-full" and full.get("max") and not allow_host_sysctl:
+            raise BadInput("--max changes the node-wide net.netfilter.nf_conntrack_max: add --allow-host-sysctl "
+                           "(it is restored on exit)")
+        return full
 
 
 class Ctx:
@@ -255,14 +299,6 @@ class NginxMissing(NetdiagError):
 
 def build_fanout(ctx, tag):
     """client 198.18.40.2 -- 198.18.40.1 proxy 198.18.41.1 -- 198.18.41.2 backend."""
-    p = ctx.p
-    if not 1 <= p["requests_per_conn"] <= 100:
-        raise BadInput(f"--requests-per-conn must be 1 to 100 (nginx closes a client connection after "
-                       f"keepalive_requests 100), not {p['requests_per_conn']}")
-    if not 1 <= p["clients"] <= 1000:
-        raise BadInput(f"--clients must be 1 to 1000, not {p['clients']}")
-    if p["upstream_keepalive"] < 0:
-        raise BadInput(f"--upstream-keepalive must be 0 (none) or more, not {p['upstream_keepalive']}")
     nginx_binary()
     t = Topology(tag)
     try:
@@ -346,48 +382,51 @@ def run_ct_full(ctx, topo):
 SCENARIOS = {s.name: s for s in [
     Scenario("snat-cap", "snat_port_exhaustion", "000 (AKS outbound cap), 001 (60k through a load balancer)",
              "client -> local NAT (MASQUERADE to N ports) -> server; more connections than ports",
-             [Param("ports", int, 10, "size of the NAT's MASQUERADE port range (the cap)")]),
+             [Param("ports", int, 10, "size of the NAT's MASQUERADE port range (the cap)", 1, 25536)]),
     Scenario("remote-cap", "remote_connection_cap", "000 (AKS outbound cap seen from the pod)",
              "the snat-cap topology, but netdiag watches only the client namespace: the cap is beyond it",
-             [Param("ports", int, 10, "size of the (unwatched) NAT's port range (the cap)")],
+             [Param("ports", int, 10, "size of the (unwatched) NAT's port range (the cap)", 1, 25536)],
              watch_client_only=True),
     Scenario("port-exhaustion", "local_port_exhaustion", "004 (ephemeral ports and the 5-tuple limit)",
              "the client's ip_local_port_range holds N ports; it opens N+5 connections to one server",
-             [Param("ports", int, 8, "ports in the client's ip_local_port_range")]),
+             [Param("ports", int, 8, "ports in the client's ip_local_port_range", 1, 25536)]),
     Scenario("listen-overflow", "listen_overflow", "003 (listen backlog and ListenOverflows)",
              "a server with a small accept queue accepting 10/s; clients connect at 20/s",
-             [Param("backlog", int, 8, "the server's listen() backlog")]),
+             [Param("backlog", int, 8, "the server's listen() backlog", 1, 4096)]),
     Scenario("idle-timeout", "idle_timeout_reset", "003 (NAT/NLB 350 s idle timeout), 002 (keep-alive)",
              "client -> NAT that forgets established flows after S s and answers them with RST -> server; "
              "connections opened one by one, then all send after idling",
-             [Param("timeout", int, 5, "the NAT's established-flow timeout in seconds")], interval=0.5),
+             [Param("timeout", int, 5, "the NAT's established-flow timeout in seconds", 1, 30)], interval=0.5),
     Scenario("microburst", "connection_burst", "003 (microbursts, backlog sizing)",
              "bursts of N connects within W ms every 1.5 s against a listener with a small backlog",
-             [Param("burst", int, 200, "connects per burst"), Param("window_ms", float, 20.0, "burst window (ms)"),
-              Param("backlog", int, 16, "the server's listen() backlog"), Param("bursts", int, 4, "number of bursts")],
+             [Param("burst", int, 200, "connects per burst", 1, 5000),
+              Param("window_ms", float, 20.0, "burst window (ms)", 0, 1000, lo_open=True),
+              Param("backlog", int, 16, "the server's listen() backlog", 1, 4096),
+              Param("bursts", int, 4, "number of bursts", 1, 20)],
              interval=0.1),
     Scenario("churn", "connection_churn", "002 (API gateway -> NLB -> nginx connection spikes)",
              "4 HTTP clients doing K requests per connection, then a new connection",
-             [Param("requests_per_conn", int, 1, "HTTP requests per connection"),
-              Param("seconds", float, 5.0, "how long the clients run")]),
+             [Param("requests_per_conn", int, 1, "HTTP requests per connection", 1, 10000),
+              Param("seconds", float, 5.0, "how long the clients run", 0, 60, lo_open=True)]),
     Scenario("conntrack-full", "conntrack_table_full", "004 (conntrack_max for 1M connections), 003 (sizing)",
              "connections held through the NAT until its conntrack table is full",
              [Param("max", int, 0, "with --allow-host-sysctl: set net.netfilter.nf_conntrack_max to this "
-                                   "for the run (restored on exit); 0 = fill the table at its current size")],
+                                   "for the run (restored on exit); 0 = fill the table at its current size",
+                   0, CT_MAX_HI)],
              max_s=900.0),
     Scenario("fanout", "connection_fanout", "002 (API gateway -> nginx connection spikes)",
              "N keep-alive HTTP clients doing K requests each on one connection through a real nginx reverse "
              "proxy (client side keepalive_timeout 75s, keepalive_requests 100) to two backends; the upstream "
              "side without keep-alive: K backend connections per client connection",
              [Param("requests_per_conn", int, 10, "HTTP requests each client makes on its one connection "
-                                                  "(at most 100, nginx's keepalive_requests)"),
-              Param("clients", int, 10, "client connections (one per client)"),
+                                                  "(at most 100, nginx's keepalive_requests)", 1, 100),
+              Param("clients", int, 10, "client connections (one per client)", 1, 1000),
               Param("upstream_keepalive", int, 0, "nginx upstream keep-alive pool size (keepalive N, "
-                                                  "HTTP/1.1); 0: none, a new connection per request")],
+                                                  "HTTP/1.1); 0: none, a new connection per request", 0, 1000)],
              per_process=True, accepts=True),
     Scenario("healthy", None, "-",
              "20 keep-alive HTTP clients, plenty of ports, backlog and conntrack room: no verdict",
-             [Param("clients", int, 20, "keep-alive clients")]),
+             [Param("clients", int, 20, "keep-alive clients", 1, 1000)]),
 ]}
 
 BUILD = {"snat-cap": build_snat, "remote-cap": build_snat, "port-exhaustion": build_ports,

@@ -12,6 +12,7 @@ as behind a connection cap that is beyond their node (seed 000).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import multiprocessing
 import os
 import select
@@ -59,6 +60,10 @@ class ServerConfig:
     def validate(self) -> None:
         if not self.ports:
             raise BadInput("no port to listen on")
+        try:
+            ipaddress.IPv4Address(self.bind)
+        except ValueError:
+            raise BadInput(f"--bind {self.bind!r}: not an IPv4 address (e.g. 127.0.0.1)") from None
         if self.mode not in MODES:
             raise BadInput(f"unknown mode {self.mode!r} (one of {', '.join(MODES)})")
         if self.max_conns is not None and self.max_conns < 1:

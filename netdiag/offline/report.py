@@ -9,10 +9,12 @@ import json
 from pathlib import Path
 
 from netdiag.analysis.diagnose import Diagnoser
-from netdiag.analysis.domains import dns_rate_limit_verdict, name_verdicts, split_dst
+from netdiag.analysis.domains import dns_rate_limit_verdict, name_verdicts
 from netdiag.analysis.thresholds import Thresholds
 from netdiag.errors import BadInput
 from netdiag.offline import format as fm
+from netdiag.offline import validate
+from netdiag.offline.keys import parse_endpoint, with_keys
 
 ERRNO_PREFIX = "failed_"
 REASON_PREFIX = "reset_"
@@ -87,6 +89,7 @@ def load(path) -> Source:
         raise BadInput(f"{path}: no such file")
     if fm.is_recording(path):
         rec = fm.read(path)
+        validate.recording(rec)
         notes = [f"{path}: a partial last flush ({rec.truncated} bytes) was dropped: the recorder stopped "
                  f"without closing the file"] if rec.truncated else []
         kind = "snapshot" if rec.meta.get("kind") == "snapshot" else "recording"
@@ -107,18 +110,19 @@ def _load_ndjson(path: Path) -> Source:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except ValueError:
+                obj = json.loads(line.decode("utf-8"))      # strict: no encoded surrogates
+                validate.no_lone_surrogates(obj, line)
+            except (ValueError, RecursionError):
                 what = "truncated" if not line.endswith(b"\n") else "corrupt"
                 raise BadInput(f"{path}:{i}: not a netdiag recording or watch --json NDJSON ({what} line)") from None
             if not isinstance(obj, dict):
                 raise BadInput(f"{path}:{i}: not a watch --json object")
             t = obj.get("type")
             if t == "interval":
-                if not isinstance(obj.get("ts"), (int, float)) or not isinstance(obj.get("destinations"), list):
-                    raise BadInput(f"{path}:{i}: interval object without ts/destinations")
-                records.append(obj)
+                records.append(validate.interval(obj, f"{path}:{i}"))
             elif t in ("summary", "lab"):
+                if not validate.depth_ok(obj):
+                    raise BadInput(f"{path}:{i}: {t} object nested deeper than {validate.MAX_DEPTH}")
                 summaries.append(obj)
             else:
                 raise BadInput(f"{path}:{i}: not a watch --json object (type {t!r})")
@@ -163,7 +167,7 @@ def in_net(dst: str | None, net) -> bool:
     if not dst:
         return False
     try:
-        return ipaddress.ip_address(split_dst(dst)[0]) in net
+        return ipaddress.ip_address(parse_endpoint(dst).addr) in net
     except ValueError:
         return False
 
@@ -181,7 +185,7 @@ def replay(records, th: Thresholds, dns_share: float = 0.5, stats: dict | None =
     naming = False
     for rec in records:
         stats["n"] += 1
-        r = {k: v for k, v in rec.items() if k != "verdicts"}
+        r = with_keys({k: v for k, v in rec.items() if k != "verdicts"})
         vs = d.update(r)
         if "dns" in r:
             v = dns_rate_limit_verdict(r.get("dns"), share=dns_share)

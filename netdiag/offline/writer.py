@@ -47,6 +47,19 @@ def make_private_dirs(d: Path) -> None:
             raise OutputError(f"{m}: cannot create directory ({e.strerror})") from None
 
 
+def check_recording_path(path, what: str = "--out", rotating: bool = False) -> Path:
+    """Refuse (OutputError, exit 73) a recording path that cannot be created, before anything
+    is attached or written: a directory, an existing file (or numbered files when rotating),
+    a parent that is a file or not writable."""
+    from netdiag.inputs import check_output_file
+    p = check_output_file(path, what)
+    if rotating:
+        old = numbered_files(p)
+        if old:
+            raise OutputError(f"{what} {old[0]}: a recording with this name exists (remove it or choose another)")
+    return p
+
+
 class RecordingWriter:
     """Append interval records to ``path`` (or, with ``max_size``/``max_age``, to numbered files
     next to it, at most ``keep`` of them). ``write(records)`` appends one flush; a failure

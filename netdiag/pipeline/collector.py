@@ -29,6 +29,7 @@ from netdiag.analysis.decode import (
     U64,
     format_addr,
 )
+from netdiag.analysis.keys import endpoint
 from netdiag.errors import FeatureMissing
 from netdiag.kernel import loader, tracefs
 from netdiag.kernel.engine import DST_SLOTS, MAX_PROCS, MAX_SOCKS, SOCKET_SLOTS, flavour_of, signal_gaps
@@ -285,7 +286,7 @@ class Watcher:
             if d > 0 and (self.netns_filter is None or ns == self.netns_filter):
                 name = self.drop_reason(reason)
                 drop_d[name] = drop_d.get(name, 0) + d
-        listeners = self._listeners(rows, shown)
+        listeners = self._listeners(rows)
         totals = agg.node_totals(rows)
         totals["drops_by_reason"] = dict(sorted(drop_d.items(), key=lambda kv: -kv[1]))
         totals["drops"] = sum(drop_d.values())
@@ -394,8 +395,7 @@ class Watcher:
                 d = tot
             if not any(d):
                 continue
-            dst = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-            per_row.setdefault((netns, dst), []).append(
+            per_row.setdefault((netns, endpoint(addr, port)), []).append(
                 {"pid": tgid, "connects": d[0], "established": d[1], "failed": d[2]})
         self.prev_proc_dsts = cur
         for r in rows:
@@ -410,14 +410,12 @@ class Watcher:
             return False
         return self.dst_net is None or ipaddress.ip_address(key.addr) in self.dst_net
 
-    def _listeners(self, rows: list[dict], keys) -> list[dict]:
-        # each inbound row's key (rows name it by its endpoint text; the keys say which it is)
-        by_text = {(k.netns, k.endpoint, k.out): k for k in keys}
+    def _listeners(self, rows: list[dict]) -> list[dict]:
         inbound: dict = {}
         for r in rows:
             if r["direction"] == "in":
-                k = by_text.get((r["netns"], r["dst"], False)) or by_text[(r["netns"], r["dst"], True)]
-                inbound.setdefault((r["netns"], k.port), []).append((k.addr, r))
+                dst = r["dst"]
+                inbound.setdefault((r["netns"], dst.port), []).append((dst.addr, r))
         out = []
         self.taps.refresh(hint={r["netns"] for r in rows})
         for inode, tap in list(self.taps.taps.items()):
@@ -435,7 +433,7 @@ class Watcher:
                 rs = [r for addr, r in inbound.get((inode, s.lport), [])
                       if s.laddr in ("0.0.0.0", "::") or addr == s.laddr]
                 mine.append({
-                    "listen": f"[{s.laddr}]:{s.lport}" if s.family == 6 else f"{s.laddr}:{s.lport}",
+                    "listen": endpoint(s.laddr, s.lport),
                     "netns": inode,
                     "netns_name": self.labels.label(inode),
                     "queue": s.rqueue,

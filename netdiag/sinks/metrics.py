@@ -30,6 +30,7 @@ from prometheus_client.exposition import choose_encoder
 
 from netdiag import __version__
 from netdiag.analysis.diagnose import NUMBER
+from netdiag.analysis.keys import endpoint
 from netdiag.errors import BadInput
 
 BY_CHOICES = ("node", "pod", "domain", "dst")
@@ -332,10 +333,8 @@ class MetricsSink:
         if self.by == "domain":
             return (d, r.get("domain") or "")
         dst = r["dst"]
-        if d == "in":
-            host, _, port = dst.rpartition(":")
-            if port.isdigit() and self.ephemeral[0] <= int(port) <= self.ephemeral[1]:
-                dst = f"{host}:0"            # a local ephemeral port is never a label
+        if d == "in" and self.ephemeral[0] <= dst.port <= self.ephemeral[1]:
+            dst = endpoint(dst.addr, 0)      # a local ephemeral port is never a label
         return (d, dst)
 
     def interval(self, rec: dict) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from netdiag.analysis.diagnose import Diagnoser
+from netdiag.offline.keys import with_keys
 from netdiag.sinks.recorder import Recorder
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
@@ -28,7 +29,7 @@ def test_html_report_renders_in_chromium_and_fetches_nothing(tmp_path):
     rec = Recorder(tmp_path / "r.ndrec", context={"node": "vm"}, flush_s=1e9)
     rec.open({})
     for line in (GOLDEN / "snat-cap.ndjson").read_text().splitlines():
-        r = json.loads(line)
+        r = with_keys(json.loads(line))
         if r.get("type") == "interval":
             r["verdicts"] = d.update(r)
             rec.interval(r)

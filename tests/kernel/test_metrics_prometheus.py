@@ -298,7 +298,7 @@ def test_metrics_address_not_on_this_host(doctor, tmp_path):
 def test_metrics_bad_options(doctor, tmp_path, args, needle):
     p, attached = run_watch(tmp_path, *args)
     assert p.returncode == 2, p.stderr
-    err = [line for line in p.stderr.strip().splitlines() if line.startswith("Error")]
+    err = [line for line in p.stderr.strip().splitlines() if line.startswith("netdiag: error: ")]
     assert len(err) == 1 and needle in err[0], p.stderr
     assert not attached and "attached" not in p.stderr
 

@@ -10,13 +10,15 @@ import pytest
 
 from netdiag.analysis.diagnose import KINDS, NUMBER, Diagnoser, replay
 from netdiag.analysis.thresholds import DEFAULT, Thresholds
+from netdiag.offline.keys import parse_endpoint, with_keys
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text())
 
 
 def load(name):
-    return [json.loads(line) for line in (GOLDEN / f"{name}.ndjson").read_text().splitlines() if line.strip()]
+    return [with_keys(json.loads(line)) for line in (GOLDEN / f"{name}.ndjson").read_text().splitlines()
+            if line.strip()]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -73,7 +75,7 @@ def rec(ts, dests=(), listeners=(), ct=(), nat=(), interval=1.0):
 
 
 def row(dst="10.0.0.1:443", ns=1, **kw):
-    r = {"dst": dst, "direction": "out", "netns": ns, "netns_name": "pod", "connects": 0, "established": 0,
+    r = {"dst": parse_endpoint(dst), "direction": "out", "netns": ns, "netns_name": "pod", "connects": 0, "established": 0,
          "failed": 0, "failed_by_errno": {}, "active": 0, "resets_in": 0, "resets_out": 0,
          "resets_out_by_reason": {}, "syn_retrans": 0, "retrans": 0, "accepts": None, "connect_ms_avg": None}
     r.update(kw)
@@ -172,7 +174,7 @@ def test_churn_and_no_churn():
 
 
 def listener(ovf, backlog=16, ns=2):
-    return {"listen": "10.0.0.1:443", "netns": ns, "netns_name": "srv", "queue": 0, "max_queue": backlog,
+    return {"listen": parse_endpoint("10.0.0.1:443"), "netns": ns, "netns_name": "srv", "queue": 0, "max_queue": backlog,
             "backlog": backlog, "established": 0, "accepts": None, "overflows": ovf, "synack_retrans": 0}
 
 

@@ -7,6 +7,7 @@ from netdiag.analysis.domains import (
     rollup_domains,
     rollup_pods,
 )
+from netdiag.offline.keys import parse_endpoint
 from netdiag.sources.dns.cache import NameCache, QueryStats
 from netdiag.sources.dns.observer import build_snapshot
 
@@ -34,7 +35,7 @@ class FakePods:
 
 
 def row(dst, netns, **kw):
-    r = {"dst": dst, "domain": None, "direction": "out", "netns": netns, "netns_name": f"nd-x-{netns}",
+    r = {"dst": parse_endpoint(dst), "domain": None, "direction": "out", "netns": netns, "netns_name": f"nd-x-{netns}",
          "connects": 0, "established": 0, "failed": 0, "active": 0, "resets_in": 0, "resets_out": 0,
          "syn_retrans": 0, "retrans": 0, "accepts": None, "connect_ms_avg": None, "failed_by_errno": {},
          "resets_out_by_reason": {}}

@@ -8,6 +8,7 @@ import pytest
 
 from netdiag.analysis.diagnose import Diagnoser
 from netdiag.analysis.thresholds import Thresholds
+from netdiag.offline.keys import parse_endpoint
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "schema" /
                      "watch-interval.schema.json").read_text())
@@ -22,7 +23,7 @@ def prow(pid, comm, connects=0, inbound=0, via="accept", failed=0):
 
 def rec(t, procs, dsts=()):
     return {"type": "interval", "ts": float(t), "interval_s": 0.5, "node": "n", "modes": {}, "lost_events": 0,
-            "destinations": [{"dst": d, "direction": "out", "netns": NS, "netns_name": "nd-x-proxy", "connects": n,
+            "destinations": [{"dst": parse_endpoint(d), "direction": "out", "netns": NS, "netns_name": "nd-x-proxy", "connects": n,
                               "established": n, "failed": 0, "active": 0, "resets_in": 0, "resets_out": 0,
                               "syn_retrans": 0, "retrans": 0, "accepts": None, "connect_ms_avg": None,
                               "failed_by_errno": {}, "resets_out_by_reason": {}} for d, n in dsts],

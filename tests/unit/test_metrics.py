@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from netdiag.analysis.diagnose import Diagnoser
 from netdiag.cli import cli
 from netdiag.errors import BadInput
+from netdiag.offline.keys import parse_endpoint, with_keys
 from netdiag.sinks.metrics import MetricsSink, parse_listen
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
@@ -43,7 +44,8 @@ def samples(sink: MetricsSink, accept: str | None = None) -> dict:
 
 def replay_into(sink: MetricsSink, name: str) -> list[dict]:
     d = Diagnoser()
-    recs = [json.loads(line) for line in (GOLDEN / f"{name}.ndjson").read_text().splitlines() if line.strip()]
+    recs = [with_keys(json.loads(line)) for line in (GOLDEN / f"{name}.ndjson").read_text().splitlines()
+            if line.strip()]
     for r in recs:
         r["verdicts"] = d.update(r)
         sink.interval(r)
@@ -51,7 +53,7 @@ def replay_into(sink: MetricsSink, name: str) -> list[dict]:
 
 
 def dst_row(dst: str, direction: str = "out", **counts) -> dict:
-    row = {"dst": dst, "direction": direction, "netns": 1, "netns_name": "ns1", "connects": 0, "established": 0,
+    row = {"dst": parse_endpoint(dst), "direction": direction, "netns": 1, "netns_name": "ns1", "connects": 0, "established": 0,
            "failed": 0, "active": 0, "resets_in": 0, "resets_out": 0, "syn_retrans": 0, "retrans": 0,
            "failed_by_errno": {}, "resets_out_by_reason": {}, "connect_ms_avg": None}
     row.update(counts)

@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from netdiag.analysis import diagnose
+from netdiag.offline.keys import parse_endpoint as ep
 from netdiag.sources import inetdiag, namespaces, netlink
 from netdiag.sources.conntrack import nlstats
 from netdiag.sources.conntrack.stats import COUNTERS
@@ -268,11 +269,11 @@ def record(n: int, ts: float) -> dict:
     rows, listeners = [], []
     for i in range(n):
         ns = 1000 + i
-        rows.append({"dst": f"198.18.{i // 250}.{i % 250 + 1}:8080", "direction": "out", "netns": ns,
+        rows.append({"dst": ep(f"198.18.{i // 250}.{i % 250 + 1}:8080"), "direction": "out", "netns": ns,
                      "netns_name": None, "connects": 2, "established": 2, "failed": 0, "active": 50,
                      "resets_in": 0, "resets_out": 0, "syn_retrans": 0, "retrans": 0, "accepts": None,
                      "connect_ms_avg": 0.1, "failed_by_errno": {}, "resets_out_by_reason": {}, "domain": None})
-        listeners.append({"listen": f"198.18.{i // 250}.{i % 250 + 1}:8080", "netns": ns, "netns_name": None,
+        listeners.append({"listen": ep(f"198.18.{i // 250}.{i % 250 + 1}:8080"), "netns": ns, "netns_name": None,
                           "queue": 0, "max_queue": 0, "backlog": 128, "established": 2, "accepts": None,
                           "synack_retrans": 0, "resets_in": 0, "resets_out": 0, "overflows": 1 if i == 0 else 0,
                           "listen_drops_netns": 0})
@@ -280,33 +281,41 @@ def record(n: int, ts: float) -> dict:
             "node_totals": {}, "nat": [], "conntrack_netns": []}
 
 
-def split_calls(n: int, monkeypatch) -> int:
+def endpoint_lookups(n: int, monkeypatch) -> int:
+    """Rows and listeners the diagnosis looked up by address and port: each row it indexes by
+    port, each listener it matches against them, each row it checks against the overflows."""
     calls = []
-    real = diagnose.split_dst
-    monkeypatch.setattr(diagnose, "split_dst", lambda d: calls.append(1) or real(d))
+
+    def counted(name, weight):
+        real = getattr(diagnose, name)
+        monkeypatch.setattr(diagnose, name, lambda *a: calls.append(weight(a)) or real(*a))
+    counted("_by_port", lambda a: len(a[0]))
+    counted("_served", lambda a: 1)
+    counted("_overflowed_for", lambda a: 1)
     d = diagnose.Diagnoser()
     for k in range(3):
         d.update(record(n, 100.0 + k))
-    return len(calls)
+    monkeypatch.undo()
+    return sum(calls)
 
 
 def test_the_diagnosis_pass_is_linear_in_rows(monkeypatch):
-    small, big = split_calls(100, monkeypatch), split_calls(400, monkeypatch)
+    small, big = endpoint_lookups(100, monkeypatch), endpoint_lookups(400, monkeypatch)
     assert small > 0
     assert big <= 4 * small * 1.1, (small, big)     # a pass over listeners per row would be 16x
 
 
 def test_overflowing_listener_lookup_matches_addresses_and_wildcards():
     over = {8080: {"198.18.0.1"}, 9090: {"0.0.0.0"}}
-    assert diagnose._overflowed_for(over, "198.18.0.1:8080")
-    assert not diagnose._overflowed_for(over, "198.18.0.2:8080")
-    assert diagnose._overflowed_for(over, "198.18.7.7:9090")
-    assert not diagnose._overflowed_for(over, "198.18.0.1:7070")
-    by_port = diagnose._by_port({(1, "198.18.0.1:8080"): ["r1"], (2, "198.18.0.2:8080"): ["r2"],
-                                 (3, "198.18.0.1:9090"): ["r3"]})
-    assert diagnose._served("0.0.0.0:8080", by_port) == [(1, ["r1"]), (2, ["r2"])]
-    assert diagnose._served("198.18.0.2:8080", by_port) == [(2, ["r2"])]
-    assert diagnose._served("[::]:9090", by_port) == [(3, ["r3"])]
+    assert diagnose._overflowed_for(over, ep("198.18.0.1:8080"))
+    assert not diagnose._overflowed_for(over, ep("198.18.0.2:8080"))
+    assert diagnose._overflowed_for(over, ep("198.18.7.7:9090"))
+    assert not diagnose._overflowed_for(over, ep("198.18.0.1:7070"))
+    by_port = diagnose._by_port({(1, ep("198.18.0.1:8080")): ["r1"], (2, ep("198.18.0.2:8080")): ["r2"],
+                                 (3, ep("198.18.0.1:9090")): ["r3"]})
+    assert diagnose._served(ep("0.0.0.0:8080"), by_port) == [(1, ["r1"]), (2, ["r2"])]
+    assert diagnose._served(ep("198.18.0.2:8080"), by_port) == [(2, ["r2"])]
+    assert diagnose._served(ep("[::]:9090"), by_port) == [(3, ["r3"])]
 
 
 def test_conntrack_namespace_whose_attach_failed_is_reported_not_fatal():

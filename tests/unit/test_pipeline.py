@@ -3,6 +3,7 @@ import signal
 import threading
 
 from netdiag.analysis.diagnose import Diagnoser
+from netdiag.offline.keys import parse_endpoint
 from netdiag.pipeline.dnswatch import Enricher
 from netdiag.pipeline.run import Pipeline, stop_on_signals
 
@@ -39,7 +40,7 @@ class CapDiagnoser:
                  "where": "beyond", "cap": 17, "evidence": {}, "advice": "x"},
                 {"kind": "conntrack_table_full", "dst": None, "netns": NS2, "netns_name": "nd-x-12",
                  "where": "here", "entries": 1, "evidence": {}, "advice": "y"},
-                {"kind": "listen_overflow", "dst": None, "listener": "0.0.0.0:9", "netns": 99, "netns_name": None,
+                {"kind": "listen_overflow", "dst": None, "listener": parse_endpoint("0.0.0.0:9"), "netns": 99, "netns_name": None,
                  "where": "there", "overflows": 1, "evidence": {}, "advice": "z"}]
 
 

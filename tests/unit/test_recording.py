@@ -14,6 +14,7 @@ import pytest
 from netdiag.analysis.diagnose import Diagnoser
 from netdiag.errors import BadInput, OutputError
 from netdiag.offline import format as fm
+from netdiag.offline.keys import with_keys
 from netdiag.offline.writer import RecordingWriter, numbered_files
 from netdiag.sinks.recorder import Recorder, parse_trigger
 
@@ -22,7 +23,7 @@ CTX = {"node": "test", "sysctls": {}, "nat": {"rules": [], "error": None}}
 
 
 def golden(name: str) -> list[dict]:
-    return [json.loads(line) for line in (GOLDEN / f"{name}.ndjson").read_text().splitlines()
+    return [with_keys(json.loads(line)) for line in (GOLDEN / f"{name}.ndjson").read_text().splitlines()
             if json.loads(line).get("type") == "interval"]
 
 
