@@ -3,8 +3,9 @@
 A snapshot reads, in well under a second:
 
 * network namespaces (``/run/netns``, what ``ip netns list`` shows) and mounts of this process;
-* the firewall (``iptables-save``, ``ip6tables-save``, ``nft list ruleset``; packet and byte
-  counters left out);
+* the firewall (``nft list ruleset``, which shows iptables-nft's tables too; ``iptables-save``
+  and ``ip6tables-save`` where iptables is the legacy back end; packet and byte counters left
+  out);
 * the node-wide sysctls netdiag's labs may touch (each only with ``--allow-host-sysctl``);
 * BPF programs and links (the kernel's id lists through bpf(); a program's type and name from
   its info), objects pinned under /sys/fs/bpf, kprobes and uprobes made through tracefs;
@@ -209,6 +210,22 @@ def _temp_files() -> set[str]:
     return found
 
 
+_FIREWALL: list = []
+
+
+def _firewall_commands() -> list[tuple[str, tuple]]:
+    """What reads the rules: `nft list ruleset`, which also shows iptables-nft's tables; the
+    iptables-save pair only where iptables is the legacy back end (one process a snapshot instead
+    of three: it counts in the emulated VM lane)."""
+    if not _FIREWALL:
+        version = _run("iptables", "--version")
+        cmds = [("nft", ("nft", "list", "ruleset"))]
+        if version and "nf_tables" not in version:
+            cmds += [("iptables", ("iptables-save",)), ("ip6tables", ("ip6tables-save",))]
+        _FIREWALL.extend(cmds)
+    return _FIREWALL
+
+
 def _mounts() -> set[str]:
     text = _read("/proc/self/mountinfo") or ""
     return {" ".join(line.split()[3:5]) for line in text.splitlines()}
@@ -235,8 +252,7 @@ class Snapshot:
             s.netns = set(os.listdir("/run/netns"))
         except FileNotFoundError:
             pass
-        for name, cmd in (("iptables", ("iptables-save",)), ("ip6tables", ("ip6tables-save",)),
-                          ("nft", ("nft", "list", "ruleset"))):
+        for name, cmd in _firewall_commands():
             text = _run(*cmd)
             s.firewall[name] = {COUNTERS.sub("", ln).strip() for ln in text.splitlines()
                                 if ln.strip() and not ln.startswith("#")}
