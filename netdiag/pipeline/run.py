@@ -76,17 +76,18 @@ class Pipeline:
         return record
 
     def _held(self):
-        """The interval is made (sampled, processed, handed to the sinks) with the DNS capture's
-        reader paused: under a DNS flood the interval comes first, the capture counts what it lost."""
+        """The interval is made (sampled and processed) with the DNS capture's reader paused:
+        under a DNS flood the interval comes first, the capture counts what it lost. Not while
+        the sinks write: a slow reader of stdout must not stop the capture."""
         hold = getattr(self.enricher, "hold", None)
         return hold() if hold is not None else contextlib.nullcontext()
 
     def step(self) -> dict:
         with self._held():
             record = self.process(self.watcher.sample())
-            self.intervals += 1
-            for s in self.sinks:
-                s.interval(record)
+        self.intervals += 1
+        for s in self.sinks:
+            s.interval(record)
         return record
 
     def run(self, interval: float, stop: threading.Event, deadline: float | None = None,
