@@ -15,6 +15,7 @@ from netdiag.labs.topology import Topology, ns_exec
 
 SERVER_PORT = 8080
 CT_MAX_LO, CT_MAX_HI = 100, 1_000_000     # conntrack-full --max (0: the table's current size)
+SERVER_READY_S = 90        # how long a lab waits for its load server to start
 
 
 @dataclass
@@ -106,14 +107,21 @@ class Ctx:
         ready = os.path.join(self.tmp, f"{name}.ready")
         p = self.proc(ns, netdiag_argv("load", "server", "--bind", bind, "--port", SERVER_PORT, "--json",
                                        "--duration", 600, "--ready-file", ready, *extra), name)
-        deadline = time.monotonic() + 15
+        self.wait_ready(p, ready)
+        return p
+
+    def wait_ready(self, p: LabProc, ready: str) -> None:
+        """Until the load server wrote its ready file. A busy node (or an emulated one) starts
+        Python slowly: the bound is generous, and the error says which way it ended."""
+        deadline = time.monotonic() + SERVER_READY_S
         while not os.path.exists(ready):
             if not p.running():
-                raise RuntimeError(f"load server failed: {' '.join(p.err[-3:])}")
-            if time.monotonic() > deadline or self.stop.is_set():
-                raise RuntimeError("load server did not get ready")
+                raise RuntimeError(f"load server failed: {' '.join(p.err[-3:]) or 'exited'}")
+            if self.stop.is_set():
+                raise RuntimeError("load server did not get ready: stopped")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"load server did not get ready: no ready file after {SERVER_READY_S} s")
             time.sleep(0.05)
-        return p
 
     def client(self, ns, argv, name="client", timeout=120.0) -> dict:
         p = self.proc(ns, argv, name)
@@ -325,7 +333,7 @@ def start_nginx(ctx, ns, conf_text: str) -> LabProc:
         raise RuntimeError(f"nginx refused the lab's configuration: {test.stderr.strip()[-300:]}")
     p = ctx.proc(ns, [nginx, "-p", d, "-c", conf, "-e", os.path.join(d, "error.log")], "nginx")
     pid = os.path.join(d, "nginx.pid")
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + SERVER_READY_S
     while not os.path.exists(pid):
         if not p.running():
             raise RuntimeError(f"nginx exited: {' '.join(p.err[-3:])}")
@@ -342,12 +350,7 @@ def run_fanout(ctx, topo):
     srv = ctx.proc(topo.server, netdiag_argv("load", "server", "--bind", topo.server_ip, "--port", ports,
                                              "--mode", "http", "--json", "--duration", 600,
                                              "--ready-file", ready), "server")
-    deadline = time.monotonic() + 40          # a busy node starts Python slowly
-    while not os.path.exists(ready):
-        if not srv.running() or time.monotonic() > deadline or ctx.stop.is_set():
-            why = " ".join(srv.err[-3:]) or ("exited" if not srv.running() else "no ready file after 40 s")
-            raise RuntimeError(f"load server did not get ready: {why}")
-        time.sleep(0.05)
+    ctx.wait_ready(srv, ready)
     backends = [f"{topo.server_ip}:{x}" for x in BACKEND_PORTS]
     start_nginx(ctx, topo.proxy, nginx_conf(os.path.join(ctx.tmp, "nginx"), f"{topo.proxy_ip}:{PROXY_PORT}",
                                             backends, p["upstream_keepalive"]))
@@ -371,9 +374,7 @@ def run_ct_full(ctx, topo):
     srv = ctx.proc(topo.server, netdiag_argv("load", "server", "--bind", topo.server_ip, "--port",
                                              f"{SERVER_PORT}-{SERVER_PORT + ports - 1}", "--workers", workers,
                                              "--json", "--duration", 600, "--ready-file", ready), "server")
-    deadline = time.monotonic() + 30
-    while not os.path.exists(ready) and time.monotonic() < deadline and srv.running() and not ctx.stop.is_set():
-        time.sleep(0.05)
+    ctx.wait_ready(srv, ready)
     ctx.client(topo.client, netdiag_argv("load", "client", f"{topo.server_ip}:{SERVER_PORT}-{SERVER_PORT + ports - 1}",
                                         "-n", target, "--timeout", 2, "--hold", 3, "--json"),
                timeout=target / 500 + 60)
