@@ -390,7 +390,10 @@ def test_signals_at_each_phase(doctor, tmp_path, sig):
         p.send_signal(sig)
         rc, lines, err = finish(p, sig=0)
         errs = errors_of(err)
-        assert "Traceback" not in err, err
+        if phase == "loading" and rc == -signal.SIGINT and "/netdiag/" not in err:
+            errs = []               # Python itself still importing the package: its own KeyboardInterrupt
+        else:
+            assert "Traceback" not in err, err
         assert not errs, err
         summary = [r for r in lines if r["type"] == "summary"]
         if phase == "loading":
