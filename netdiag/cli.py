@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import signal
 import sys
 
 import click
@@ -76,11 +77,20 @@ def one_line(e: click.ClickException) -> str:
     return text
 
 
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
+    # until a command installs its own handlers (watch, trace, lab, …: a clean stop), SIGTERM and
+    # SIGHUP end netdiag like Ctrl-C: finally blocks run, exit 130, no traceback
+    for sig in (signal.SIGTERM, signal.SIGHUP) if argv is None else ():
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _interrupt)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         cli.main(args=args, prog_name="netdiag", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         sys.exit(130)
     except click.ClickException as e:
         click.echo(f"netdiag: error: {printable(one_line(e))}", err=True)

@@ -165,7 +165,7 @@ def command(interval, duration, as_json, top, record_path, metrics, node, metric
     recorder = None
     if record_path is not None:
         from netdiag.sinks.recorder import Recorder
-        recorder = Recorder(record_path)
+        recorder = Recorder(record_path, write_behind=True)
         sinks.insert(0, recorder)
     if metrics is not None:
         from netdiag.kernel.features import require_privileges
@@ -246,7 +246,7 @@ def run_watch(interval, duration, sinks, netns, port, dst, mode, max_dsts, socke
                 raise
             finally:
                 pipeline.close()
-        pipeline.finish(summary.summary())
+            pipeline.finish(summary.summary())   # a second signal here changes nothing
     finally:
         if recorder is not None:
             _say_recorded(recorder)
@@ -287,6 +287,8 @@ def _attached(watcher, enricher, quiet: bool = False) -> dict:
     if not quiet:
         click.echo(f"netdiag: attached ({modes} program={program}"
                    f"{f' dns_program={dns_program}' if dns_program else ''})", err=True)
+    if watcher.conntrack_note and watcher.want_conntrack and not quiet:
+        click.echo(f"netdiag: conntrack off: {watcher.conntrack_note}", err=True)
     verbose = (click.get_current_context().find_root().obj or {}).get("verbose")
     if watcher.prog is not None and watcher.prog.cache_note and verbose:
         click.echo(f"netdiag: {watcher.prog.cache_note}", err=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -88,6 +89,8 @@ def _cached_or_child(request: dict) -> Detached:
         path = progcache.path_for(request)
     except OSError as e:             # netdiag's own files unreadable: no cache, say why
         path, note = None, f"program cache off: {e}"
+    if path is not None and not progcache.dir_usable(path.parent):
+        path, note = None, f"program cache off: {path.parent} is not owned by this user or is writable by others"
     if path is not None:
         image = progcache.read(path)
         if image is not None:
@@ -128,12 +131,19 @@ def _run_child(request: dict) -> Detached:
     proc = subprocess.Popen([sys.executable, "-m", "netdiag.kernel.loader", str(child.fileno())],
                             pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
     child.close()
+    failure = None
     try:
         parent.sendall(json.dumps(request).encode() + b"\n")
         header, fds = _recv_all(parent)
+    except (OSError, errors.BpfLoadError, ValueError) as e:   # the child died (killed, crashed) mid-way
+        failure = e
     finally:
         parent.close()
         proc.wait()
+    if failure is not None:
+        rc = proc.returncode
+        why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+        raise errors.BpfLoadError(f"the probe loader exited without a word ({why}; see its stderr)") from None
     if "error" in header:
         e = header["error"]
         cls = getattr(errors, e["type"], errors.NetdiagError)
@@ -148,16 +158,26 @@ def _run_child(request: dict) -> Detached:
 
 
 def _recv_all(sock: socket.socket) -> tuple[dict, list[int]]:
+    """The child's header and every fd it passed; on any failure the fds received so far are
+    closed (each may hold an attached program) and the error raised."""
     data, fds = b"", []
-    while True:
-        msg, got, _flags, _addr = socket.recv_fds(sock, 1 << 16, MAX_FDS_PER_MSG)
-        fds.extend(got)
-        if not msg:
-            break
-        data += msg
-    if not data:
-        raise errors.BpfLoadError("the probe loader exited without a word (see its stderr)")
-    return json.loads(data.decode()), fds
+    try:
+        while True:
+            msg, got, _flags, _addr = socket.recv_fds(sock, 1 << 16, MAX_FDS_PER_MSG)
+            fds.extend(got)
+            if not msg:
+                break
+            data += msg
+        if not data:
+            raise errors.BpfLoadError("the probe loader exited without a word (see its stderr)")
+        return json.loads(data.decode()), fds
+    except BaseException:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        raise
 
 
 def _child(fd: int) -> None:

@@ -114,6 +114,18 @@ def _trusted(path: Path) -> bool:
     return True
 
 
+def dir_usable(d: Path) -> bool:
+    """The cache directory is absent (it will be made 0700) or one ``_trusted`` accepts: an image
+    written into a directory others can write could be swapped before it is read."""
+    try:
+        st = os.lstat(d)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and stat.S_ISDIR(st.st_mode)
+
+
 # -- writing (the loader child, after BCC compiled and attached) ---------------------------------
 def _map_info(fd: int) -> dict:
     try:

@@ -2,6 +2,7 @@
 removed on exit, error, Ctrl-C or SIGTERM (unless ``keep``)."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import secrets
@@ -33,8 +34,12 @@ def lab_leftovers() -> list[str]:
     return [n for n in names if n.startswith("nd-" + LAB_MARK) and n.count("-") >= 2]
 
 
+TMP_PREFIX = "netdiag-lab-"         # a lab's files (ready files, nginx's) in tempdir/netdiag-lab-<tag>-XXXX
+
+
 def cleanup(all_nd: bool = False) -> list[str]:
-    """Remove lab namespaces left behind (their veths and rules go with them)."""
+    """Remove lab namespaces left behind (their veths and rules go with them), and the temporary
+    directory of each lab they were part of."""
     from netdiag.labs.topology import leftovers
     names = leftovers() if all_nd else lab_leftovers()
     removed = []
@@ -42,6 +47,10 @@ def cleanup(all_nd: bool = False) -> list[str]:
         kill_inside(ns)
         if _ip("netns", "del", ns, check=False).returncode == 0:
             removed.append(ns)
+    tags = {ns.split("-")[1] for ns in removed if ns.count("-") >= 2}
+    for tag in tags:
+        for d in glob.glob(os.path.join(tempfile.gettempdir(), f"{TMP_PREFIX}{glob.escape(tag)}-*")):
+            shutil.rmtree(d, ignore_errors=True)
     return removed
 
 
@@ -159,7 +168,7 @@ class LabRunner:
         returned dict) to the sinks."""
         from netdiag.pipeline.collector import Watcher
         from netdiag.pipeline.run import Pipeline
-        tmp = tempfile.mkdtemp(prefix="netdiag-lab-")
+        tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{self.tag}-")   # `lab cleanup` finds it by the tag
         ctx = Ctx(self, self.params, tmp)
         t0 = time.time()
         try:

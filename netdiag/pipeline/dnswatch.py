@@ -62,6 +62,12 @@ class Enricher:
             rec["pods"] = rollup_pods(rec)
         return rec
 
+    def hold(self):
+        """A context in which the DNS capture's reader pauses (an interval is being made)."""
+        import contextlib
+        hold = getattr(self.observer, "hold", None)
+        return hold() if hold is not None else contextlib.nullcontext()
+
     @property
     def names_verdicts(self) -> bool:
         """Do verdicts get ``domain`` and ``pods`` (--per-domain, --per-pod)?"""

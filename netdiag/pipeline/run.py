@@ -75,8 +75,16 @@ class Pipeline:
         record["verdicts"] = verdicts
         return record
 
+    def _held(self):
+        """The interval is made (sampled and processed) with the DNS capture's reader paused:
+        under a DNS flood the interval comes first, the capture counts what it lost. Not while
+        the sinks write: a slow reader of stdout must not stop the capture."""
+        hold = getattr(self.enricher, "hold", None)
+        return hold() if hold is not None else contextlib.nullcontext()
+
     def step(self) -> dict:
-        record = self.process(self.watcher.sample())
+        with self._held():
+            record = self.process(self.watcher.sample())
         self.intervals += 1
         for s in self.sinks:
             s.interval(record)
@@ -112,8 +120,9 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def stop_on_signals(on_stop: Callable[[], None], signals=(signal.SIGINT, signal.SIGTERM)):
-    """Call ``on_stop()`` on SIGINT/SIGTERM while inside; the previous handlers come back on exit."""
+def stop_on_signals(on_stop: Callable[[], None], signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
+    """Call ``on_stop()`` on SIGINT/SIGTERM/SIGHUP (a closed terminal or a supervisor's stop) while
+    inside; the previous handlers come back on exit."""
     old = {s: signal.signal(s, lambda _signum, _frame: on_stop()) for s in signals}
     try:
         yield

@@ -80,13 +80,35 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True      # TIME_WAIT of a previous run; a live listener still refuses
 
+    def handle_error(self, request, client_address) -> None:
+        pass                        # a scraper's broken connection is not netdiag's to report
+
 
 class _V6Server(_Server):
     address_family = socket.AF_INET6
 
 
 class _Quiet(WSGIRequestHandler):
+    timeout = 10.0      # a client that sends nothing, or reads nothing, frees its thread and socket
+
     def log_message(self, *args) -> None:
+        pass
+
+    def get_stderr(self):
+        return _Discard()
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except OSError:     # the scraper went away mid-request or mid-response, or timed out
+            self.close_connection = True
+
+
+class _Discard:
+    def write(self, _text) -> None:
+        pass
+
+    def flush(self) -> None:
         pass
 
 

@@ -1,7 +1,9 @@
 """NDJSON: one compact JSON object a line for every interval record, then the summary."""
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 
 
@@ -10,8 +12,20 @@ class NdjsonSink:
         self.out = out or sys.stdout
 
     def _write(self, obj: dict) -> None:
-        self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        line = json.dumps(obj, separators=(",", ":")) + "\n"
+        try:
+            fd = self.out.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            self.out.write(line)
+            self.out.flush()
+            return
+        # Straight to the file descriptor, each partial write continued: a signal (the SIGINT that
+        # stops watch) arriving while a large line waits on a full pipe makes write() return short,
+        # and Python's buffered text layer then drops the rest of the line.
         self.out.flush()
+        view = memoryview(line.encode())
+        while view:
+            view = view[os.write(fd, view):]
 
     def open(self, info: dict) -> None:
         pass

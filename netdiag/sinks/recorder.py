@@ -5,6 +5,7 @@ The ring holds intervals encoded (compressed Parquet segments, one per ``flush_s
 memory is about what those intervals take on disk."""
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 
@@ -39,7 +40,7 @@ class Recorder:
 
     def __init__(self, path, node: str | None = None, flush_s: float = 10.0, max_size: int | None = None,
                  max_age: float | None = None, keep: int | None = None, ring_s: float | None = None,
-                 trigger: set | None = None, context=None, clock=time.monotonic):
+                 trigger: set | None = None, context=None, clock=time.monotonic, write_behind: bool = False):
         self.path = path
         self.node = node
         self.flush_s = flush_s
@@ -58,6 +59,9 @@ class Recorder:
         self.last_flush = clock()
         self.error = None
         self.seen = 0
+        self.write_behind = write_behind                # periodic flushes written by a thread
+        self._writing: threading.Thread | None = None   # the flush being written (plain recordings)
+        self._failed: Exception | None = None            # its failure, raised by the next call
 
     def open(self, info: dict) -> None:
         from netdiag.offline.context import node_context
@@ -67,8 +71,10 @@ class Recorder:
         meta = {"context": ctx, "info": info,
                 "flight_recorder": {"ring_s": self.ring_s, "trigger": sorted(self.trigger)} if self.ring_s else None}
         self.writer = RecordingWriter(self.path, meta, node=self.node, clock=self.clock, **self.writer_args)
+        import pyarrow.parquet  # noqa: F401  (imported now, not by the first flush, in the interval loop)
 
     def interval(self, record: dict) -> None:
+        self._raise_failed()
         if self.writer is None or self.error is not None:
             return
         self.seen += 1
@@ -77,7 +83,7 @@ class Recorder:
         else:
             self._ring(record)
         if self.clock() - self.last_flush >= self.flush_s:
-            self.flush()
+            self.flush(wait=not self.write_behind)
 
     def _ring(self, record: dict) -> None:
         ts = record["ts"]
@@ -115,12 +121,41 @@ class Recorder:
             self.writer.close()
             raise
 
-    def flush(self, extra: dict | None = None) -> None:
-        """Write what is buffered; a write failure stops the recording (``error``) and is raised."""
+    def _raise_failed(self) -> None:
+        if self._failed is not None:
+            e, self._failed = self._failed, None
+            raise e
+
+    def _wait(self) -> None:
+        """The flush being written finished (its failure raised)."""
+        if self._writing is not None:
+            self._writing.join()
+            self._writing = None
+        self._raise_failed()
+
+    def _write_behind(self, batch: list, first: int) -> None:
+        try:
+            self.writer.write(batch, None, first=first)
+        except Exception as e:
+            self.error = self._failed = e
+            self.writer.close()
+
+    def flush(self, extra: dict | None = None, wait: bool = True) -> None:
+        """Write what is buffered; a write failure stops the recording (``error``) and is raised.
+        With ``wait=False`` (a plain recording's periodic flush) the batch is encoded and written
+        by a thread while the intervals go on, so a slow disk or a busy CPU does not make the
+        interval loop late; its failure is raised by the next call."""
+        self._wait()
         self.last_flush = self.clock()
         if self.writer is None or self.error is not None:
             return
         batch, self.buffer = self.buffer, []
+        if not wait and self.ring_s is None and extra is None:
+            first, self.n = self.n, self.n + len(batch)
+            self._writing = threading.Thread(target=self._write_behind, args=(batch, first),
+                                             name="recorder-flush", daemon=True)
+            self._writing.start()
+            return
         try:
             self.writer.write(batch, extra, first=self.n)
             self.n += len(batch)
@@ -135,8 +170,12 @@ class Recorder:
         if self.writer is None:
             return
         try:
+            if self._writing is not None:
+                self._writing.join()
+                self._writing = None
             if self.error is None:
                 self.flush({"summary": fm.json_table([summary])} if summary is not None else None)
+            self._raise_failed()
         finally:
             self.writer.close()
 

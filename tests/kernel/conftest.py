@@ -213,3 +213,43 @@ def snat_lab(**kw):
         lab.close()
         assert not [n for n in leftovers() if tag in n], "lab namespaces left behind"
 
+
+
+# -- leak scan ---------------------------------------------------------------------------------------
+def _leak_check(what: str, before) -> None:
+    from tests.kernel import leakscan
+    own, node, foreign = leakscan.scan(before)
+    if not (own or node):
+        return
+    if node and foreign and leakscan.mode() != "strict":
+        import warnings
+        warnings.warn(f"{what}: node-wide objects differ while other netdiag runs are active "
+                      f"({'; '.join(foreign[:3])}), not counted as leaks: {'; '.join(node)}")
+        node = []
+    if own or node:
+        pytest.fail(f"{what} left behind: " + "; ".join(own + node), pytrace=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def leak_scan_module(request):
+    """Module fixtures (labs, peers) leave nothing behind either."""
+    from tests.kernel import leakscan
+    if leakscan.mode() == "off" or os.geteuid() != 0:
+        yield
+        return
+    before = leakscan.Snapshot.take()
+    yield
+    _leak_check(f"module {request.module.__name__}", before)
+
+
+@pytest.fixture(autouse=True)
+def leak_scan(request):
+    """After every kernel test: nothing it made is left (tests/kernel/leakscan.py says what is
+    compared and what is left out on purpose)."""
+    from tests.kernel import leakscan
+    if leakscan.mode() == "off" or os.geteuid() != 0:
+        yield
+        return
+    before = leakscan.Snapshot.take()
+    yield
+    _leak_check(request.node.nodeid, before)

@@ -61,7 +61,11 @@ def _connects(tr, ns_inode, dst):
 
 def _marker(tr, topo, ns, server, port):
     """A refused connect to a marker port: once its event is in, every earlier event is too."""
-    Peer(ns, "connect", server, port, 1).line()
+    marker = Peer(ns, "connect", server, port, 1)
+    try:
+        marker.line()
+    finally:
+        marker.close()           # else it holds (and keeps its namespace alive) until the session ends
     got = tr.wait_for(_connects(tr, topo.inode(ns), f"{server}:{port}"), 1)
     assert got, "marker connect event never arrived"
 

@@ -149,3 +149,20 @@ def test_build_snapshot_breakdowns():
     assert snap["domains"][0]["queries"] == 2 and snap["domains"][0]["nxdomain"] == 1
     assert {r["netns"]: r["netns_name"] for r in snap["netns"]} == {1: "one", 2: None}
     assert len(snap["netns_domains"]) == 2
+
+
+def test_build_snapshot_bounds_a_flood_of_names():
+    """1,500 distinct names in one interval (random subdomains): the busiest 1,000 are rows, the
+    rest are counted as folded, and every packet stays in the totals."""
+    stats = {}
+    for i in range(1500):
+        st = QueryStats()
+        st.packets = st.queries = 1 + (i % 7)
+        stats[(1, f"n{i}.flood.test")] = st
+    snap = build_snapshot(stats, {}, 1.0, {1: "one"}, max_rows=1000)
+    assert len(snap["domains"]) == 1000 and snap["domains_folded"] == 500
+    assert len(snap["netns_domains"]) == 1000 and snap["netns_domains_folded"] == 500
+    assert snap["packets"] == sum(st.packets for st in stats.values())
+    kept = [r["packets"] for r in snap["domains"]]
+    assert kept == sorted(kept, reverse=True) and min(kept) >= max(
+        st.packets for (_, q), st in stats.items() if q not in {r["domain"] for r in snap["domains"]})

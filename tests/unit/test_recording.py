@@ -291,3 +291,35 @@ def test_flight_recorder_twice_keeps_time_order(tmp_path):
 def test_bad_triggers(spec):
     with pytest.raises(BadInput):
         parse_trigger(spec)
+
+
+def test_write_behind_writes_every_interval_and_raises_a_failure_at_the_next(tmp_path, monkeypatch):
+    """watch --record: each flush is written by a thread; everything is on disk after close, and
+    a failed flush stops the recording and is raised by the next interval."""
+    recs = golden("snat-cap")
+    clock = Clock()
+    rec = Recorder(tmp_path / "w.ndrec", context=CTX, flush_s=1, clock=clock, write_behind=True)
+    rec.open({})
+    for r in recs:
+        clock.t += 1
+        rec.interval(r)
+    rec.close(None)
+    assert fm.records(fm.read(tmp_path / "w.ndrec")) == recs
+
+    clock = Clock()
+    rec = Recorder(tmp_path / "f.ndrec", context=CTX, flush_s=1, clock=clock, write_behind=True)
+    rec.open({})
+    for r in recs[:3]:
+        clock.t += 1
+        rec.interval(r)
+    rec._wait()                                  # those flushes are on disk
+    monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    clock.t += 1
+    rec.interval(recs[3])                        # its flush fails in the thread
+    rec._writing.join()
+    monkeypatch.undo()
+    with pytest.raises(OutputError, match="disk full"):
+        rec.interval(recs[4])
+    rec.interval(recs[5])                        # stopped: nothing more, nothing raised
+    rec.close(None)
+    assert fm.records(fm.read(tmp_path / "f.ndrec")) == recs[:3]

@@ -136,3 +136,26 @@ def test_process_rows_in_the_plain_and_live_views():
     con.print(LiveView(10).render(_with_processes()))
     out = con.file.getvalue()
     assert "processes (inbound by listener)" in out and "4711" in out and "10.0" in out
+
+
+def test_ndjson_line_survives_a_signal_on_a_full_pipe():
+    """A 2.4 MB line waits on a pipe nobody reads; the stop signal arrives: the whole line, then
+    the summary, still come out (Python's buffered text layer would drop the rest of the line)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    code = ("import signal, threading\n"
+            "from netdiag.sinks.ndjson import NdjsonSink\n"
+            "stop = threading.Event()\n"
+            "signal.signal(signal.SIGINT, lambda *a: stop.set())\n"
+            "s = NdjsonSink()\n"
+            "s.interval({'type': 'interval', 'pad': 'x' * 2400000})\n"
+            "s.close({'type': 'summary'})\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=30)
+    lines = out.decode().splitlines()
+    assert [json.loads(ln)["type"] for ln in lines] == ["interval", "summary"]
+    assert len(json.loads(lines[0])["pad"]) == 2400000

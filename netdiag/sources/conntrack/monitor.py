@@ -114,6 +114,10 @@ class ConntrackMonitor:
         if not self.ns:
             self.close()
             raise ConntrackUnavailable("no network namespace matched")
+        failed = [st.error for st in self.ns.values() if st.error and st.error.startswith("attach:")]
+        if len(failed) == len(self.ns):       # ctnetlink answers nowhere (nfnetlink modules absent)
+            self.close()
+            raise ConntrackUnavailable(f"ctnetlink unavailable in every namespace ({failed[0]})")
         if self.threaded:
             self._reader = threading.Thread(target=self._read_loop, name="ct-events", daemon=True)
             self._reader.start()

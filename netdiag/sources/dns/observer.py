@@ -38,6 +38,8 @@ sends or reads is a byte stream, reassembled per socket across calls.
 """
 from __future__ import annotations
 
+import contextlib
+import heapq
 import selectors
 import socket
 import struct
@@ -152,6 +154,8 @@ class DnsObserver:
         self._exec = None
         self._thread = None
         self._stop = threading.Event()
+        self._go = threading.Event()     # clear while an interval is being made: the reader waits
+        self._go.set()
         self._last_scan = 0.0
         self._last_expire = 0.0
         self._t_snap = None
@@ -307,8 +311,22 @@ class DnsObserver:
         return drops             # the kernel resets the counters on each read
 
     # -- reading --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hold(self):
+        """While inside, the background reader takes no packet (what arrives waits in the rings
+        and sockets, or is counted lost where they overflow): the interval being made gets the
+        CPU, so a DNS flood cannot make it late."""
+        self._go.clear()
+        try:
+            yield
+        finally:
+            self._go.set()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if not self._go.is_set():
+                self._go.wait(0.5)
+                continue
             try:
                 events = self._sel.select(timeout=0.2)
             except (OSError, ValueError):       # closed under us
@@ -577,9 +595,16 @@ class DnsObserver:
                               skipped=skipped, covered=covered, pending=pending)
 
 
+MAX_NAME_ROWS = 1000     # per interval, in `domains` and in `netns_domains`: the busiest; the rest counted
+
+
 def build_snapshot(stats: dict, chains: dict, interval_s: float, names: dict, lost: int = 0,
-                   lost_total: int = 0, skipped: dict | None = None, covered: int = 0, pending: int = 0) -> dict:
-    """(netns, qname) -> QueryStats of one interval -> the snapshot dict (pure)."""
+                   lost_total: int = 0, skipped: dict | None = None, covered: int = 0, pending: int = 0,
+                   max_rows: int = MAX_NAME_ROWS) -> dict:
+    """(netns, qname) -> QueryStats of one interval -> the snapshot dict (pure). A flood of
+    distinct names (random subdomains) keeps the record bounded: `domains` and `netns_domains`
+    hold at most ``max_rows`` rows each, the most packets first; `domains_folded` and
+    `netns_domains_folded` say how many were left out (their packets stay in the totals)."""
     node, by_dom, by_ns = QueryStats(), {}, {}
     for (inode, qname), st in stats.items():
         node.merge(st)
@@ -590,6 +615,14 @@ def build_snapshot(stats: dict, chains: dict, interval_s: float, names: dict, lo
     for (inode, qname), ch in chains.items():
         chain_by_name[qname] = list(ch)
     out = node.as_dict(interval_s)
+    def busiest(rows, key):
+        return heapq.nsmallest(max_rows, rows, key=key) if len(rows) > max_rows else sorted(rows, key=key)
+
+    dom_rows = [(d, st) for d, st in by_dom.items()]
+    nd_rows = [(k, st) for k, st in stats.items() if k[1] is not None]
+    dom_rows = busiest(dom_rows, lambda t: (-t[1].packets, t[0]))
+    folded_nd = max(0, len(nd_rows) - max_rows)
+    nd_rows = busiest(nd_rows, lambda t: (-t[1].packets, t[0][0], t[0][1]))
     out.update({
         "interval_s": round(interval_s, 3),
         "lost": lost,
@@ -597,14 +630,14 @@ def build_snapshot(stats: dict, chains: dict, interval_s: float, names: dict, lo
         "pending": pending,
         "netns_covered": covered,
         "skipped": skipped or {},
-        "domains": sorted(({"domain": d, **st.as_dict(interval_s),
-                            **({"chain": chain_by_name[d]} if d in chain_by_name else {})}
-                           for d, st in by_dom.items()), key=lambda r: (-r["packets"], r["domain"])),
+        "domains": [{"domain": d, **st.as_dict(interval_s), **({"chain": chain_by_name[d]} if d in chain_by_name else {})}
+                    for d, st in dom_rows],
+        "domains_folded": len(by_dom) - len(dom_rows),
         "netns": sorted(({"netns": i, "netns_name": names.get(i), **st.as_dict(interval_s)}
                          for i, st in by_ns.items()), key=lambda r: (-r["packets"], r["netns"])),
-        "netns_domains": sorted(({"netns": i, "netns_name": names.get(i), "domain": q, **st.as_dict(interval_s),
-                                  **({"chain": list(chains[(i, q)])} if (i, q) in chains else {})}
-                                 for (i, q), st in stats.items() if q is not None),
-                                key=lambda r: (-r["packets"], r["netns"], r["domain"])),
+        "netns_domains": [{"netns": i, "netns_name": names.get(i), "domain": q, **st.as_dict(interval_s),
+                           **({"chain": list(chains[(i, q)])} if (i, q) in chains else {})}
+                          for (i, q), st in nd_rows],
+        "netns_domains_folded": folded_nd,
     })
     return out
