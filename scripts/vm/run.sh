@@ -27,8 +27,9 @@ export PATH="$here/.venv/bin:$PATH"
 
 # Inside the guest: the same kernel tier, results to the shared rw folder. The hook modes only
 # this kernel has (kprobe, the default, and fentry); tracepoint mode and the classic tracepoints
-# are the host lane's and the 5.10 lane's (ND_VM_ENV may name more).
-guest_cmd="cd '$here' && export PYTHONDONTWRITEBYTECODE=1 ND_RESULTS_DIR='$results' ND_READY_TIMEOUT=600 ND_TRACE_MODES=auto,fentry ND_CLASSIC_MODES= ND_WATCH_FLAVOURS=auto ND_LAB_TIMEOUT=900 ${ND_VM_ENV:-} \
+# are the host lane's and the 5.10 lane's (ND_VM_ENV may name more). The leak scan after each
+# test is the host lane's (docs/reliability.md, "Leaks": what it found in the guests).
+guest_cmd="cd '$here' && export PYTHONDONTWRITEBYTECODE=1 ND_RESULTS_DIR='$results' ND_READY_TIMEOUT=600 ND_TRACE_MODES=auto,fentry ND_CLASSIC_MODES= ND_WATCH_FLAVOURS=auto ND_LAB_TIMEOUT=900 ND_LEAK_SCAN=off ${ND_VM_ENV:-} \
  && uname -r > '$results/uname' \
  && '$here/.venv/bin/python' -m pytest ${ND_VM_TESTS:-tests/kernel} -m '${ND_VM_MARK-not heavy}' -p no:cacheprovider -q -rs \
     --junitxml='$results/junit.xml' > '$results/pytest.out' 2>&1; echo \$? > '$results/rc'"
