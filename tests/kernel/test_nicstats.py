@@ -15,7 +15,9 @@ from netdiag.sources.nicstats import NicStats
 
 from .conftest import Watch
 
-pytestmark = pytest.mark.kernel
+# host lane only (heavy): nothing in it differs by kernel that the guests would add, and the
+# emulated guests have the time of make test for the hook paths only they have
+pytestmark = [pytest.mark.kernel, pytest.mark.heavy]
 
 PROBE = """
 import json, os

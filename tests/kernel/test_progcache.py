@@ -14,7 +14,9 @@ import pytest
 
 from .conftest import Watch
 
-pytestmark = pytest.mark.kernel
+# host lane only (heavy): nothing in it differs by kernel that the guests would add, and the
+# emulated guests have the time of make test for the hook paths only they have
+pytestmark = [pytest.mark.kernel, pytest.mark.heavy]
 HOST_NS = os.stat("/proc/self/ns/net").st_ino
 
 
