@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.unprivileged import run_netdiag
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "data" / "golden" / "healthy.ndjson"
@@ -36,15 +36,7 @@ def scratch():
 
 
 def run(args, cwd="/"):
-    cmd = [sys.executable, "-m", "netdiag", *args]
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("setpriv (util-linux) missing: cannot drop root for this test")
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *cmd]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
-    env.pop("NETDIAG_METRICS", None)
-    env.pop("NETDIAG_NODE", None)
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
+    return run_netdiag(args, cwd=cwd, drop=("NETDIAG_METRICS", "NETDIAG_NODE"), timeout=60)
 
 
 NEW = "{d}/new.ndrec"            # a file that can be created (in the scratch directory)

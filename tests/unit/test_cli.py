@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -12,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from netdiag.cli import cli
+from tests.unprivileged import run_netdiag
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "commands"
@@ -23,13 +23,7 @@ def commands():
 
 def run_unprivileged(args, **kw):
     """Run `python -m netdiag ARGS` as an unprivileged user (drops root when we have it)."""
-    cmd = [sys.executable, "-m", "netdiag", *args]
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("setpriv (util-linux) missing: cannot drop root for this test")
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *cmd]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run(cmd, capture_output=True, text=True, cwd="/", env=env, **kw)
+    return run_netdiag(args, **kw)
 
 
 def test_help_needs_no_bcc():

@@ -8,14 +8,13 @@ import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from netdiag.cli import cli
+from tests.unprivileged import run_netdiag
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "netdiag"
@@ -25,13 +24,7 @@ GOLDEN = ROOT / "tests" / "data" / "golden"
 def as_nobody(args, cwd="/"):
     """`python -m netdiag ARGS` as nobody:nogroup with no capabilities (skips when the tests do
     not run as root: then they already run unprivileged, which is what is tested)."""
-    cmd = [sys.executable, "-m", "netdiag", *args]
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("setpriv (util-linux) missing: cannot drop root for this test")
-        cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", *cmd]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    return run_netdiag(args, cwd=cwd, timeout=120)
 
 
 def every_command() -> list[list[str]]:
