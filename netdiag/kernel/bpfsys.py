@@ -55,7 +55,7 @@ BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PROG_ARRAY = 1, 2, 3
 BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH = 5, 6, 10
 BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH_OF_MAPS = 12, 13
 BPF_MAP_TYPE_RINGBUF = 27
-BPF_PROG_TYPE_SOCKET_FILTER = 1
+BPF_PROG_TYPE_SOCKET_FILTER, BPF_PROG_TYPE_KPROBE = 1, 2
 BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_CGROUP_SKB = 5, 8
 BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_PROG_TYPE_TRACING = 17, 26
 BPF_CGROUP_INET_INGRESS, BPF_CGROUP_INET_EGRESS = 0, 1
@@ -303,6 +303,41 @@ def perf_tracepoint(prog_fd: int, tp_id: int, what: str = "") -> int:
         os.close(fd)
         raise BpfSyscallError("PERF_EVENT_IOC_SET_BPF", e.errno or errno.EINVAL, f"perf event for {what or tp_id}") \
             from None
+    return fd
+
+
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+
+
+def _kprobe_pmu() -> tuple[int, int]:
+    """The kprobe PMU's perf type and its retprobe bit (format/retprobe reads ``config:<bit>``)."""
+    try:
+        ptype = int(open(f"{KPROBE_PMU}/type").read())
+        bit = int(open(f"{KPROBE_PMU}/format/retprobe").read().strip().partition(":")[2] or 0)
+    except (OSError, ValueError):
+        raise BpfSyscallError("perf_event_open", errno.ENOENT, "kprobe PMU (sysfs event_source kprobe)") from None
+    return ptype, bit
+
+
+def perf_kprobe(prog_fd: int, func: str, retprobe: bool = False) -> int:
+    """A kprobe (or kretprobe) on kernel function ``func`` through the kprobe PMU, running program
+    ``prog_fd``: the event's fd (closing it removes the probe). Nothing is written to tracefs."""
+    import fcntl
+    ptype, bit = _kprobe_pmu()
+    name = ctypes.create_string_buffer(func.encode())
+    attr = _attr(128, [(0, "I", ptype), (4, "I", 128), (8, "Q", (1 << bit) if retprobe else 0), (16, "Q", 1),
+                       (48, "I", 1), (56, "Q", ctypes.addressof(name)), (64, "Q", 0)])
+    what = f"{'kretprobe' if retprobe else 'kprobe'} {func}"
+    fd = libc.syscall(syscall_number(NR_PERF_EVENT_OPEN, "perf_event_open"), ctypes.byref(attr), -1, 0, -1,
+                      PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        raise BpfSyscallError("perf_event_open", ctypes.get_errno(), what)
+    try:
+        fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
+        fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
+    except OSError as e:
+        os.close(fd)
+        raise BpfSyscallError("PERF_EVENT_IOC_SET_BPF", e.errno or errno.EINVAL, what) from None
     return fd
 
 

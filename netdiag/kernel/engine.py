@@ -360,6 +360,7 @@ class ProbeEngine:
         self._btf_auto = btf_tracepoints is None
         self.btf_fds: list[int] = []        # tp_btf links (and programs), ours to close
         self.btf_loaded: list[tuple[str, str]] = []   # (function, tracepoint) of those programs
+        self.kp_attached: list[tuple[str, str, str]] = []   # (function, kprobe|kretprobe, kernel function)
         self.btf_refused: str | None = None  # why auto fell back from tp_btf to raw tracepoints
         self.bpf = None
         self.buffer = "ringbuf" if self.features.ringbuf else "perf"
@@ -388,6 +389,7 @@ class ProbeEngine:
             eng.socket_slots, eng.dst_slots, eng.max_socks = SOCKET_SLOTS, DST_SLOTS, MAX_SOCKS
             eng.btf_tp, eng._btf_auto, eng.btf_fds, eng.btf_refused = False, False, [], None
             eng.btf_loaded = []
+            eng.kp_attached = []
             eng.per_process, eng.max_procs, eng.proc_dsts = False, MAX_PROCS, False
             return eng
 
@@ -524,6 +526,7 @@ class ProbeEngine:
                     self.bpf.attach_kretprobe(event=func, fn_name=fn_name)
                 else:
                     self.bpf.attach_kprobe(event=func, fn_name=fn_name)
+                self.kp_attached.append((fn_name, "kretprobe" if is_ret else "kprobe", func))
 
     def _open_buffer(self, on_event: Callable[[bytes], None]) -> None:
         def cb(_ctx, data, size):
@@ -569,6 +572,7 @@ class ProbeEngine:
                 pass
         self.btf_fds = []
         self.btf_loaded = []
+        self.kp_attached = []
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()

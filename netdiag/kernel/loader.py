@@ -211,7 +211,8 @@ def _child(fd: int) -> None:
                   "btf_tp": eng.btf_tp, "btf_refused": eng.btf_refused}
         if req.get("cache_path"):
             header["cache_note"] = _write_image(req["cache_path"], b, header, dict(zip(names, map_fds)),
-                                                [(fn, "tp_btf", ev) for fn, ev in eng.btf_loaded])
+                                                [(fn, "tp_btf", ev) for fn, ev in eng.btf_loaded]
+                                                + list(eng.kp_attached))
         all_fds = map_fds + attach
         payload = json.dumps(header).encode()
         for i in range(0, max(len(all_fds), 1), MAX_FDS_PER_MSG):
@@ -232,7 +233,10 @@ def _write_image(path: str, b, header: dict, named_fds: dict[str, int], loaded, 
     from pathlib import Path
 
     from netdiag.kernel import progcache
+    # an image's kprobes are made through the kprobe PMU: none of them is a tracefs kprobe event
     image_header = {k: v for k, v in header.items() if k != "cache_note"}
+    if "tracefs_kprobes" in image_header:
+        image_header["tracefs_kprobes"] = []
     try:
         progcache.write(Path(path), progcache.build(b, image_header, named_fds, list(loaded), fills))
     except progcache.Unsupported as e:

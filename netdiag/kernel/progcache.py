@@ -9,8 +9,9 @@ the bytecode and attaches it with plain bpf()/perf_event_open() calls from the w
 itself: no child, no libbcc. The kernel verifies the programs again, as on every load.
 
 An image is only written where every program is one this module can attach again: classic
-tracepoints, raw tracepoints, tp_btf and cgroup_skb (linked to a cgroup). Plans with kprobes or
-fentry programs compile each time. A map of maps is reproduced when the caller says what fills
+tracepoints, raw tracepoints, tp_btf, kprobes and kretprobes (made again through the kernel's
+kprobe PMU, as BCC makes them) and cgroup_skb (linked to a cgroup). Plans with fentry programs
+compile each time. A map of maps is reproduced when the caller says what fills
 it (``fills``: the DNS capture's per-CPU rings, each a map of the image); program arrays never.
 An image that does not load (a changed kernel setting, a corrupt file) is removed and the
 programs are compiled as before.
@@ -39,6 +40,7 @@ from netdiag.kernel import btf as btfmod
 from netdiag.kernel.bpfsrc import digest as bpf_digest
 from netdiag.kernel.bpfsys import (
     BPF_PROG_TYPE_CGROUP_SKB,
+    BPF_PROG_TYPE_KPROBE,
     BPF_PROG_TYPE_RAW_TRACEPOINT,
     BPF_PROG_TYPE_TRACEPOINT,
     BPF_PSEUDO_MAP_FD,
@@ -48,6 +50,7 @@ from netdiag.kernel.dnsprog import CGROUP_ATTACH, link_cgroup
 FORMAT = 1
 DEFAULT_DIR = Path("/var/cache/netdiag/programs")
 LD_IMM64 = 0x18
+KPROBE_KINDS = ("kprobe", "kretprobe")
 
 # program arrays and maps of maps: their contents are fds, which an image carries only as the
 # maps of the image a map of maps holds (``fills``)
@@ -158,15 +161,21 @@ def build(b, header: dict, named_fds: dict[str, int], loaded: list[tuple[str, st
     """The image of what BCC object ``b`` loaded and attached, plus:
 
     * ``named_fds``: the maps the caller reads, by name (BCC's or made by hand);
-    * ``loaded``: programs loaded from BCC's bytecode and attached outside BCC, as (function,
-      kind, target): ``("fn", "tp_btf", event)``, ``("fn", "cgroup_skb", "egress"|"ingress")``;
+    * ``loaded``: programs loaded from BCC's bytecode and attached outside BCC, or attached by
+      BCC where only the caller knows the target, as (function, kind, target): ``("fn", "tp_btf",
+      event)``, ``("fn", "cgroup_skb", "egress"|"ingress")``, ``("fn", "kprobe"|"kretprobe",
+      kernel function)``;
     * ``fills``: {map of maps: {"inner": template map name, "entries": {key: map name}}}, names
       from ``named_fds``, the map of maps being BCC's table of that name.
 
-    Raises Unsupported for kprobes, fentry and anything else not reproduced."""
-    for attr in ("kprobe_fds", "uprobe_fds", "kfunc_entry_fds", "kfunc_exit_fds", "lsm_fds"):
+    Raises Unsupported for fentry, kprobes the caller did not name, and anything else not
+    reproduced."""
+    for attr in ("uprobe_fds", "kfunc_entry_fds", "kfunc_exit_fds", "lsm_fds"):
         if getattr(b, attr, None):
             raise Unsupported(attr.replace("_fds", "") + " programs")
+    kprobes = sum(len(evs) for evs in (getattr(b, "kprobe_fds", None) or {}).values())
+    if kprobes != sum(1 for _n, kind, _t in loaded if kind in KPROBE_KINDS):
+        raise Unsupported("kprobes attached without a named target")
     progs, fd_index, maps = [], {}, []
     filled: set[int] = set()
 
@@ -211,6 +220,8 @@ def build(b, header: dict, named_fds: dict[str, int], loaded: list[tuple[str, st
             progs.append(_prog(b, name, kind, target, 0, map_slot))
         elif kind == "cgroup_skb" and target in CGROUP_ATTACH:
             progs.append(_prog(b, name, kind, target, BPF_PROG_TYPE_CGROUP_SKB, map_slot))
+        elif kind in KPROBE_KINDS:
+            progs.append(_prog(b, name, kind, target, BPF_PROG_TYPE_KPROBE, map_slot))
         else:
             raise Unsupported(f"program {name} attached as {kind} {target}")
     return {"format": FORMAT, "header": header, "maps": maps, "named": named, "programs": progs}
@@ -318,6 +329,8 @@ def load(image: dict) -> tuple[dict, dict[str, int], list[int]]:
                 attach.append(_attach_tracepoint(prog, p["target"]))
             elif p["kind"] == "raw_tracepoint":
                 attach.append(bpfsys.raw_tracepoint_open(prog, p["target"]))
+            elif p["kind"] in KPROBE_KINDS:
+                attach.append(bpfsys.perf_kprobe(prog, p["target"], retprobe=p["kind"] == "kretprobe"))
             else:
                 raise OSError(errno.EINVAL, f"program {p['name']}: unknown attachment {p['kind']!r}")
         named = {n: map_fds[slot] for n, slot in image["named"].items()}
