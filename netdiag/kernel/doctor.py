@@ -81,6 +81,8 @@ def run_checks() -> dict:
     else:
         checks.append(Check("conntrack netlink", "skipped", "needs root"))
 
+    dns_capture_checks(checks, priv)
+
     gaps = signal_gaps()
     for field_name, (label, instead) in GAP_ROWS.items():
         if field_name in gaps:
@@ -110,6 +112,25 @@ def run_checks() -> dict:
         "unmeasured": gaps,
         "bpf_works": bool(bpf_works),
     }
+
+
+def dns_capture_checks(checks: list[Check], priv: bool) -> None:
+    """The DNS capture paths of --per-domain, in the order `--dns-capture auto` tries them; the
+    packet sockets at the end always work."""
+    from netdiag.kernel import dnsprog
+    try:
+        dnsprog.sock_cflags()
+    except FeatureMissing as e:
+        checks.append(Check("DNS capture: socket calls", "no", str(e),
+                            f"{e}: --per-domain captures DNS with cgroup_skb programs or packet sockets"))
+    else:
+        checks.append(Check("DNS capture: socket calls", "yes", "sock:sock_send_length / sock_recv_length"))
+    if not priv:
+        checks.append(Check("DNS capture: cgroup_skb", "skipped", "needs root"))
+        return
+    ok, note = F.cgroup_skb_netns_cookie()
+    checks.append(Check("DNS capture: cgroup_skb", _yn(ok), note, "" if ok else
+                        f"{note}: --per-domain captures DNS from packet sockets (one per namespace)"))
 
 
 def markdown(report: dict) -> str:

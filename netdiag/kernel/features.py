@@ -45,6 +45,22 @@ NOOP = bytes((0xB7, 0, 0, 0, 0, 0, 0, 0,      # r0 = 0
               0x95, 0, 0, 0, 0, 0, 0, 0))     # exit
 
 
+BPF_FUNC_GET_NETNS_COOKIE = 122
+NETNS_COOKIE_SKB = bytes((0x85, 0, 0, 0)) + BPF_FUNC_GET_NETNS_COOKIE.to_bytes(4, "little") + bytes(
+    (0xB7, 0, 0, 0, 1, 0, 0, 0,                  # r0 = 1 (the packet goes on)
+     0x95, 0, 0, 0, 0, 0, 0, 0))                 # after r0 = bpf_get_netns_cookie(skb); exit
+
+
+def cgroup_skb_netns_cookie() -> tuple[bool, str]:
+    """Load (never attach) a cgroup_skb program that calls bpf_get_netns_cookie(skb): what the
+    cgroup_skb DNS capture needs to tell one namespace's packets from another's."""
+    try:
+        bpfsys.close_fd(bpfsys.prog_load(bpfsys.BPF_PROG_TYPE_CGROUP_SKB, NETNS_COOKIE_SKB))
+    except (BpfSyscallError, FeatureMissing) as e:
+        return False, f"bpf_get_netns_cookie() refused in cgroup_skb programs ({_why(e)})"
+    return True, "cgroup_skb programs can read the namespace cookie"
+
+
 def _load_and_attach(prog_type: int, what: str, attach_type: int = 0, btf_id: int = 0,
                      tp_name: str | None = None) -> tuple[bool, str]:
     """Load a do-nothing program (r0 = 0; exit) and attach it with BPF_RAW_TRACEPOINT_OPEN (by

@@ -122,6 +122,11 @@ def load_dns_capture(cgroup: str | None) -> Detached:
     CPU), the links (and programs) as attachments. Loaded from a program image where an earlier
     compile left one (the rings are made again and filled into the map of maps)."""
     from netdiag.kernel.bpfsys import ncpus
+    if cgroup is not None:           # a load of a few instructions instead of a compile that fails
+        from netdiag.kernel.features import cgroup_skb_netns_cookie
+        ok, why = cgroup_skb_netns_cookie()
+        if not ok:
+            raise errors.FeatureMissing("cgroup_skb", f"DNS capture on cgroup_skb unavailable: {why}")
     return _cached_or_child({"dns_capture": {"cgroup": cgroup, "ncpus": ncpus()}})
 
 

@@ -79,6 +79,10 @@ def test_doctor_kprobes_and_what_is_missing(lane):
     rows = {c["name"]: c for c in d["checks"]}
     assert rows["drop reasons"]["status"] == "no" and "instead" in rows["drop reasons"]["fix"]
     assert rows["reset reasons"]["status"] == "no"
+    # DNS for --per-domain: no socket-call tracepoints (6.3), no namespace cookie in cgroup_skb
+    assert rows["DNS capture: socket calls"]["status"] == "no" and "6.3" in rows["DNS capture: socket calls"]["fix"]
+    assert rows["DNS capture: cgroup_skb"]["status"] == "no"
+    assert "packet sockets" in rows["DNS capture: cgroup_skb"]["fix"]
 
 
 @pytest.mark.parametrize("mode", ["auto", "tracepoint"])
