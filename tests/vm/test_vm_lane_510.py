@@ -30,8 +30,9 @@ CORE = ["tests/kernel/test_trace.py",
         "tests/kernel/test_labs.py::test_listen_overflow_backlog_4",
         "tests/kernel/test_per_domain.py::test_per_domain_per_pod_and_late_namespace",
         "tests/kernel/test_doctor_docs.py"]
-# kprobes (auto) and once in tracepoint mode (the classic tracepoints: the host lane's)
-GUEST_ENV = "ND_TRACE_MODES=auto,tracepoint ND_CLASSIC_MODES= ND_WATCH_FLAVOURS=auto"
+# kprobes (auto) and once in tracepoint mode (the classic tracepoints: the host lane's); watch
+# from a compile and again from the program image it left (kprobes made through the kprobe PMU)
+GUEST_ENV = "ND_TRACE_MODES=auto,tracepoint ND_CLASSIC_MODES= ND_WATCH_FLAVOURS=auto,auto/cached"
 
 pytestmark = pytest.mark.vm
 
@@ -96,15 +97,18 @@ def test_trace_counts_identical_to_other_lanes(lane, mode):
         assert res["auto/connect_accept"]["modes"] == {"connect": "kprobe", "accept": "kprobe"}
 
 
-def test_watch_counts_through_kprobes(lane):
+# "watch": compiled; "watch+cached": loaded from the program image (the guest's fixture asserts
+# the start said program=cached), kprobes made again through the kprobe PMU
+@pytest.mark.parametrize("w", ["watch", "watch+cached"])
+def test_watch_counts_through_kprobes(lane, w):
     res = lane["results"]
-    assert res["watch/23"]["modes"]["connect"] == "kprobe"
-    assert {k: res["watch/23"][k] for k in ("connects", "established", "accepts")} == \
+    assert res[f"{w}/23"]["modes"]["connect"] == "kprobe" and res[f"{w}/23"]["modes"]["accept"] == "kprobe"
+    assert {k: res[f"{w}/23"][k] for k in ("connects", "established", "accepts")} == \
         {"connects": 23, "established": 23, "accepts": 23}
-    assert res["watch/refused"]["failed"] == 7 and res["watch/refused"]["errnos"] == {"ECONNREFUSED": 7}
-    assert res["watch/linger0"] == {"resets_out": 5, "resets_in": 5}
-    assert res["watch/overflow"]["overflows"] > 0 and res["watch/overflow"]["syn_retrans"] > 0
-    assert res["watch/unmeasured"]["fields"] == ["drops_by_reason", "resets_out_by_reason"]
+    assert res[f"{w}/refused"]["failed"] == 7 and res[f"{w}/refused"]["errnos"] == {"ECONNREFUSED": 7}
+    assert res[f"{w}/linger0"] == {"resets_out": 5, "resets_in": 5}
+    assert res[f"{w}/overflow"]["overflows"] > 0 and res[f"{w}/overflow"]["syn_retrans"] > 0
+    assert res[f"{w}/unmeasured"]["fields"] == ["drops_by_reason", "resets_out_by_reason"]
 
 
 def test_labs_same_numbers_as_newer_kernels(lane):
