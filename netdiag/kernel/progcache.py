@@ -4,7 +4,7 @@ The first `netdiag watch` on a kernel compiles its programs with BCC in a short-
 (netdiag/kernel/loader.py): about a second of clang and a ~160 MB peak. The child then writes a
 *program image*: each program's bytecode as it was loaded, where each instruction names a map,
 the maps' shapes, and how each program was attached. A later start with the same request, on
-the same kernel (release, build and BTF) and the same netdiag and BCC, makes the maps, loads
+the same kernel (release, build and BTF, the same modules loaded) and the same netdiag and BCC, makes the maps, loads
 the bytecode and attaches it with plain bpf()/perf_event_open() calls from the watch process
 itself: no child, no libbcc. The kernel verifies the programs again, as on every load.
 
@@ -95,10 +95,24 @@ def _kernel_digest() -> str:
     return h.hexdigest()
 
 
+def _plan_context() -> str:
+    """What the planner reads that can change while the kernel runs: the loaded modules. A
+    module brings kprobe targets (nf_nat_setup_info) and BTF (the conntrack structs); an image
+    planned before it was loaded must not be taken after."""
+    parts = []
+    for d in ("/sys/module", "/sys/kernel/btf"):
+        try:
+            parts.append(d + ":" + ",".join(sorted(os.listdir(d))))
+        except OSError:
+            parts.append(d + ": none")
+    return "\n".join(parts)
+
+
 def key(request: dict) -> str:
     h = hashlib.sha256(json.dumps(request, sort_keys=True).encode())
     h.update(_code_digest().encode())
     h.update(_kernel_digest().encode())
+    h.update(_plan_context().encode())
     return h.hexdigest()[:32]
 
 

@@ -73,3 +73,15 @@ def test_images_others_could_write_are_not_read(tmp_path):
 
 def test_absent_image(tmp_path):
     assert pc.read(tmp_path / "none.json") is None
+
+
+def test_a_module_loaded_since_is_another_key(monkeypatch, tmp_path):
+    """nf_nat loaded after an image was written (its kprobe targets, its BTF): the plan may
+    differ, so the image of before is not taken."""
+    monkeypatch.setenv("NETDIAG_CACHE_DIR", str(tmp_path))
+    req = {"engine": {"signals": ["connect", "snat"]}, "maps": ["x"]}
+    real = pc.os.listdir
+    before = pc.path_for(req)
+    assert before == pc.path_for(req)
+    monkeypatch.setattr(pc.os, "listdir", lambda d: real(d) + (["nf_nat"] if d == "/sys/module" else []))
+    assert pc.path_for(req) != before
