@@ -38,7 +38,7 @@ guest_cmd="cd '$here' && export PYTHONDONTWRITEBYTECODE=1 ND_RESULTS_DIR='$resul
 # line (2048 bytes on x86: a long test list would be cut off and the guest would not start).
 printf '%s\n' "$guest_cmd" > "$results/guest.sh"
 echo "vm lane: booting $kernel under qemu (TCG); this takes a few minutes" >&2
-timeout "${ND_VM_TIMEOUT:-2700}" "$vng" --disable-kvm --rwdir "$results" --run "$kernel" \
+timeout "${ND_VM_TIMEOUT:-3200}" "$vng" --disable-kvm --rwdir "$results" --run "$kernel" \
     --memory 3G --cpus 2 -- "bash '$results/guest.sh'" > "$results/vng.log" 2>&1 || echo "vm lane: vng exited $?" >&2
 [ -f "$results/rc" ] || { echo "vm lane: the guest wrote no result (see $results/vng.log)" >&2; tail -20 "$results/vng.log" >&2; exit 70; }
 echo "vm lane: guest pytest exit $(cat "$results/rc") (kernel $(cat "$results/uname"))" >&2

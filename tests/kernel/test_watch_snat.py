@@ -42,7 +42,7 @@ def test_watch_shows_snat_cap(lab, tmp_path):
         client = None
         _flush(lab.nat)
         released = w.until(lambda: any(n["dst"] == dst and n["netns"] == nat and n["ports_in_use"] == 0
-                                       for rec in w.intervals()[-3:] for n in rec.get("nat", [])))
+                                       for rec in w.intervals()[-3:] for n in rec.get("nat", [])), timeout=120)
     finally:
         if client:
             client.close()
