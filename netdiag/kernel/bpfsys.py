@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import mmap
 import os
 import platform
@@ -286,29 +287,35 @@ def load_tp_btf(insns: bytes, event: str, name: str = "") -> tuple[int, int]:
         raise _refused(e, f"tp_btf {event} attach") from None
 
 
-def perf_tracepoint(prog_fd: int, tp_id: int, what: str = "") -> int:
-    """A perf event on the tracepoint of id ``tp_id`` (tracefs events/<cat>/<name>/id), running
-    program ``prog_fd``: the event's fd (closing it detaches)."""
+def _perf_bpf(attr, prog_fd: int, what: str) -> int:
+    """perf_event_open(attr) on CPU 0 for every process, running program ``prog_fd``, enabled:
+    the event's fd (closing it detaches)."""
     import fcntl
-    attr = _attr(128, [(0, "I", PERF_TYPE_TRACEPOINT), (4, "I", 128), (8, "Q", tp_id), (16, "Q", 1),
-                       (24, "Q", PERF_SAMPLE_RAW), (48, "I", 1)])     # sample_period 1, wakeup_events 1
     fd = libc.syscall(syscall_number(NR_PERF_EVENT_OPEN, "perf_event_open"), ctypes.byref(attr), -1, 0, -1,
                       PERF_FLAG_FD_CLOEXEC)
     if fd < 0:
-        raise BpfSyscallError("perf_event_open", ctypes.get_errno(), f"perf event for {what or tp_id}")
+        raise BpfSyscallError("perf_event_open", ctypes.get_errno(), what)
     try:
         fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
         fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
     except OSError as e:
         os.close(fd)
-        raise BpfSyscallError("PERF_EVENT_IOC_SET_BPF", e.errno or errno.EINVAL, f"perf event for {what or tp_id}") \
-            from None
+        raise BpfSyscallError("PERF_EVENT_IOC_SET_BPF", e.errno or errno.EINVAL, what) from None
     return fd
+
+
+def perf_tracepoint(prog_fd: int, tp_id: int, what: str = "") -> int:
+    """A perf event on the tracepoint of id ``tp_id`` (tracefs events/<cat>/<name>/id), running
+    program ``prog_fd``: the event's fd (closing it detaches)."""
+    attr = _attr(128, [(0, "I", PERF_TYPE_TRACEPOINT), (4, "I", 128), (8, "Q", tp_id), (16, "Q", 1),
+                       (24, "Q", PERF_SAMPLE_RAW), (48, "I", 1)])     # sample_period 1, wakeup_events 1
+    return _perf_bpf(attr, prog_fd, f"perf event for {what or tp_id}")
 
 
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
 
 
+@functools.lru_cache(maxsize=1)
 def _kprobe_pmu() -> tuple[int, int]:
     """The kprobe PMU's perf type and its retprobe bit (format/retprobe reads ``config:<bit>``)."""
     try:
@@ -322,23 +329,11 @@ def _kprobe_pmu() -> tuple[int, int]:
 def perf_kprobe(prog_fd: int, func: str, retprobe: bool = False) -> int:
     """A kprobe (or kretprobe) on kernel function ``func`` through the kprobe PMU, running program
     ``prog_fd``: the event's fd (closing it removes the probe). Nothing is written to tracefs."""
-    import fcntl
     ptype, bit = _kprobe_pmu()
     name = ctypes.create_string_buffer(func.encode())
     attr = _attr(128, [(0, "I", ptype), (4, "I", 128), (8, "Q", (1 << bit) if retprobe else 0), (16, "Q", 1),
                        (48, "I", 1), (56, "Q", ctypes.addressof(name)), (64, "Q", 0)])
-    what = f"{'kretprobe' if retprobe else 'kprobe'} {func}"
-    fd = libc.syscall(syscall_number(NR_PERF_EVENT_OPEN, "perf_event_open"), ctypes.byref(attr), -1, 0, -1,
-                      PERF_FLAG_FD_CLOEXEC)
-    if fd < 0:
-        raise BpfSyscallError("perf_event_open", ctypes.get_errno(), what)
-    try:
-        fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
-        fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
-    except OSError as e:
-        os.close(fd)
-        raise BpfSyscallError("PERF_EVENT_IOC_SET_BPF", e.errno or errno.EINVAL, what) from None
-    return fd
+    return _perf_bpf(attr, prog_fd, f"{'kretprobe' if retprobe else 'kprobe'} {func}")
 
 
 # -- maps by fd, ring buffers -------------------------------------------------------------------
