@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-command, idempotent set-up for netdiag on a Debian-family machine, as root.
-#  - installs the distribution packages (BCC, netfilter tools, iproute2, kmod, headers, qemu and busybox for the VM lane)
+#  - installs the distribution packages (BCC, netfilter tools, iproute2, kmod, headers, qemu, busybox and e2fsprogs for the VM lane)
 #  - mounts tracefs if absent
 #  - links the distribution's default headers as the build dir when the running kernel has none
 #  - creates .venv/ (system Python, so Debian's BCC imports) and installs netdiag with its test extras
@@ -17,7 +17,7 @@ command -v apt-get >/dev/null || die "apt-get not found: netdiag's set-up suppor
 
 # --- distribution packages -------------------------------------------------------------------
 pkgs=(bpfcc-tools python3-bpfcc python3-venv python3-pip linux-headers-amd64 iptables nftables conntrack
-      iproute2 kmod procps qemu-system-x86 linux-image-amd64 busybox-static wrk bpftool
+      iproute2 kmod procps qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs wrk bpftool
       podman debootstrap prometheus prometheus-node-exporter nginx-light chromium jq)
 missing=()
 for p in "${pkgs[@]}"; do
