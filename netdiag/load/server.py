@@ -40,6 +40,11 @@ MAX_HEADER = 16384
 ACCEPT_BATCH = 256
 
 
+# bind() refusals that name the address asked for (exit 65, as `watch --metrics` does)
+_BIND_REFUSALS = {errno.EADDRINUSE: "the port is in use", errno.EADDRNOTAVAIL: "the address is not on this host",
+                  errno.EACCES: "permission denied"}
+
+
 class ServerError(NetdiagError):
     """The server could not start (bind failed, workers died)."""
 
@@ -110,6 +115,9 @@ class Server:
             except OSError as e:
                 s.close()
                 self.close_listeners()
+                why = _BIND_REFUSALS.get(e.errno)
+                if why:     # the address asked for is the problem, not the server: bad input
+                    raise BadInput(f"cannot listen on {cfg.bind}:{port}: {why}") from None
                 raise ServerError(f"cannot listen on {cfg.bind}:{port}: {e.strerror}") from None
             except OverflowError:
                 s.close()

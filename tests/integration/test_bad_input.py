@@ -139,6 +139,7 @@ CASES = [
     (["load", "server", "--port", "18080", "--workers", "0"], 65, "--workers"),
     (["load", "server", "--port", "18080", "--backlog", "-1"], 65, "--backlog"),
     (["load", "server", "--port", "18080", "--stats-interval", "0"], 65, "--stats-interval"),
+    (["load", "server", "--port", "18080", "--bind", "198.18.255.254"], 65, "not on this host"),
     (["load", "client"], 65, "target"),
     (["load", "client", "10.1.2.3:80"], 65, "10.1.2.3"),
     (["load", "client", "127.0.0.1:0"], 65, "port"),
@@ -186,6 +187,23 @@ def test_bad_input_is_one_line_and_its_exit_code(scratch, args, code, needle):
     assert needle in lines[0], f"{argv}: {needle!r} not in {lines[0]!r}"
     # nothing was created next to the input
     assert not (scratch / "new.ndrec").exists()
+
+
+def test_load_server_on_a_port_in_use():
+    """bind() refused because the port is taken: the address asked for is the problem (65), as
+    for `watch --metrics`; the listener that holds it is untouched."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        for workers in ("1", "3"):
+            p = run(["load", "server", "--port", str(port), "--workers", workers, "--duration", "5"])
+            assert p.returncode == 65, p.stderr
+            assert p.stderr.strip() == f"netdiag: error: cannot listen on 127.0.0.1:{port}: the port is in use"
+        s.settimeout(0.2)
+        with pytest.raises(TimeoutError):    # still ours, still listening
+            s.accept()
 
 
 def test_cases_cover_every_command():
