@@ -31,8 +31,10 @@ export PATH="$here/.venv/bin:$PATH"
 # costs a round trip per stat() and per read, about 4x slower for Python's imports (measured:
 # import pyroute2 12 s over 9p, 2.8 s from an image). The images are snapshots taken here, at
 # the lane's start. A path whose image cannot be made or mounted is read over 9p, as before.
+find /var/tmp -maxdepth 1 -name 'netdiag-vm-img.*' -mmin +300 -exec rm -rf {} + 2>/dev/null || true  # a killed run's
 imgdir="$(mktemp -d /var/tmp/netdiag-vm-img.XXXXXX)"
 trap 'rm -rf "$imgdir"' EXIT
+trap 'exit 130' INT TERM HUP
 "$here/.venv/bin/python" -m compileall -q "$here/netdiag" "$here/tests" >/dev/null 2>&1 || true
 disks=() mounts=""
 pack() {   # pack LABEL PATH [FILE...]: an image of the folder PATH, or of the FILEs (bound one by one)
