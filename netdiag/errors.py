@@ -14,6 +14,12 @@ EXIT_NOPERM = 77        # not root / missing CAP_BPF+CAP_PERFMON
 EXIT_CONFIG = 78        # set-up incomplete (bcc not importable)
 
 
+# bind() refusals that name the address asked for: bad input (65) wherever netdiag listens
+# (`watch --metrics`, `load server`), with these words
+BIND_REFUSALS = {errno.EADDRINUSE: "the port is in use", errno.EADDRNOTAVAIL: "the address is not on this host",
+                 errno.EACCES: "permission denied"}
+
+
 class NetdiagError(Exception):
     exit_code = EXIT_SOFTWARE
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from netdiag.errors import BadInput, NetdiagError
+from netdiag.errors import BIND_REFUSALS, BadInput, NetdiagError
 from netdiag.load import _sys
 from netdiag.load.limits import FD_SLACK, raise_nofile
 
@@ -38,11 +38,6 @@ RESP_CLOSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %
               % len(RESP_BODY)) + RESP_BODY
 MAX_HEADER = 16384
 ACCEPT_BATCH = 256
-
-
-# bind() refusals that name the address asked for (exit 65, as `watch --metrics` does)
-_BIND_REFUSALS = {errno.EADDRINUSE: "the port is in use", errno.EADDRNOTAVAIL: "the address is not on this host",
-                  errno.EACCES: "permission denied"}
 
 
 class ServerError(NetdiagError):
@@ -115,7 +110,7 @@ class Server:
             except OSError as e:
                 s.close()
                 self.close_listeners()
-                why = _BIND_REFUSALS.get(e.errno)
+                why = BIND_REFUSALS.get(e.errno)
                 if why:     # the address asked for is the problem, not the server: bad input
                     raise BadInput(f"cannot listen on {cfg.bind}:{port}: {why}") from None
                 raise ServerError(f"cannot listen on {cfg.bind}:{port}: {e.strerror}") from None

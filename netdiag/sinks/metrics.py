@@ -15,7 +15,6 @@ prometheus-client is imported here and nowhere else.
 """
 from __future__ import annotations
 
-import errno
 import heapq
 import ipaddress
 import os
@@ -31,7 +30,7 @@ from prometheus_client.exposition import choose_encoder
 from netdiag import __version__
 from netdiag.analysis.diagnose import NUMBER
 from netdiag.analysis.keys import endpoint
-from netdiag.errors import BadInput
+from netdiag.errors import BIND_REFUSALS, BadInput
 
 BY_CHOICES = ("node", "pod", "domain", "dst")
 DEFAULT_BY = "node"
@@ -302,8 +301,7 @@ class MetricsSink:
         try:
             self.server = make_server(self.host, self.port, self._app, cls, handler_class=_Quiet)
         except OSError as e:
-            why = {errno.EADDRINUSE: "the port is in use", errno.EADDRNOTAVAIL: "the address is not on this host",
-                   errno.EACCES: "permission denied"}.get(e.errno, os.strerror(e.errno or 0) or str(e))
+            why = BIND_REFUSALS.get(e.errno, os.strerror(e.errno or 0) or str(e))
             raise AddressUnusable(f"--metrics {self.host}:{self.port}: cannot listen: {why}") from None
         self.port = self.server.server_address[1]
 
